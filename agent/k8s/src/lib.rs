@@ -1,0 +1,1 @@
+//! Kubernetes pod metadata: container id to pod, namespace, container and labels

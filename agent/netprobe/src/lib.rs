@@ -1,0 +1,1 @@
+//! eBPF network latency probes (tracepoints only): connect latency, RTT, retransmits, resets, drops

@@ -1,0 +1,1 @@
+//! CPU profiling: eBPF sampler, symbolization, pprof output, self-profiling

@@ -1,0 +1,1 @@
+//! Compiled CO-RE eBPF objects, their shared struct mirrors, and loading helpers

@@ -1,0 +1,1 @@
+//! Shared delivery machinery for push exporters: batching, backoff, memory bound, disk WAL

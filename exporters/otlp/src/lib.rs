@@ -1,0 +1,1 @@
+//! OTLP exporter (gRPC and HTTP/protobuf) for metrics and logs

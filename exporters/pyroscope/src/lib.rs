@@ -1,0 +1,1 @@
+//! Pyroscope ingest exporter for continuous profiles

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are left alone. Used by `make test` / .ci/run.
+set -euo pipefail
+
+DEBS=(
+  prometheus                 # real scraper / remote-write receiver, promtool
+  prometheus-node-exporter   # the anchor for value and family comparisons
+  golang-go                  # go tool pprof
+  clang-19 llvm-19 libbpf-dev bpftool   # eBPF objects: rebuild + staleness check
+  linux-perf                 # profiler benchmark anchor (perf record)
+  iproute2 iptables nftables # netns/veth ground-truth network tests
+  python3-pip python3-venv
+)
+PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam)
+
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-test-deps: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts daemons on install; tests start their own instances on free ports.
+for svc in prometheus prometheus-node-exporter; do
+  systemctl stop "$svc" 2>/dev/null || true
+  pkill -x "$svc" 2>/dev/null || true
+done
+
+py=${PYTHON:-python3}
+if ! "$py" -c 'import opentelemetry.proto, grpc, kubernetes_validate, cramjam' 2>/dev/null; then
+  echo "install-test-deps: installing PyPI packages: ${PIP[*]}"
+  "$py" -m pip install -q --disable-pip-version-check "${PIP[@]}"
+fi
+echo "install-test-deps: ok"
