@@ -1,0 +1,72 @@
+//! Gates for tests that need root or an external tool.
+//!
+//! A developer without root (or without `prometheus` installed) sees a clear `SKIP` line
+//! and the test returns early. When `NODESCOPE_STRICT_TESTS=1` (CI sets it), every such
+//! skip is a failure instead, so a CI run can never pass by skipping.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+pub const STRICT_ENV: &str = "NODESCOPE_STRICT_TESTS";
+
+pub fn strict() -> bool {
+    std::env::var(STRICT_ENV).is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Skips (or, in strict mode, fails) the calling test with `reason`.
+pub fn skip(test: &str, reason: &str) {
+    if strict() {
+        panic!("{test}: cannot run: {reason} ({STRICT_ENV}=1 turns skips into failures)");
+    }
+    eprintln!("SKIP {test}: {reason} (set {STRICT_ENV}=1 to make this a failure)");
+}
+
+/// True when running as root; otherwise skips/fails with a message naming the test.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip(test, "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)");
+    false
+}
+
+/// Finds `tool` on PATH (or at one of `extra` absolute paths); otherwise skips/fails.
+pub fn require_tool(test: &str, tool: &str, extra: &[&str]) -> Option<PathBuf> {
+    for p in extra {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(tool);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    skip(
+        test,
+        &format!("`{tool}` is not installed (scripts/install-test-deps.sh installs it)"),
+    );
+    None
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// Path of a workspace binary built by cargo for integration tests (`nodescope`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("testsupport lives two levels below the workspace root")
+}
