@@ -1,0 +1,1 @@
+//! Loading helpers (owned by the network-probe work).

@@ -1,0 +1,1 @@
+//! Network probe object and struct mirrors.

@@ -1,0 +1,1 @@
+//! Profiler object and struct mirrors.
