@@ -1,1 +1,113 @@
-fn main() {}
+//! `nodescope`: the binary edge. Parses the command line, loads configuration, builds the
+//! runtime and hands over to [`app::run`]. `anyhow` is used here and nowhere below.
+
+mod app;
+mod config;
+mod http;
+mod pipeline;
+mod resource;
+mod runner;
+mod selfstats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "nodescope", version, about = "Per-node observability agent and profiling daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (host metrics, probes, profiler, HTTP API, exporters).
+    Run {
+        /// TOML configuration file; without it the embedded default is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print every problem found.
+    Validate {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Run { config } => run(config),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
+    let mut c = match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::embedded_default(),
+    };
+    c.apply_env(|k| std::env::var(k).ok())?;
+    Ok(c)
+}
+
+fn validate(file: &PathBuf) -> ExitCode {
+    match load(Some(file)) {
+        Ok(_) => {
+            println!("{}: configuration is valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(c: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&c.agent.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.agent.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match load(config_path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_name("nodescope")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Wiring: config → runtime components → HTTP server and pipeline, and orderly shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nodescope_host::HostPaths;
+use nodescope_model::selfmetrics::SelfMetrics;
+use nodescope_model::{Collector, Exporter, Signal, StatusRegistry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ENV_NODE_NAME};
+use crate::http::{self, AppState};
+use crate::pipeline::Pipeline;
+use crate::runner::CollectorSet;
+use crate::selfstats::ProcessStats;
+
+pub async fn run(config: Config) -> Result<()> {
+    let listen = config.listen_addr();
+    // Bind first: a port in use is the most common start-up failure; say so before
+    // anything else starts.
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (set [agent].listen or NODESCOPE_LISTEN)")
+    })?;
+
+    let paths = HostPaths::from_root(&config.agent.host_root);
+    if config.host.enabled {
+        nodescope_host::check_host_root(&paths).with_context(|| {
+            format!(
+                "host root {} is not usable (set [agent].host_root or NODESCOPE_HOST_ROOT)",
+                config.agent.host_root.display()
+            )
+        })?;
+    }
+
+    let status = StatusRegistry::default();
+    let self_metrics = SelfMetrics::new();
+    let node_name = config
+        .agent
+        .node_name
+        .clone()
+        .or_else(|| std::env::var(ENV_NODE_NAME).ok().filter(|s| !s.is_empty()));
+    let resource = crate::resource::detect(&config.agent.host_root, node_name);
+    info!(
+        listen = %listen,
+        host_root = %config.agent.host_root.display(),
+        host_name = resource.get("host.name").unwrap_or(""),
+        "starting nodescope"
+    );
+
+    let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
+    if config.host.enabled {
+        collectors.extend(config.host.build(&paths).context("building host collectors")?);
+    }
+
+    let shutdown = CancellationToken::new();
+    let exporters: Vec<Box<dyn Exporter>> = Vec::new();
+    let pipeline = Pipeline::start(
+        exporters,
+        config.agent.queue_capacity,
+        config.agent.shutdown_timeout,
+        &self_metrics,
+        &status,
+        shutdown.clone(),
+    );
+
+    let state = Arc::new(AppState {
+        collectors: Arc::new(CollectorSet::new(
+            collectors,
+            config.agent.collector_timeout,
+            &status,
+            &self_metrics,
+        )),
+        process: ProcessStats::register(&self_metrics),
+        scrapes: self_metrics.counter(
+            "nodescope_scrapes_total",
+            "Scrapes of /metrics served.",
+            &[],
+        ),
+        scrape_duration: self_metrics.gauge(
+            "nodescope_scrape_duration_seconds",
+            "Duration of the last /metrics scrape, collection and encoding included.",
+            &[],
+        ),
+        self_metrics: self_metrics.clone(),
+        status: status.clone(),
+        ready: AtomicBool::new(false),
+        started: Instant::now(),
+        scrape_lock: tokio::sync::Mutex::new(64 * 1024),
+    });
+
+    let mut background = Vec::new();
+    if pipeline.wants_metrics() {
+        background.push(tokio::spawn(periodic_collection(
+            state.clone(),
+            pipeline.emitter(),
+            config.agent.collect_interval,
+            shutdown.clone(),
+        )));
+    }
+
+    let app = http::router(state.clone());
+    state.ready.store(true, Ordering::Release);
+    info!(collectors = state.collectors.len(), "nodescope ready");
+
+    let server_shutdown = shutdown.clone();
+    let signal_state = state.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested; flushing");
+        signal_state.ready.store(false, Ordering::Release);
+        server_shutdown.cancel();
+    });
+
+    let serve_token = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { serve_token.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
+
+    shutdown.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    let deadline = config.agent.shutdown_timeout;
+    pipeline.join(deadline).await;
+    info!("nodescope stopped");
+    Ok(())
+}
+
+/// Feeds push exporters on a fixed interval. Scrapes do not go through here: they collect
+/// on demand so Prometheus sees values as of its own scrape time.
+async fn periodic_collection(
+    state: Arc<AppState>,
+    emitter: nodescope_model::Emitter,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for batch in state.collectors.collect_all().await {
+            emitter.emit(Signal::Metrics(Arc::new(batch)));
+        }
+        let self_batch = nodescope_model::MetricBatch {
+            source: "nodescope".into(),
+            timestamp: std::time::SystemTime::now(),
+            families: state.self_families(),
+        };
+        if !emitter.emit(Signal::Metrics(Arc::new(self_batch))) {
+            warn!("pipeline intake full; self-metrics batch dropped");
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot install SIGTERM handler; only Ctrl-C will stop the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,389 @@
+//! The agent's configuration: TOML, `deny_unknown_fields` everywhere, environment
+//! overrides for the listen address and host root, and validation that reports *every*
+//! problem with the key it concerns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodescope_host::HostMetricsConfig;
+use nodescope_model::config::{ConfigIssue, Issues};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+pub const ENV_LISTEN: &str = "NODESCOPE_LISTEN";
+pub const ENV_HOST_ROOT: &str = "NODESCOPE_HOST_ROOT";
+pub const ENV_NODE_NAME: &str = "NODE_NAME";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub host: HostMetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            agent: AgentConfig::default(),
+            host: HostMetricsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// HTTP listen address (`NODESCOPE_LISTEN` overrides).
+    pub listen: String,
+    /// Where the host's filesystem is visible: `/` on a bare host, `/host` in a container
+    /// with /proc, /sys and / mounted at /host/proc, /host/sys, /host/root
+    /// (`NODESCOPE_HOST_ROOT` overrides).
+    pub host_root: PathBuf,
+    /// Upper bound for one collector run; a run past it is abandoned and reported.
+    #[serde(with = "humantime_serde")]
+    pub collector_timeout: Duration,
+    /// How often collectors feed push exporters (scrapes collect on demand).
+    #[serde(with = "humantime_serde")]
+    pub collect_interval: Duration,
+    /// How long shutdown may take to flush exporters.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Capacity (in signals) of the pipeline intake and of each exporter queue.
+    pub queue_capacity: usize,
+    /// Node name for resource attributes; defaults to $NODE_NAME, then the hostname.
+    pub node_name: Option<String>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: "127.0.0.1:9780".into(),
+            host_root: PathBuf::from("/"),
+            collector_timeout: Duration::from_secs(5),
+            collect_interval: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(10),
+            queue_capacity: 1024,
+            node_name: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that failed to load: every problem found, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: TOML syntax error: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: {} problem(s):\n{}", issues.len(), render(issues))]
+    Invalid {
+        origin: String,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn render(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Bound on the remove-and-retry loop that finds every deserialization error.
+const MAX_SCHEMA_ERRORS: usize = 64;
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates. Schema errors (unknown key, wrong type) are all collected:
+    /// after each one the offending key is removed and parsing is retried, so a file with
+    /// five mistakes gets five messages, each with its dotted key path.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.message().to_string() + &span_hint(text, e.span()),
+        })?;
+        let mut issues = Issues::default();
+        let config = loop {
+            let value = toml::Value::Table(table.clone());
+            match serde_path_to_error::deserialize::<_, Config>(value) {
+                Ok(c) => break c,
+                Err(err) => {
+                    let path = err.path().to_string();
+                    let inner = err.into_inner();
+                    let message = inner.message().to_string();
+                    let (key, removed) = locate_and_remove(&mut table, &path, &message);
+                    issues.push(key, message);
+                    if !removed || issues.list.len() >= MAX_SCHEMA_ERRORS {
+                        return Err(ConfigError::Invalid {
+                            origin: origin.to_string(),
+                            issues: issues.list,
+                        });
+                    }
+                }
+            }
+        };
+        config.validate(&mut issues);
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                issues: issues.list,
+            })
+        }
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG, "embedded default config")
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Applies `NODESCOPE_LISTEN` / `NODESCOPE_HOST_ROOT`, then re-validates what they touch.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut issues = Issues::default();
+        if let Some(listen) = get(ENV_LISTEN).filter(|s| !s.is_empty()) {
+            self.agent.listen = listen;
+            validate_listen(&self.agent.listen, ENV_LISTEN, &mut issues);
+        }
+        if let Some(root) = get(ENV_HOST_ROOT).filter(|s| !s.is_empty()) {
+            self.agent.host_root = PathBuf::from(root);
+            if !self.agent.host_root.is_absolute() {
+                issues.push(ENV_HOST_ROOT, "must be an absolute path");
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: "environment".into(),
+                issues: issues.list,
+            })
+        }
+    }
+
+    fn validate(&self, issues: &mut Issues) {
+        let a = &self.agent;
+        validate_listen(&a.listen, "agent.listen", issues);
+        issues.check(
+            a.host_root.is_absolute(),
+            "agent.host_root",
+            format!("must be an absolute path, got {:?}", a.host_root),
+        );
+        issues.check(
+            a.collector_timeout >= Duration::from_millis(10)
+                && a.collector_timeout <= Duration::from_secs(300),
+            "agent.collector_timeout",
+            "must be between 10ms and 5m",
+        );
+        issues.check(
+            a.collect_interval >= Duration::from_secs(1),
+            "agent.collect_interval",
+            "must be at least 1s",
+        );
+        issues.check(
+            a.shutdown_timeout >= Duration::from_millis(100)
+                && a.shutdown_timeout <= Duration::from_secs(600),
+            "agent.shutdown_timeout",
+            "must be between 100ms and 10m",
+        );
+        issues.check(
+            (16..=1_000_000).contains(&a.queue_capacity),
+            "agent.queue_capacity",
+            "must be between 16 and 1000000",
+        );
+        issues.check(
+            a.log_level.parse::<tracing_subscriber::filter::EnvFilter>().is_ok()
+                || tracing_subscriber::EnvFilter::try_new(&a.log_level).is_ok(),
+            "agent.log_level",
+            "is not a valid level or filter (e.g. info, debug, nodescope=debug)",
+        );
+        if let Some(n) = &a.node_name {
+            issues.check(!n.trim().is_empty(), "agent.node_name", "must not be empty");
+        }
+        self.host.validate("host", issues);
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `validate`/`apply_env`.
+        self.agent
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9780)))
+    }
+}
+
+fn validate_listen(listen: &str, key: &str, issues: &mut Issues) {
+    if listen.parse::<SocketAddr>().is_err() {
+        issues.push(
+            key,
+            format!("{listen:?} is not an IP:port socket address (e.g. 127.0.0.1:9780, [::]:9780)"),
+        );
+    }
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    format!(" (line {line})")
+}
+
+/// Finds the key a deserialization error points at and removes it so parsing can go on.
+/// Returns the dotted key to report and whether anything was removed.
+fn locate_and_remove(table: &mut toml::Table, path: &str, message: &str) -> (String, bool) {
+    let mut segments: Vec<String> = if path.is_empty() || path == "." {
+        Vec::new()
+    } else {
+        path.split('.').map(str::to_string).collect()
+    };
+    // Depending on the deserializer, the path of an unknown field may stop at the
+    // containing table; the key itself is in the message: "unknown field `foo`, ...".
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            let field = &rest[..end];
+            if segments.last().map(String::as_str) != Some(field) {
+                segments.push(field.to_string());
+            }
+        }
+    }
+    let key = if segments.is_empty() {
+        "(top level)".to_string()
+    } else {
+        segments.join(".")
+    };
+    let removed = remove_path(table, &segments);
+    (key, removed)
+}
+
+fn remove_path(table: &mut toml::Table, segments: &[String]) -> bool {
+    match segments {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => match table.get_mut(first) {
+            Some(toml::Value::Table(t)) => {
+                // A path into a non-table value (e.g. an array element) ends here: remove
+                // the nearest table key we can reach.
+                if remove_path(t, rest) {
+                    true
+                } else {
+                    table.remove(first).is_some()
+                }
+            }
+            Some(_) => table.remove(first).is_some(),
+            None => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.agent.listen, "127.0.0.1:9780");
+        assert!(c.host.enabled);
+    }
+
+    #[test]
+    fn every_schema_error_is_reported_with_its_key() {
+        let text = r#"
+[agent]
+listen = 9780
+bogus = true
+collector_timeout = "soon"
+
+[host]
+enabled = "yes"
+
+[nonsense]
+x = 1
+"#;
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        let ConfigError::Invalid { issues, .. } = &err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        for k in ["agent.listen", "agent.bogus", "agent.collector_timeout", "host.enabled", "nonsense"] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}\n{err}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("unknown field `bogus`"), "{text}");
+        assert!(text.contains("invalid type"), "{text}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_collected() {
+        let text = r#"
+[agent]
+listen = "not-an-address"
+host_root = "relative/path"
+collect_interval = "10ms"
+queue_capacity = 1
+"#;
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        let ConfigError::Invalid { issues, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(issues.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = Config::parse("[agent]\nlisten = \n", "t.toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_listen_and_root() {
+        let mut c = Config::embedded_default();
+        c.apply_env(|k| match k {
+            ENV_LISTEN => Some("0.0.0.0:9999".into()),
+            ENV_HOST_ROOT => Some("/host".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.listen_addr().port(), 9999);
+        assert_eq!(c.agent.host_root, PathBuf::from("/host"));
+        let err = c
+            .apply_env(|k| (k == ENV_LISTEN).then(|| "nope".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains(ENV_LISTEN));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in ".{0,400}") {
+            let _ = Config::parse(&s, "fuzz");
+        }
+    }
+}

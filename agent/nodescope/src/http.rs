@@ -1,0 +1,111 @@
+//! The agent's HTTP API: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`, plus the
+//! routers that other components contribute (network connections, pprof).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use nodescope_exporter_prometheus::{encode, Format};
+use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
+use nodescope_model::{MetricFamily, StatusRegistry};
+use serde_json::json;
+use tower_http::compression::CompressionLayer;
+
+use crate::runner::CollectorSet;
+use crate::selfstats::{ProcessStats, VERSION};
+
+pub struct AppState {
+    pub collectors: Arc<CollectorSet>,
+    pub self_metrics: SelfMetrics,
+    pub process: ProcessStats,
+    pub status: StatusRegistry,
+    pub ready: AtomicBool,
+    pub started: Instant,
+    /// Serialises scrapes: concurrent scrapers wait and then collect fresh values,
+    /// instead of stacking up runs of the same collectors.
+    pub scrape_lock: tokio::sync::Mutex<usize>,
+    pub scrapes: Counter,
+    pub scrape_duration: Gauge,
+}
+
+impl AppState {
+    /// Everything the agent reports about itself, as families.
+    pub fn self_families(&self) -> Vec<MetricFamily> {
+        self.process.refresh();
+        let mut f = self.self_metrics.collect();
+        f.push(self.process.families());
+        f
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(metrics).layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd()),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "nodescope agent\n\n/metrics            Prometheus / OpenMetrics exposition\n/healthz            liveness\n/readyz             readiness\n/api/v1/status      component status (JSON)\n",
+    )
+}
+
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let mut last_len = st.scrape_lock.lock().await;
+    let started = Instant::now();
+    let batches = st.collectors.collect_all().await;
+    st.scrapes.inc();
+    let self_fams = st.self_families();
+    let mut body = String::with_capacity(*last_len + 4096);
+    encode(
+        batches
+            .iter()
+            .flat_map(|b| b.families.iter())
+            .chain(self_fams.iter()),
+        format,
+        &mut body,
+    );
+    *last_len = body.len();
+    st.scrape_duration.set(started.elapsed().as_secs_f64());
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    if st.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn status(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    Json(json!({
+        "version": VERSION,
+        "ready": st.ready.load(Ordering::Acquire),
+        "uptime_seconds": st.started.elapsed().as_secs_f64(),
+        "time": now,
+        "components": st.status.snapshot(),
+    }))
+}

@@ -1,0 +1,324 @@
+//! The pipeline: producers → one bounded intake → fan-out → one bounded queue per exporter.
+//!
+//! When-full policy, everywhere: **drop the newest and count it**. Producers (collectors on
+//! their interval, probe readers, the profiler) hold an [`Emitter`] whose `emit` never
+//! waits, so a slow or dead backend can never stall a probe; the exporter's own delivery
+//! machinery (memory bound, WAL) decides what happens to data it already holds.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
+use nodescope_model::{
+    ComponentKind, ComponentState, Emitter, Exporter, ExporterQueue, Signal, StatusHandle,
+    StatusRegistry,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+struct Route {
+    accepts: [bool; 3],
+    tx: mpsc::Sender<Signal>,
+    capacity: usize,
+    depth: Gauge,
+    dropped: Counter,
+    status: StatusHandle,
+}
+
+fn kind_index(s: &Signal) -> usize {
+    match s {
+        Signal::Metrics(_) => 0,
+        Signal::Logs(_) => 1,
+        Signal::Profile(_) => 2,
+    }
+}
+
+pub struct Pipeline {
+    emitter: Emitter,
+    wants_metrics: bool,
+    fanout: JoinHandle<()>,
+    exporters: Vec<(String, JoinHandle<()>)>,
+}
+
+impl Pipeline {
+    /// Starts the fan-out and one task per exporter.
+    pub fn start(
+        exporters: Vec<Box<dyn Exporter>>,
+        capacity: usize,
+        flush_timeout: Duration,
+        metrics: &SelfMetrics,
+        status: &StatusRegistry,
+        shutdown: CancellationToken,
+    ) -> Pipeline {
+        let (intake_tx, intake_rx) = mpsc::channel::<Signal>(capacity);
+        let intake_dropped = Arc::new(AtomicU64::new(0));
+        let emitter = Emitter::new(intake_tx.clone(), intake_dropped.clone());
+        let intake_status = status.register("intake", ComponentKind::Pipeline);
+        intake_status.set_state(ComponentState::Ok, None);
+
+        let mut routes = Vec::new();
+        let mut tasks = Vec::new();
+        for exporter in exporters {
+            let name = exporter.name().to_string();
+            let accepts = [
+                exporter.accepts(nodescope_model::SignalKind::Metrics),
+                exporter.accepts(nodescope_model::SignalKind::Logs),
+                exporter.accepts(nodescope_model::SignalKind::Profiles),
+            ];
+            let (tx, rx) = mpsc::channel(capacity);
+            routes.push(Route {
+                depth: metrics.gauge(
+                    "nodescope_pipeline_queue_depth",
+                    "Signals waiting in a pipeline queue.",
+                    &[("queue", &name)],
+                ),
+                dropped: metrics.counter(
+                    "nodescope_pipeline_dropped_total",
+                    "Signals dropped because a pipeline queue was full (drop-newest policy).",
+                    &[("queue", &name)],
+                ),
+                status: status.register(format!("queue/{name}"), ComponentKind::Pipeline),
+                accepts,
+                tx,
+                capacity,
+            });
+            metrics
+                .gauge(
+                    "nodescope_pipeline_queue_capacity",
+                    "Capacity of a pipeline queue, in signals.",
+                    &[("queue", &name)],
+                )
+                .set(capacity as f64);
+            let span = tracing::info_span!("exporter", exporter = %name);
+            let queue = ExporterQueue { rx, flush_timeout };
+            tasks.push((name, tokio::spawn(exporter.run(queue).instrument(span))));
+        }
+        let wants_metrics = routes.iter().any(|r| r.accepts[0]);
+
+        let intake_depth = metrics.gauge(
+            "nodescope_pipeline_queue_depth",
+            "Signals waiting in a pipeline queue.",
+            &[("queue", "intake")],
+        );
+        metrics
+            .gauge(
+                "nodescope_pipeline_queue_capacity",
+                "Capacity of a pipeline queue, in signals.",
+                &[("queue", "intake")],
+            )
+            .set(capacity as f64);
+        let intake_dropped_metric = metrics.counter(
+            "nodescope_pipeline_dropped_total",
+            "Signals dropped because a pipeline queue was full (drop-newest policy).",
+            &[("queue", "intake")],
+        );
+        // The fan-out owns no sender: it must not keep the intake open by itself.
+        drop(intake_tx);
+        let fanout = tokio::spawn(
+            fan_out(
+                intake_rx,
+                routes,
+                shutdown,
+                intake_depth,
+                intake_dropped,
+                intake_dropped_metric,
+                intake_status,
+                capacity,
+            )
+            .instrument(tracing::info_span!("pipeline")),
+        );
+        Pipeline {
+            emitter,
+            wants_metrics,
+            fanout,
+            exporters: tasks,
+        }
+    }
+
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+
+    /// Whether any exporter consumes metrics (if none, periodic collection is skipped).
+    pub fn wants_metrics(&self) -> bool {
+        self.wants_metrics
+    }
+
+    /// Waits for the fan-out to drain (it stops when `shutdown` fires) and for every
+    /// exporter to flush, up to `deadline`; exporters still running then are aborted.
+    pub async fn join(self, deadline: Duration) {
+        drop(self.emitter);
+        let started = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(deadline, self.fanout).await;
+        for (name, task) in self.exporters {
+            let left = deadline.saturating_sub(started.elapsed());
+            let abort = task.abort_handle();
+            match tokio::time::timeout(left, task).await {
+                Ok(_) => info!(exporter = %name, "exporter flushed and stopped"),
+                Err(_) => {
+                    warn!(exporter = %name, "exporter did not flush before the shutdown deadline; aborted");
+                    abort.abort();
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fan_out(
+    mut intake: mpsc::Receiver<Signal>,
+    routes: Vec<Route>,
+    shutdown: CancellationToken,
+    intake_depth: Gauge,
+    intake_dropped: Arc<AtomicU64>,
+    intake_dropped_metric: Counter,
+    intake_status: StatusHandle,
+    capacity: usize,
+) {
+    let route = |s: Signal| {
+        let k = kind_index(&s);
+        for r in &routes {
+            if !r.accepts[k] {
+                continue;
+            }
+            if r.tx.try_send(s.clone()).is_err() {
+                r.dropped.inc();
+                r.status.set_dropped(r.dropped.get());
+                r.status
+                    .set_state(ComponentState::Degraded, Some("queue full: dropping newest".into()));
+            }
+            let depth = (r.capacity - r.tx.capacity()) as u64;
+            r.depth.set(depth as f64);
+            r.status.set_queue_depth(depth);
+        }
+    };
+    for r in &routes {
+        r.status.set_state(ComponentState::Ok, None);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            s = intake.recv() => match s {
+                Some(s) => {
+                    route(s);
+                    let depth = intake.len();
+                    intake_depth.set(depth as f64);
+                    intake_status.set_queue_depth(depth as u64);
+                    let dropped = intake_dropped.load(std::sync::atomic::Ordering::Relaxed);
+                    intake_dropped_metric.set(dropped);
+                    intake_status.set_dropped(dropped);
+                }
+                None => break,
+            }
+        }
+    }
+    // Drain what producers already handed over, then close every exporter queue.
+    while let Ok(s) = intake.try_recv() {
+        route(s);
+    }
+    let _ = capacity;
+    for r in &routes {
+        r.depth.set(0.0);
+    }
+    intake_status.set_state(ComponentState::Stopped, None);
+    for r in &routes {
+        r.status.set_state(ComponentState::Stopped, None);
+    }
+    info!(queues = routes.len(), "pipeline drained; exporter queues closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodescope_model::{MetricBatch, SignalKind};
+    use std::sync::atomic::Ordering;
+    use std::time::SystemTime;
+
+    /// Counts what it receives; optionally never reads (a dead backend).
+    struct Sink {
+        got: Arc<AtomicU64>,
+        stalled: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for Sink {
+        fn name(&self) -> &str {
+            if self.stalled {
+                "stalled"
+            } else {
+                "sink"
+            }
+        }
+        fn accepts(&self, kind: SignalKind) -> bool {
+            kind == SignalKind::Metrics
+        }
+        async fn run(self: Box<Self>, mut queue: ExporterQueue) {
+            if self.stalled {
+                // Holds the queue without reading until shutdown closes it.
+                while !queue.rx.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            while queue.recv().await.is_some() {
+                self.got.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn batch() -> Signal {
+        Signal::Metrics(Arc::new(MetricBatch {
+            source: "t".into(),
+            timestamp: SystemTime::now(),
+            families: vec![],
+        }))
+    }
+
+    #[tokio::test]
+    async fn slow_exporter_drops_newest_and_never_blocks_producers() {
+        let got = Arc::new(AtomicU64::new(0));
+        let stalled_got = Arc::new(AtomicU64::new(0));
+        let metrics = SelfMetrics::new();
+        let status = StatusRegistry::default();
+        let shutdown = CancellationToken::new();
+        let p = Pipeline::start(
+            vec![
+                Box::new(Sink { got: got.clone(), stalled: false }),
+                Box::new(Sink { got: stalled_got.clone(), stalled: true }),
+            ],
+            16,
+            Duration::from_secs(1),
+            &metrics,
+            &status,
+            shutdown.clone(),
+        );
+        let e = p.emitter();
+        let mut sent = 0;
+        for _ in 0..200 {
+            if e.emit(batch()) {
+                sent += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        p.join(Duration::from_secs(2)).await;
+        let fams = metrics.collect();
+        let dropped = fams.iter().find(|f| f.name == "nodescope_pipeline_dropped_total").unwrap();
+        let stalled_drops = dropped
+            .points
+            .iter()
+            .find(|p| p.labels.iter().any(|(_, v)| v == "stalled"))
+            .unwrap();
+        let nodescope_model::Value::Number(n) = stalled_drops.value else { panic!() };
+        // Everything that entered went to the healthy sink; the stalled queue kept at most
+        // its capacity and counted the rest.
+        assert_eq!(got.load(Ordering::Relaxed), sent);
+        assert_eq!(stalled_got.load(Ordering::Relaxed) + n as u64, sent);
+        assert!(stalled_got.load(Ordering::Relaxed) <= 16);
+        assert!(n > 0.0);
+    }
+}

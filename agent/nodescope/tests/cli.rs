@@ -1,0 +1,162 @@
+//! The binary's command-line contract: validation reports every error, start-up failures
+//! are clear and non-zero, SIGTERM shuts down cleanly.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run_validate(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, toml).unwrap();
+    let out = Command::new(BIN).arg("validate").arg(&f).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn validate_accepts_the_documented_example() {
+    let (ok, out) = run_validate(
+        "[agent]\nlisten = \"0.0.0.0:9780\"\nhost_root = \"/host\"\ncollector_timeout = \"2s\"\n\n[host]\nenabled = true\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("configuration is valid"));
+}
+
+#[test]
+fn validate_prints_every_error_with_its_key() {
+    let (ok, out) = run_validate(
+        "[agent]\nlisten = 9780\ncolector_timeout = \"5s\"\nshutdown_timeout = \"forever\"\n\n[host]\nenabled = \"yes\"\n\n[exporter]\nx = 1\n",
+    );
+    assert!(!ok, "an invalid config must fail: {out}");
+    for needle in [
+        "agent.listen",
+        "agent.colector_timeout",
+        "unknown field `colector_timeout`",
+        "agent.shutdown_timeout",
+        "host.enabled",
+        "exporter",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let out = Command::new(BIN)
+        .args(["validate", "/nonexistent/nodescope.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/nodescope.toml"), "{err}");
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+fn run_expect_failure(envs: &[(&str, String)], args: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!out.status.success(), "agent should have failed to start");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn listen_port_in_use_is_a_clear_error() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let err = run_expect_failure(&[("NODESCOPE_LISTEN", addr.clone())], &[]);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.to_lowercase().contains("address already in use"), "{err}");
+}
+
+#[test]
+fn unreadable_host_root_is_a_clear_error() {
+    let port = free_port();
+    let err = run_expect_failure(
+        &[
+            ("NODESCOPE_LISTEN", format!("127.0.0.1:{port}")),
+            ("NODESCOPE_HOST_ROOT", "/nonexistent-host-root".into()),
+        ],
+        &[],
+    );
+    assert!(err.contains("/nonexistent-host-root"), "{err}");
+    assert!(err.contains("host root"), "{err}");
+}
+
+#[test]
+fn bad_env_listen_is_rejected() {
+    let err = run_expect_failure(&[("NODESCOPE_LISTEN", "localhost".into())], &[]);
+    assert!(err.contains("NODESCOPE_LISTEN"), "{err}");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_fast() {
+    let mut agent = start_agent("");
+    let pid = agent.proc.child.id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    loop {
+        if let Some(status) = agent.proc.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "agent did not stop within its shutdown deadline"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn embedded_default_serves_the_documented_endpoints() {
+    let agent = start_agent("");
+    let (code, body) = http_get(&agent.url("/healthz")).unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = http_get(&agent.url("/api/v1/status")).unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let comps = v["components"].as_array().unwrap();
+    let cpu = comps
+        .iter()
+        .find(|c| c["name"] == "cpu" && c["kind"] == "collector")
+        .expect("cpu collector in status");
+    // Status appears after the first scrape; before it, collectors are `starting`.
+    assert!(cpu["state"] == "starting" || cpu["state"] == "ok", "{cpu}");
+    let (code, metrics) = http_get(&agent.url("/metrics")).unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("nodescope_build_info{version=\""));
+    assert!(metrics.contains("nodescope_collector_success{collector=\"cpu\"} 1"));
+    let (_, body) = http_get(&agent.url("/api/v1/status")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cpu = v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cpu")
+        .unwrap()
+        .clone();
+    assert_eq!(cpu["state"], "ok", "{cpu}");
+    assert!(cpu["last_success"].as_f64().unwrap() > 0.0);
+    assert!(cpu["last_duration_seconds"].as_f64().is_some());
+}
