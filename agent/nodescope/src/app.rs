@@ -53,7 +53,12 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut collectors: Vec<Arc<dyn Collector>> = Vec::new();
     if config.host.enabled {
-        collectors.extend(config.host.build(&paths).context("building host collectors")?);
+        collectors.extend(
+            config
+                .host
+                .build(&paths)
+                .context("building host collectors")?,
+        );
     }
 
     let shutdown = CancellationToken::new();

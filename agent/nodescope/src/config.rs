@@ -15,20 +15,11 @@ pub const ENV_LISTEN: &str = "NODESCOPE_LISTEN";
 pub const ENV_HOST_ROOT: &str = "NODESCOPE_HOST_ROOT";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
     pub host: HostMetricsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            agent: AgentConfig::default(),
-            host: HostMetricsConfig::default(),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -217,7 +208,9 @@ impl Config {
             "must be between 16 and 1000000",
         );
         issues.check(
-            a.log_level.parse::<tracing_subscriber::filter::EnvFilter>().is_ok()
+            a.log_level
+                .parse::<tracing_subscriber::filter::EnvFilter>()
+                .is_ok()
                 || tracing_subscriber::EnvFilter::try_new(&a.log_level).is_ok(),
             "agent.log_level",
             "is not a valid level or filter (e.g. info, debug, nodescope=debug)",
@@ -332,7 +325,13 @@ x = 1
             panic!("expected Invalid, got {err}");
         };
         let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
-        for k in ["agent.listen", "agent.bogus", "agent.collector_timeout", "host.enabled", "nonsense"] {
+        for k in [
+            "agent.listen",
+            "agent.bogus",
+            "agent.collector_timeout",
+            "host.enabled",
+            "nonsense",
+        ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}\n{err}");
         }
         let text = err.to_string();

@@ -14,7 +14,7 @@ use nodescope_exporter_prometheus::{encode, Format};
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{MetricFamily, StatusRegistry};
 use serde_json::json;
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::runner::CollectorSet;
 use crate::selfstats::{ProcessStats, VERSION};
@@ -47,7 +47,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(metrics).layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd()),
+            get(metrics).layer(
+                // Fastest level: metric text still compresses ~10x, at a fraction of the CPU.
+                CompressionLayer::new()
+                    .gzip(true)
+                    .no_br()
+                    .no_deflate()
+                    .no_zstd()
+                    .quality(CompressionLevel::Fastest),
+            ),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "nodescope", version, about = "Per-node observability agent and profiling daemon")]
+#[command(
+    name = "nodescope",
+    version,
+    about = "Per-node observability agent and profiling daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -187,8 +187,10 @@ async fn fan_out(
             if r.tx.try_send(s.clone()).is_err() {
                 r.dropped.inc();
                 r.status.set_dropped(r.dropped.get());
-                r.status
-                    .set_state(ComponentState::Degraded, Some("queue full: dropping newest".into()));
+                r.status.set_state(
+                    ComponentState::Degraded,
+                    Some("queue full: dropping newest".into()),
+                );
             }
             let depth = (r.capacity - r.tx.capacity()) as u64;
             r.depth.set(depth as f64);
@@ -228,7 +230,10 @@ async fn fan_out(
     for r in &routes {
         r.status.set_state(ComponentState::Stopped, None);
     }
-    info!(queues = routes.len(), "pipeline drained; exporter queues closed");
+    info!(
+        queues = routes.len(),
+        "pipeline drained; exporter queues closed"
+    );
 }
 
 #[cfg(test)]
@@ -286,8 +291,14 @@ mod tests {
         let shutdown = CancellationToken::new();
         let p = Pipeline::start(
             vec![
-                Box::new(Sink { got: got.clone(), stalled: false }),
-                Box::new(Sink { got: stalled_got.clone(), stalled: true }),
+                Box::new(Sink {
+                    got: got.clone(),
+                    stalled: false,
+                }),
+                Box::new(Sink {
+                    got: stalled_got.clone(),
+                    stalled: true,
+                }),
             ],
             16,
             Duration::from_secs(1),
@@ -307,13 +318,18 @@ mod tests {
         shutdown.cancel();
         p.join(Duration::from_secs(2)).await;
         let fams = metrics.collect();
-        let dropped = fams.iter().find(|f| f.name == "nodescope_pipeline_dropped_total").unwrap();
+        let dropped = fams
+            .iter()
+            .find(|f| f.name == "nodescope_pipeline_dropped_total")
+            .unwrap();
         let stalled_drops = dropped
             .points
             .iter()
             .find(|p| p.labels.iter().any(|(_, v)| v == "stalled"))
             .unwrap();
-        let nodescope_model::Value::Number(n) = stalled_drops.value else { panic!() };
+        let nodescope_model::Value::Number(n) = stalled_drops.value else {
+            panic!()
+        };
         // Everything that entered went to the healthy sink; the stalled queue kept at most
         // its capacity and counted the rest.
         assert_eq!(got.load(Ordering::Relaxed), sent);

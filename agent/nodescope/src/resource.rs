@@ -38,8 +38,8 @@ pub fn detect(host_root: &Path, node_name: Option<String>) -> Resource {
         .or_else(|| read_trimmed(&root("/etc/hostname")))
         .unwrap_or_else(|| "unknown".into());
     r.set("host.name", host_name);
-    if let Some(id) =
-        read_trimmed(&root("/etc/machine-id")).or_else(|| read_trimmed(&root("/var/lib/dbus/machine-id")))
+    if let Some(id) = read_trimmed(&root("/etc/machine-id"))
+        .or_else(|| read_trimmed(&root("/var/lib/dbus/machine-id")))
     {
         r.set("host.id", id);
     }

@@ -86,9 +86,7 @@ impl CollectorSet {
             let slot = slot.clone();
             let timeout = self.timeout;
             let span = tracing::debug_span!("collector", collector = slot.collector.name());
-            set.spawn(
-                async move { (i, run_one(&slot, timeout).await) }.instrument(span),
-            );
+            set.spawn(async move { (i, run_one(&slot, timeout).await) }.instrument(span));
         }
         let mut out: Vec<(usize, MetricBatch)> = Vec::with_capacity(self.slots.len());
         while let Some(joined) = set.join_next().await {
@@ -167,7 +165,11 @@ async fn run_one(slot: &Slot, timeout: Duration) -> (RunOutcome, Option<MetricBa
         Err(_) => {
             slot.success.set(0.0);
             slot.timeouts.inc();
-            warn!(collector = name, timeout_ms = timeout.as_millis() as u64, "collector timed out");
+            warn!(
+                collector = name,
+                timeout_ms = timeout.as_millis() as u64,
+                "collector timed out"
+            );
             slot.status.failure(
                 ComponentState::Stuck,
                 format!("timed out after {timeout:?}; further runs skipped until it returns"),
@@ -190,7 +192,12 @@ mod tests {
             "fixed"
         }
         fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
-            Ok(vec![MetricFamily::single("node_x", "x", MetricType::Gauge, 1.0)])
+            Ok(vec![MetricFamily::single(
+                "node_x",
+                "x",
+                MetricType::Gauge,
+                1.0,
+            )])
         }
     }
 

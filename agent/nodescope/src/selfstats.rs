@@ -46,7 +46,11 @@ impl ProcessStats {
                 "Resident set size of the agent process.",
                 &[],
             ),
-            threads: metrics.gauge("nodescope_process_threads", "Threads in the agent process.", &[]),
+            threads: metrics.gauge(
+                "nodescope_process_threads",
+                "Threads in the agent process.",
+                &[],
+            ),
         }
     }
 
@@ -114,7 +118,10 @@ mod tests {
 
     #[test]
     fn statm_parsing() {
-        assert_eq!(parse_statm_rss("100 25 3 1 0 40 0\n"), Some(25 * page_size()));
+        assert_eq!(
+            parse_statm_rss("100 25 3 1 0 40 0\n"),
+            Some(25 * page_size())
+        );
         assert_eq!(parse_statm_rss(""), None);
         assert_eq!(parse_statm_rss("1 x"), None);
     }

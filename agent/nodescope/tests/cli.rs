@@ -67,7 +67,10 @@ fn version_flag() {
 
 fn run_expect_failure(envs: &[(&str, String)], args: &[&str]) -> String {
     let mut cmd = Command::new(BIN);
-    cmd.arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("run")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -85,7 +88,10 @@ fn listen_port_in_use_is_a_clear_error() {
     let addr = busy.local_addr().unwrap().to_string();
     let err = run_expect_failure(&[("NODESCOPE_LISTEN", addr.clone())], &[]);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
-    assert!(err.to_lowercase().contains("address already in use"), "{err}");
+    assert!(
+        err.to_lowercase().contains("address already in use"),
+        "{err}"
+    );
 }
 
 #[test]

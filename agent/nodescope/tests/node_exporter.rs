@@ -38,8 +38,11 @@ fn series(scrape: &prometheus_parse::Scrape) -> Series {
         .samples
         .iter()
         .map(|s| {
-            let mut labels: Vec<(String, String)> =
-                s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             labels.sort();
             ((s.metric.clone(), labels), value(s))
         })
@@ -111,7 +114,10 @@ fn values_and_families_agree_with_node_exporter() {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert!(missing.is_empty(), "families node_exporter has and we lack: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "families node_exporter has and we lack: {missing:?}"
+    );
 
     // 2. Values.
     let get = |s: &Series, name: &str| -> Vec<(Vec<(String, String)>, f64)> {
@@ -169,7 +175,8 @@ fn promtool_problems(promtool: &std::path::Path, text: &str) -> BTreeSet<String>
         .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let all =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     all.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

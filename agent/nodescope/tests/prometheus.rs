@@ -26,9 +26,16 @@ fn real_prometheus_scrapes_the_agent() {
         let up = prom_query(port, "up{job=\"nodescope\"}");
         let cpu = prom_query(port, "count(node_cpu_seconds_total{job=\"nodescope\"})");
         let mem = prom_query(port, "node_memory_MemTotal_bytes{job=\"nodescope\"}");
-        let rate = prom_query(port, "sum(rate(node_cpu_seconds_total{job=\"nodescope\"}[5s]))");
+        let rate = prom_query(
+            port,
+            "sum(rate(node_cpu_seconds_total{job=\"nodescope\"}[5s]))",
+        );
         let ok = up.first().map(|v| v["value"][1] == "1").unwrap_or(false)
-            && cpu.first().and_then(|v| v["value"][1].as_str()?.parse::<f64>().ok()).unwrap_or(0.0) >= 1.0
+            && cpu
+                .first()
+                .and_then(|v| v["value"][1].as_str()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                >= 1.0
             && !mem.is_empty()
             && rate
                 .first()
@@ -39,7 +46,10 @@ fn real_prometheus_scrapes_the_agent() {
             break;
         }
         last = format!("up={up:?} cpu={cpu:?} mem={mem:?} rate={rate:?}");
-        assert!(Instant::now() < deadline, "Prometheus never saw the agent: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the agent: {last}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // Prometheus negotiated OpenMetrics; scrape health is reported without sample errors.
@@ -67,7 +77,10 @@ fn exposition_formats_and_gzip_are_negotiated() {
 
     let om = client
         .get(agent.url("/metrics"))
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
         .send()
         .unwrap();
     assert!(om.headers()["content-type"]

@@ -76,7 +76,10 @@ pub fn start_agent(extra_toml: &str) -> Agent {
         .spawn()
         .expect("spawn nodescope");
     let agent = Agent {
-        proc: Proc { child, name: "nodescope" },
+        proc: Proc {
+            child,
+            name: "nodescope",
+        },
         port,
         dir,
     };
@@ -104,9 +107,15 @@ pub fn start_node_exporter(bin: &Path) -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn node_exporter");
-    let p = Proc { child, name: "node_exporter" };
+    let p = Proc {
+        child,
+        name: "node_exporter",
+    };
     assert!(
-        wait_http_ok(&format!("http://127.0.0.1:{port}/metrics"), Duration::from_secs(20)),
+        wait_http_ok(
+            &format!("http://127.0.0.1:{port}/metrics"),
+            Duration::from_secs(20)
+        ),
         "node_exporter did not come up"
     );
     (p, port)
@@ -115,7 +124,8 @@ pub fn start_node_exporter(bin: &Path) -> (Proc, u16) {
 /// Starts a real Prometheus scraping `targets` (host:port) every second.
 pub fn start_prometheus(bin: &Path, dir: &Path, targets: &[(&str, String)]) -> (Proc, u16) {
     let port = free_port();
-    let mut cfg = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
+    let mut cfg =
+        String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
     for (job, target) in targets {
         cfg.push_str(&format!(
             "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
@@ -132,9 +142,15 @@ pub fn start_prometheus(bin: &Path, dir: &Path, targets: &[(&str, String)]) -> (
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn prometheus");
-    let p = Proc { child, name: "prometheus" };
+    let p = Proc {
+        child,
+        name: "prometheus",
+    };
     assert!(
-        wait_http_ok(&format!("http://127.0.0.1:{port}/-/ready"), Duration::from_secs(30)),
+        wait_http_ok(
+            &format!("http://127.0.0.1:{port}/-/ready"),
+            Duration::from_secs(30)
+        ),
         "prometheus did not become ready"
     );
     (p, port)
