@@ -1,1 +1,170 @@
-//! Host metrics collectors with node_exporter-compatible names, read through a configurable host root
+//! Host metrics collectors with node_exporter-compatible names, read through a configurable
+//! host root.
+//!
+//! Every collector reads its files under [`HostPaths`] (`/proc`, `/sys`, `/` on a bare host;
+//! `/host/proc`, `/host/sys`, `/host/root` inside a container), so an agent running in a pod
+//! reports the node, not the pod: network counters come from `<proc>/1/net/*` (the host's
+//! network namespace when the host's `/proc` is mounted), mounts from `<proc>/1/mountinfo`
+//! (the host's mount table), and `statfs` goes through `<root>/<mountpoint>`.
+//!
+//! Each collector is one [`nodescope_model::Collector`] named like the node_exporter
+//! collector it mirrors (`cpu`, `meminfo`, `filesystem`, ...) and emits node_exporter 1.5's
+//! metric names, types, help strings and labels. See `docs/host-metrics.md`.
+
+use std::path::{Path, PathBuf};
+
+mod collectors;
+mod config;
+mod filter;
+mod util;
+
+pub use collectors::filesystem::{real_statfs, FilesystemCollector, FsStat, StatFn};
+pub use collectors::ALL_COLLECTORS;
+pub use config::{
+    DiskstatsConfig, FilesystemConfig, HostMetricsConfig, NetdevConfig, NetstatConfig, VmstatConfig,
+};
+
+/// Parsers of the individual files, exposed for property tests and tools.
+pub mod parse {
+    pub use crate::collectors::conntrack::parse_conntrack_stat;
+    pub use crate::collectors::cpu::{parse_proc_stat, ProcStat};
+    pub use crate::collectors::diskstats::{parse_diskstats, parse_udev_props};
+    pub use crate::collectors::filefd::parse_file_nr;
+    pub use crate::collectors::filesystem::{parse_mountinfo, unescape_mount_path, Mount};
+    pub use crate::collectors::loadavg::parse_loadavg;
+    pub use crate::collectors::meminfo::{parse_meminfo, MeminfoField};
+    pub use crate::collectors::netdev::parse_net_dev;
+    pub use crate::collectors::netstat::{parse_netstat, parse_snmp6};
+    pub use crate::collectors::os::{parse_os_release, parse_os_version};
+    pub use crate::collectors::pressure::parse_pressure;
+    pub use crate::collectors::sockstat::parse_sockstat;
+    pub use crate::collectors::time::parse_clocksources;
+    pub use crate::collectors::vmstat::parse_vmstat;
+}
+
+/// Where the host's `/proc`, `/sys` and `/` are visible to the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPaths {
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+    pub root: PathBuf,
+}
+
+impl HostPaths {
+    /// `/` gives `/proc`, `/sys`, `/`; any other root `R` gives `R/proc`, `R/sys`, `R/root`
+    /// (the layout of the kube-prometheus node-exporter DaemonSet's host mounts).
+    pub fn from_root(host_root: &Path) -> Self {
+        if host_root == Path::new("/") || host_root.as_os_str().is_empty() {
+            return HostPaths {
+                proc: PathBuf::from("/proc"),
+                sys: PathBuf::from("/sys"),
+                root: PathBuf::from("/"),
+            };
+        }
+        HostPaths {
+            proc: host_root.join("proc"),
+            sys: host_root.join("sys"),
+            root: host_root.join("root"),
+        }
+    }
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths::from_root(Path::new("/"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("host root: cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host root: {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("host root: {path} does not look like procfs: {reason}")]
+    NotProcfs { path: PathBuf, reason: String },
+    #[error("{key}: invalid regular expression: {source}")]
+    InvalidRegex {
+        key: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("{key}: {reason}")]
+    InvalidConfig { key: String, reason: String },
+}
+
+/// Checks that the host root is usable before any collector runs: `<proc>/stat` must be
+/// readable and look like `/proc/stat`, and `<sys>` and `<root>` must be directories.
+pub fn check_host_root(paths: &HostPaths) -> Result<(), HostError> {
+    for dir in [&paths.proc, &paths.sys, &paths.root] {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(HostError::NotADirectory { path: dir.clone() }),
+            Err(source) => {
+                return Err(HostError::Unreadable {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let stat = paths.proc.join("stat");
+    let text = std::fs::read_to_string(&stat).map_err(|source| HostError::Unreadable {
+        path: stat.clone(),
+        source,
+    })?;
+    if !text.starts_with("cpu ") {
+        return Err(HostError::NotProcfs {
+            path: stat,
+            reason: "it does not start with a `cpu ` line".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_from_root() {
+        let p = HostPaths::from_root(Path::new("/"));
+        assert_eq!(p.proc, PathBuf::from("/proc"));
+        assert_eq!(p.sys, PathBuf::from("/sys"));
+        assert_eq!(p.root, PathBuf::from("/"));
+        let p = HostPaths::from_root(Path::new("/host"));
+        assert_eq!(p.proc, PathBuf::from("/host/proc"));
+        assert_eq!(p.sys, PathBuf::from("/host/sys"));
+        assert_eq!(p.root, PathBuf::from("/host/root"));
+    }
+
+    #[test]
+    fn check_host_root_reports_the_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = HostPaths::from_root(dir.path());
+        let err = check_host_root(&paths).unwrap_err().to_string();
+        assert!(
+            err.contains(&dir.path().join("proc").display().to_string()),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("sys")).unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        let err = check_host_root(&paths).unwrap_err().to_string();
+        assert!(err.contains("proc/stat"), "{err}");
+        std::fs::write(dir.path().join("proc/stat"), "garbage\n").unwrap();
+        let err = check_host_root(&paths).unwrap_err().to_string();
+        assert!(err.contains("does not look like procfs"), "{err}");
+        std::fs::write(dir.path().join("proc/stat"), "cpu  1 2 3 4\n").unwrap();
+        check_host_root(&paths).unwrap();
+    }
+
+    #[test]
+    fn real_host_root_is_usable() {
+        check_host_root(&HostPaths::default()).unwrap();
+    }
+}

@@ -1,0 +1,68 @@
+//! One module per node_exporter collector. Each has a pure parser (`parse_*`, tested with
+//! real-format fixtures and proptest) and a [`nodescope_model::Collector`] that reads the
+//! file under the host root into a reused buffer and maps it to node_exporter's families.
+
+pub(crate) mod conntrack;
+pub(crate) mod cpu;
+pub(crate) mod diskstats;
+pub(crate) mod filefd;
+pub(crate) mod filesystem;
+pub(crate) mod loadavg;
+pub(crate) mod meminfo;
+pub(crate) mod netdev;
+pub(crate) mod netstat;
+pub(crate) mod os;
+pub(crate) mod pressure;
+pub(crate) mod sockstat;
+pub(crate) mod time;
+pub(crate) mod uname;
+pub(crate) mod vmstat;
+
+/// Every collector this crate provides, named like node_exporter's collectors.
+pub const ALL_COLLECTORS: &[&str] = &[
+    "cpu",
+    "stat",
+    "meminfo",
+    "loadavg",
+    "diskstats",
+    "filesystem",
+    "netdev",
+    "netstat",
+    "sockstat",
+    "pressure",
+    "vmstat",
+    "filefd",
+    "uname",
+    "os",
+    "time",
+    "conntrack",
+];
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use nodescope_model::{MetricFamily, Value};
+
+    pub(crate) fn find<'a>(fams: &'a [MetricFamily], name: &str) -> &'a MetricFamily {
+        fams.iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("family {name} missing"))
+    }
+
+    /// The value of the point of `name` whose labels include all of `labels`.
+    pub(crate) fn value(fams: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> f64 {
+        let f = find(fams, name);
+        let p = f
+            .points
+            .iter()
+            .find(|p| {
+                labels
+                    .iter()
+                    .all(|(k, v)| p.labels.iter().any(|(pk, pv)| pk == k && pv == v))
+            })
+            .unwrap_or_else(|| panic!("{name}{labels:?} missing"));
+        match p.value {
+            Value::Number(v) => v,
+            _ => panic!("{name} is not numeric"),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Small shared helpers: reading a file into a reused buffer, number parsing, symlinks
+//! resolved inside the host root.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use nodescope_model::CollectError;
+use parking_lot::Mutex;
+
+/// Upper bound on how much of one `/proc` or `/sys` file is read. The largest file read
+/// here (`/proc/1/mountinfo` on a busy Kubernetes node) is well under this; anything
+/// larger is truncated at a line boundary by the parsers simply not seeing the rest.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// A reusable read buffer: collectors keep one per file so a scrape allocates nothing for
+/// reading. The agent never runs two collects of one collector at once, so the lock is
+/// uncontended.
+#[derive(Debug, Default)]
+pub(crate) struct Buf(Mutex<Vec<u8>>);
+
+impl Buf {
+    pub(crate) fn new() -> Self {
+        Buf(Mutex::new(Vec::with_capacity(4096)))
+    }
+
+    /// Reads `path` into the buffer and runs `f` on its text (lossily decoded when it is
+    /// not UTF-8, which only mount paths can be).
+    pub(crate) fn with_file<T>(
+        &self,
+        path: &Path,
+        f: impl FnOnce(&str) -> Result<T, CollectError>,
+    ) -> Result<T, CollectError> {
+        let mut buf = self.0.lock();
+        read_into(path, &mut buf)?;
+        let text = text(&buf);
+        f(&text)
+    }
+}
+
+pub(crate) fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), CollectError> {
+    buf.clear();
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(buf)
+        .map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
+/// Like [`CollectError::io`], but also treats "operation not supported" (PSI disabled at
+/// boot gives EOPNOTSUPP on read) as the source being unavailable.
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> CollectError {
+    if e.raw_os_error() == Some(95) {
+        return CollectError::Unavailable {
+            what: path.display().to_string(),
+            reason: "not supported by this kernel".into(),
+        };
+    }
+    CollectError::io(path, e)
+}
+
+pub(crate) fn read_small(path: &Path) -> Result<String, CollectError> {
+    let mut buf = Vec::with_capacity(64);
+    read_into(path, &mut buf)?;
+    Ok(text(&buf).into_owned())
+}
+
+pub(crate) fn text(buf: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(buf) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(buf),
+    }
+}
+
+/// Parses a decimal number the way node_exporter does (as a float), taking the fast
+/// integer path for the common case.
+pub(crate) fn num(s: &str) -> Option<f64> {
+    if let Ok(v) = s.parse::<u64>() {
+        return Some(v as f64);
+    }
+    if let Ok(v) = s.parse::<i64>() {
+        return Some(v as f64);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Some(v),
+        _ => None,
+    }
+}
+
+/// Resolves `rel` (an absolute path as the host sees it, e.g. `/etc/localtime`) inside
+/// `root`, following symlinks *as the host would*: an absolute link target is taken
+/// relative to `root`, not to the agent's own filesystem. At most 16 links are followed.
+pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut pending: Vec<PathBuf> = vec![rel.to_path_buf()];
+    let mut links = 0;
+    let mut current = PathBuf::from("/");
+    while let Some(p) = pending.pop() {
+        let mut comps: Vec<Component> = p.components().collect();
+        comps.reverse();
+        if p.is_absolute() {
+            current = PathBuf::from("/");
+        }
+        while let Some(c) = comps.pop() {
+            match c {
+                Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+                Component::ParentDir => {
+                    current.pop();
+                }
+                Component::Normal(name) => {
+                    let candidate = current.join(name);
+                    let on_disk = root.join(candidate.strip_prefix("/").ok()?);
+                    match std::fs::symlink_metadata(&on_disk) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            links += 1;
+                            if links > 16 {
+                                return None;
+                            }
+                            let target = std::fs::read_link(&on_disk).ok()?;
+                            let rest: PathBuf = comps.iter().rev().collect();
+                            let mut next = target;
+                            if !rest.as_os_str().is_empty() {
+                                next = next.join(rest);
+                            }
+                            pending.push(next);
+                            comps.clear();
+                            break;
+                        }
+                        Ok(_) => current = candidate,
+                        Err(_) => return None,
+                    }
+                }
+            }
+        }
+    }
+    Some(root.join(current.strip_prefix("/").ok()?))
+}
+
+/// True when `s` can be part of a Prometheus metric name (`[a-zA-Z0-9_:]`, non-empty).
+/// Names built from file content (meminfo keys, vmstat keys, netstat fields) are checked
+/// with it so garbage input can never produce an invalid exposition.
+pub(crate) fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num("12"), Some(12.0));
+        assert_eq!(num("-3"), Some(-3.0));
+        assert_eq!(num("0.25"), Some(0.25));
+        assert_eq!(num("x"), None);
+        assert_eq!(num("NaN"), None);
+        assert_eq!(num(""), None);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/share/zoneinfo/Europe")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("usr/share/zoneinfo/Europe/Berlin"), b"x").unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/share/zoneinfo/Europe/Berlin",
+            root.join("etc/localtime"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../usr/share/zoneinfo", root.join("etc/zi")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("/etc/localtime")).unwrap(),
+            root.join("usr/share/zoneinfo/Europe/Berlin")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/etc/zi/Europe/Berlin")).unwrap(),
+            root.join("usr/share/zoneinfo/Europe/Berlin")
+        );
+        assert!(resolve_in_root(root, Path::new("/etc/missing")).is_none());
+        std::os::unix::fs::symlink("/etc/loop", root.join("etc/loop")).unwrap();
+        assert!(resolve_in_root(root, Path::new("/etc/loop")).is_none());
+    }
+}
