@@ -54,7 +54,9 @@ pub struct ComponentStatus {
 pub struct StatusHandle(Arc<RwLock<ComponentStatus>>);
 
 fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 impl StatusHandle {

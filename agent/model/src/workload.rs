@@ -143,9 +143,15 @@ mod tests {
     #[test]
     fn systemd_and_fallbacks() {
         let w = classify_cgroup_path("/system.slice/nginx.service");
-        assert_eq!((w.kind, w.id.as_str()), (WorkloadKind::SystemdUnit, "nginx.service"));
+        assert_eq!(
+            (w.kind, w.id.as_str()),
+            (WorkloadKind::SystemdUnit, "nginx.service")
+        );
         let w = classify_cgroup_path("/nodescope-test/worker");
-        assert_eq!((w.kind, w.id.as_str()), (WorkloadKind::Cgroup, "/nodescope-test/worker"));
+        assert_eq!(
+            (w.kind, w.id.as_str()),
+            (WorkloadKind::Cgroup, "/nodescope-test/worker")
+        );
         assert_eq!(classify_cgroup_path("/").kind, WorkloadKind::Host);
     }
 
@@ -154,7 +160,10 @@ mod tests {
         let v2 = "0::/system.slice/ssh.service\n";
         assert_eq!(cgroup_path_from_proc(v2), Some("/system.slice/ssh.service"));
         let v1 = "12:pids:/user.slice\n1:name=systemd:/system.slice/cron.service\n0::/\n";
-        assert_eq!(cgroup_path_from_proc(v1), Some("/system.slice/cron.service"));
+        assert_eq!(
+            cgroup_path_from_proc(v1),
+            Some("/system.slice/cron.service")
+        );
         assert_eq!(cgroup_path_from_proc("garbage"), None);
     }
 

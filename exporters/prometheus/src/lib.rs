@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 use nodescope_model::{Histogram, MetricFamily, MetricType, Point, Value};
 
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -78,7 +79,10 @@ pub fn encode<'a>(
         if head.points.is_empty() && rest.iter().all(|f| f.points.is_empty()) {
             continue;
         }
-        let points = head.points.iter().chain(rest.iter().flat_map(|f| f.points.iter()));
+        let points = head
+            .points
+            .iter()
+            .chain(rest.iter().flat_map(|f| f.points.iter()));
         match format {
             Format::Text004 => encode_text_family(head, points, out),
             Format::OpenMetrics => encode_om_family(head, points, out),
@@ -248,19 +252,34 @@ mod tests {
         );
         cpu.push([("cpu", "0"), ("mode", "idle")], 12345.67);
         cpu.push([("cpu", "0"), ("mode", "user")], 10.0);
-        let mut h = MetricFamily::new("nodescope_tcp_rtt_seconds", "RTT \"quoted\"\nline", MetricType::Histogram);
+        let mut h = MetricFamily::new(
+            "nodescope_tcp_rtt_seconds",
+            "RTT \"quoted\"\nline",
+            MetricType::Histogram,
+        );
         h.push_histogram(
             [("workload", "a\\b\"c")],
             Histogram {
                 buckets: vec![
-                    Bucket { upper_bound: 0.0005, cumulative_count: 1 },
-                    Bucket { upper_bound: 1.0, cumulative_count: 3 },
+                    Bucket {
+                        upper_bound: 0.0005,
+                        cumulative_count: 1,
+                    },
+                    Bucket {
+                        upper_bound: 1.0,
+                        cumulative_count: 3,
+                    },
                 ],
                 count: 4,
                 sum: 2.5,
             },
         );
-        let u = MetricFamily::single("node_netstat_Tcp_ActiveOpens", "Statistic TcpActiveOpens.", MetricType::Untyped, 42.0);
+        let u = MetricFamily::single(
+            "node_netstat_Tcp_ActiveOpens",
+            "Statistic TcpActiveOpens.",
+            MetricType::Untyped,
+            42.0,
+        );
         vec![cpu, h, u]
     }
 
@@ -272,10 +291,16 @@ mod tests {
         assert!(s.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"idle\"} 12345.67\n"));
         assert!(s.contains("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"} 10\n"));
         assert!(s.contains("# HELP nodescope_tcp_rtt_seconds RTT \"quoted\"\\nline\n"));
-        assert!(s.contains("nodescope_tcp_rtt_seconds_bucket{workload=\"a\\\\b\\\"c\",le=\"0.0005\"} 1\n"));
-        assert!(s.contains("nodescope_tcp_rtt_seconds_bucket{workload=\"a\\\\b\\\"c\",le=\"+Inf\"} 4\n"));
+        assert!(s.contains(
+            "nodescope_tcp_rtt_seconds_bucket{workload=\"a\\\\b\\\"c\",le=\"0.0005\"} 1\n"
+        ));
+        assert!(s.contains(
+            "nodescope_tcp_rtt_seconds_bucket{workload=\"a\\\\b\\\"c\",le=\"+Inf\"} 4\n"
+        ));
         assert!(s.contains("nodescope_tcp_rtt_seconds_sum{workload=\"a\\\\b\\\"c\"} 2.5\n"));
-        assert!(s.contains("# TYPE node_netstat_Tcp_ActiveOpens untyped\nnode_netstat_Tcp_ActiveOpens 42\n"));
+        assert!(s.contains(
+            "# TYPE node_netstat_Tcp_ActiveOpens untyped\nnode_netstat_Tcp_ActiveOpens 42\n"
+        ));
         assert!(!s.contains("# EOF"));
     }
 
@@ -299,7 +324,9 @@ mod tests {
         let mut s = String::new();
         encode([&a, &b], Format::Text004, &mut s);
         assert_eq!(s.matches("# TYPE nodescope_collector_success").count(), 1);
-        assert!(s.contains("{collector=\"cpu\"} 1\nnodescope_collector_success{collector=\"meminfo\"} 0\n"));
+        assert!(s.contains(
+            "{collector=\"cpu\"} 1\nnodescope_collector_success{collector=\"meminfo\"} 0\n"
+        ));
     }
 
     #[test]
@@ -318,7 +345,10 @@ mod tests {
         assert_eq!(Format::negotiate(Some("text/plain")), Format::Text004);
         let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text004);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Text004
+        );
     }
 
     proptest::proptest! {
