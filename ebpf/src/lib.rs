@@ -1,6 +1,7 @@
-//! Compiled CO-RE eBPF objects (built from `ebpf/src/*.bpf.c` by `cargo xtask build-ebpf`
-//! and committed), the Rust mirrors of the structs they share with user space, and the
-//! helpers that prepare the kernel filesystems and load objects with aya.
+//! Compiled CO-RE eBPF objects (built from `ebpf/c/*.bpf.c` by `cargo xtask build-ebpf`
+//! and committed; `cargo xtask check-ebpf` fails when one is stale), the Rust mirrors of
+//! the structs they share with user space, and the helpers that prepare the kernel
+//! filesystems and load objects with aya.
 
 pub mod loader;
 pub mod net;

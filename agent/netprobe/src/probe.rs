@@ -1,0 +1,750 @@
+//! The runtime: loads `net.bpf.o`, attaches each probe on its own (degrading one by one),
+//! reads the maps on collect, reads the ring buffer into log records, serves the top
+//! peers.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::Ebpf;
+use nodescope_ebpf::loader::{self, LoadError, LoadOptions};
+use nodescope_ebpf::net::{self as bpf, Event, PeerKey, PeerStats};
+use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
+use nodescope_model::workload::PodLookup;
+use nodescope_model::{
+    CollectError, Collector, ComponentKind, ComponentState, Emitter, LogRecord, MetricFamily,
+    MetricType, Signal, StatusHandle, StatusRegistry,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::aggregate::{self, add_row, ReasonNames, RowKey, Rows};
+use crate::config::{NetworkConfig, PROGRAMS};
+use crate::events;
+use crate::workload::{default_cgroup_root, Resolved, WorkloadResolver};
+
+/// Status component name in `/api/v1/status`.
+pub const COMPONENT: &str = "network";
+/// Collector name (`collector` label of the agent's collector metrics).
+pub const COLLECTOR: &str = "network";
+/// Pseudo cgroup id under which user space keeps counts of evicted idle peers once the
+/// retired map is full (workload "other").
+const RETIRED_OVERFLOW_CGROUP: u64 = u64::MAX;
+/// Maximum records per log batch sent to the pipeline.
+const EVENT_BATCH: usize = 256;
+
+/// What the lead passes in.
+pub struct NetProbeContext {
+    pub emitter: Emitter,
+    pub status: StatusRegistry,
+    pub self_metrics: SelfMetrics,
+    pub pods: Option<Arc<dyn PodLookup>>,
+    /// The cgroup2 mount as seen by the agent (e.g. `/sys/fs/cgroup/unified` on hybrid
+    /// hosts, `/host/sys/fs/cgroup` in a container). Empty = find it in /proc/self/mounts.
+    pub cgroup_root: PathBuf,
+}
+
+/// The state of one probe (`nodescope_probe_up{probe}`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProbeHealth {
+    pub probe: &'static str,
+    pub enabled: bool,
+    pub up: bool,
+    /// Why it is down (including the verifier log when the kernel refused it).
+    pub reason: Option<String>,
+    /// `program -> hook` attached.
+    pub hooks: Vec<String>,
+}
+
+struct Maps {
+    peers: BpfHashMap<MapData, PeerKey, PeerStats>,
+    other: BpfHashMap<MapData, PeerKey, PeerStats>,
+    counters: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+struct SelfCounters {
+    sock_map_full: Counter,
+    other_map_full: Counter,
+    rate_limited: Counter,
+    ringbuf_full: Counter,
+    decode_errors: Counter,
+    peer_overflow: Counter,
+    evictions: Counter,
+    rtt_samples: Counter,
+    events_read: Counter,
+    events_sent_kernel: Counter,
+    workload_evictions: Counter,
+    unresolved: Counter,
+    retired_overflow: Counter,
+    map_read_errors: Counter,
+    peers: Gauge,
+}
+
+impl SelfCounters {
+    fn new(m: &SelfMetrics) -> Self {
+        const D: &str = "nodescope_netprobe_dropped_total";
+        const DH: &str = "Network probe updates or events dropped, by reason.";
+        SelfCounters {
+            sock_map_full: m.counter(D, DH, &[("reason", "socket_map_full")]),
+            other_map_full: m.counter(D, DH, &[("reason", "other_map_full")]),
+            rate_limited: m.counter(D, DH, &[("reason", "event_rate_limited")]),
+            ringbuf_full: m.counter(D, DH, &[("reason", "ring_buffer_full")]),
+            decode_errors: m.counter(D, DH, &[("reason", "event_decode_error")]),
+            retired_overflow: m.counter(D, DH, &[("reason", "retired_map_full")]),
+            peer_overflow: m.counter(
+                "nodescope_netprobe_peer_overflow_total",
+                "Updates counted under peer_address=\"other\" because the peer cap was reached.",
+                &[],
+            ),
+            evictions: m.counter(
+                "nodescope_netprobe_peer_evictions_total",
+                "Idle peers folded into peer_address=\"other\" to free their slot.",
+                &[],
+            ),
+            rtt_samples: m.counter(
+                "nodescope_netprobe_rtt_samples_total",
+                "RTT samples taken by the throttled tcp_probe hook.",
+                &[],
+            ),
+            events_read: m.counter(
+                "nodescope_netprobe_events_total",
+                "Notable network events read from the ring buffer and offered to the pipeline.",
+                &[],
+            ),
+            events_sent_kernel: m.counter(
+                "nodescope_netprobe_events_submitted_total",
+                "Notable network events the kernel side wrote to the ring buffer.",
+                &[],
+            ),
+            workload_evictions: m.counter(
+                "nodescope_netprobe_workload_cache_evictions_total",
+                "cgroup id to workload cache entries evicted (cache full).",
+                &[],
+            ),
+            unresolved: m.counter(
+                "nodescope_netprobe_unresolved_cgroups_total",
+                "cgroup ids that could not be mapped to a cgroup path (workload=\"unknown\").",
+                &[],
+            ),
+            map_read_errors: m.counter(
+                "nodescope_netprobe_map_read_errors_total",
+                "Errors reading eBPF map entries.",
+                &[],
+            ),
+            peers: m.gauge(
+                "nodescope_netprobe_peers",
+                "Entries in the kernel peer map (bounded by network.peer_cap).",
+                &[],
+            ),
+        }
+    }
+}
+
+struct Inner {
+    cfg: NetworkConfig,
+    status: StatusHandle,
+    emitter: Emitter,
+    health: Vec<ProbeHealth>,
+    maps: Option<Mutex<Maps>>,
+    ringbuf: Mutex<Option<RingBuf<MapData>>>,
+    /// Keeps programs and their links alive; dropping it detaches everything.
+    _ebpf: Mutex<Option<Ebpf>>,
+    resolver: WorkloadResolver,
+    names: ReasonNames,
+    retired: Mutex<StdHashMap<(u64, u8), PeerStats>>,
+    selfc: SelfCounters,
+}
+
+/// The network probe. Cheap to clone handles come from [`NetProbe::collector`] and
+/// [`NetProbe::router`].
+#[derive(Clone)]
+pub struct NetProbe {
+    inner: Arc<Inner>,
+}
+
+impl NetworkConfig {
+    /// Loads and attaches the probes. Never fails: a probe that cannot run is reported
+    /// down (status + `nodescope_probe_up{probe}=0`) and the others carry on.
+    pub fn build(&self, ctx: NetProbeContext) -> NetProbe {
+        NetProbe::start(self.clone(), ctx)
+    }
+}
+
+fn err_text(e: &LoadError) -> String {
+    e.to_string()
+}
+
+impl NetProbe {
+    fn start(cfg: NetworkConfig, ctx: NetProbeContext) -> NetProbe {
+        let _span = tracing::info_span!("netprobe").entered();
+        let status = ctx.status.register(COMPONENT, ComponentKind::Probe);
+        let cgroup_root = if ctx.cgroup_root.as_os_str().is_empty() {
+            default_cgroup_root()
+        } else {
+            ctx.cgroup_root.clone()
+        };
+        status.set_detail("cgroup_root", cgroup_root.display().to_string());
+        let resolver =
+            WorkloadResolver::new(cgroup_root, cfg.workload_cache_size, ctx.pods.clone());
+        let selfc = SelfCounters::new(&ctx.self_metrics);
+        let mut health: Vec<ProbeHealth> = Vec::new();
+        for (probe, _, _) in PROGRAMS {
+            if !health.iter().any(|h| h.probe == probe) {
+                health.push(ProbeHealth {
+                    probe,
+                    enabled: cfg.enabled && cfg.probes.enabled(probe),
+                    up: false,
+                    reason: None,
+                    hooks: Vec::new(),
+                });
+            }
+        }
+        let mut inner = Inner {
+            cfg: cfg.clone(),
+            status: status.clone(),
+            emitter: ctx.emitter,
+            health,
+            maps: None,
+            ringbuf: Mutex::new(None),
+            _ebpf: Mutex::new(None),
+            resolver,
+            names: ReasonNames::default(),
+            retired: Mutex::new(StdHashMap::new()),
+            selfc,
+        };
+        if !cfg.enabled {
+            status.set_state(ComponentState::Disabled, None);
+            for h in &mut inner.health {
+                h.reason = Some("disabled by configuration".into());
+            }
+            return NetProbe {
+                inner: Arc::new(inner),
+            };
+        }
+        // Reason names come from tracefs formats; without tracefs they stay numeric.
+        match loader::ensure_tracefs() {
+            Ok(p) => inner.names = ReasonNames::from_tracefs(&p),
+            Err(e) => {
+                status.set_detail(
+                    "reason_names",
+                    format!("numeric (tracefs unavailable: {e})"),
+                );
+            }
+        }
+        match Self::load(&cfg, &mut inner) {
+            Ok(()) => {}
+            Err(e) => {
+                let text = err_text(&e);
+                tracing::warn!(error = %text, "network probes unavailable");
+                for h in inner.health.iter_mut().filter(|h| h.enabled) {
+                    h.up = false;
+                    h.reason = Some(text.clone());
+                }
+                if let Some(log) = e.verifier_log() {
+                    status.set_detail("verifier_log", log.to_string());
+                }
+                status.set_state(ComponentState::Unavailable, Some(text));
+            }
+        }
+        for h in &inner.health {
+            let v = match (h.enabled, h.up, &h.reason) {
+                (false, _, _) => "disabled".to_string(),
+                (true, true, _) => format!("up: {}", h.hooks.join(", ")),
+                (true, false, r) => format!("down: {}", r.as_deref().unwrap_or("unknown")),
+            };
+            status.set_detail(format!("probe.{}", h.probe), v);
+        }
+        NetProbe {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn load(cfg: &NetworkConfig, inner: &mut Inner) -> Result<(), LoadError> {
+        let obj = bpf::NET_OBJ_NAME;
+        let max_entries = [
+            (bpf::MAP_PEERS, cfg.peer_cap),
+            (bpf::MAP_PEERS_OTHER, cfg.other_cap),
+            (bpf::MAP_SOCKS, cfg.socket_cap),
+            (bpf::MAP_RTT_LAST, (cfg.socket_cap / 2).max(128)),
+        ];
+        let globals = [
+            (
+                bpf::CFG_SLOW_CONNECT_NS,
+                (cfg.slow_connect_threshold_seconds * 1e9) as u64,
+            ),
+            (
+                bpf::CFG_RTT_INTERVAL_NS,
+                (cfg.rtt_sample_interval_seconds * 1e9) as u64,
+            ),
+            (bpf::CFG_EVENTS_PER_SEC, cfg.events_per_second as u64),
+        ];
+        let mut ebpf = loader::load_with(
+            obj,
+            bpf::NET_OBJ,
+            &LoadOptions {
+                max_entries: &max_entries,
+                globals_u64: &globals,
+            },
+        )?;
+        let map_err = |map: &str, e: aya::maps::MapError| LoadError::Map {
+            object: obj.into(),
+            map: map.into(),
+            reason: e.to_string(),
+        };
+        let peers = BpfHashMap::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_PEERS)?)
+            .map_err(|e| map_err(bpf::MAP_PEERS, e))?;
+        let other = BpfHashMap::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_PEERS_OTHER)?)
+            .map_err(|e| map_err(bpf::MAP_PEERS_OTHER, e))?;
+        let counters = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_COUNTERS)?)
+            .map_err(|e| map_err(bpf::MAP_COUNTERS, e))?;
+        let drops = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS)?)
+            .map_err(|e| map_err(bpf::MAP_DROPS, e))?;
+        let ringbuf = RingBuf::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_EVENTS)?)
+            .map_err(|e| map_err(bpf::MAP_EVENTS, e))?;
+
+        let mut any_up = false;
+        let mut any_down = false;
+        for h in inner.health.iter_mut() {
+            if !h.enabled {
+                continue;
+            }
+            let mut reasons = Vec::new();
+            for (probe, program, default_hook) in PROGRAMS {
+                if probe != h.probe {
+                    continue;
+                }
+                let hook = cfg.hook_for(default_hook);
+                match loader::load_raw_tracepoint(&mut ebpf, obj, program, hook) {
+                    Ok(()) => h.hooks.push(format!("{program} -> raw_tracepoint/{hook}")),
+                    Err(e) => {
+                        tracing::warn!(probe = h.probe, program, hook, error = %e, "probe program not attached");
+                        if let Some(log) = e.verifier_log() {
+                            inner
+                                .status
+                                .set_detail(format!("verifier_log.{program}"), log.to_string());
+                        }
+                        reasons.push(err_text(&e));
+                    }
+                }
+            }
+            if reasons.is_empty() {
+                h.up = true;
+                any_up = true;
+            } else {
+                h.up = false;
+                h.reason = Some(reasons.join("; "));
+                any_down = true;
+            }
+        }
+        inner.maps = Some(Mutex::new(Maps {
+            peers,
+            other,
+            counters,
+            drops,
+        }));
+        *inner.ringbuf.lock() = Some(ringbuf);
+        *inner._ebpf.lock() = Some(ebpf);
+        let state = match (any_up, any_down) {
+            (true, false) => ComponentState::Ok,
+            (true, true) => ComponentState::Degraded,
+            (false, true) => ComponentState::Unavailable,
+            (false, false) => ComponentState::Disabled,
+        };
+        let err = any_down.then(|| {
+            inner
+                .health
+                .iter()
+                .filter_map(|h| h.reason.as_ref().map(|r| format!("{}: {r}", h.probe)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        inner.status.set_state(state, err);
+        Ok(())
+    }
+
+    /// Health of every probe.
+    pub fn health(&self) -> Vec<ProbeHealth> {
+        self.inner.health.clone()
+    }
+
+    /// The collector that reads the kernel maps on each collection.
+    pub fn collector(&self) -> Arc<dyn Collector> {
+        Arc::new(NetCollector {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Starts the ring-buffer reader (events -> log records through the emitter). Call
+    /// once inside a tokio runtime; later calls (or no probes loaded) return None.
+    pub fn spawn(&self, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.inner.status.set_detail(
+                "events",
+                "spawn() called outside a tokio runtime; events not read",
+            );
+            return None;
+        }
+        let rb = self.inner.ringbuf.lock().take()?;
+        let inner = self.inner.clone();
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+        // AsyncFd (which owns the RingBuf) is dropped.
+        let afd =
+            match unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) } {
+                Ok(a) => a,
+                Err(e) => {
+                    inner
+                        .status
+                        .set_detail("events", format!("ring buffer not pollable: {e}"));
+                    return None;
+                }
+            };
+        Some(tokio::spawn(
+            event_loop(inner, afd, shutdown).instrument(tracing::info_span!("netprobe_events")),
+        ))
+    }
+
+    /// `GET /api/v1/network/connections[?limit=N]`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/network/connections", get(connections))
+            .with_state(self.inner.clone())
+    }
+
+    /// Reads the maps and returns the current labelled rows (for tests and the API).
+    pub fn snapshot(&self) -> Result<Rows, CollectError> {
+        self.inner.read_rows()
+    }
+}
+
+async fn event_loop(
+    inner: Arc<Inner>,
+    mut afd: AsyncFd<RingBuf<MapData>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            g = afd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    inner.status.set_detail("events", format!("ring buffer poll failed: {e}"));
+                    break;
+                }
+            },
+        };
+        let rb = guard.get_inner_mut();
+        let mut decoded: Vec<Event> = Vec::new();
+        let mut drained = true;
+        while let Some(item) = rb.next() {
+            match Event::decode(&item) {
+                Ok(e) => decoded.push(e),
+                Err(err) => {
+                    inner.selfc.decode_errors.inc();
+                    tracing::debug!(error = %err, "bad ring buffer record");
+                }
+            }
+            if decoded.len() >= 4096 {
+                // Bounded work per wake-up; keep the readiness so the rest is read next.
+                drained = false;
+                break;
+            }
+        }
+        if drained {
+            guard.clear_ready();
+        }
+        if !decoded.is_empty() {
+            inner.emit_events(&decoded);
+        }
+    }
+}
+
+impl Inner {
+    fn emit_events(&self, evs: &[Event]) {
+        let ids: Vec<u64> = evs.iter().map(|e| e.cgroup_id).collect();
+        let resolved = self.resolver.resolve_all(ids);
+        let now_mono = events::monotonic_ns();
+        let now_wall = SystemTime::now();
+        let mut batch: Vec<LogRecord> = Vec::with_capacity(evs.len().min(EVENT_BATCH));
+        for e in evs {
+            let w = resolved
+                .get(&e.cgroup_id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown()));
+            let pod = self.resolver.pod_for(&w);
+            batch.push(events::to_log(
+                e,
+                &w,
+                pod,
+                &self.names,
+                events::wall_time(e.ts_ns, now_mono, now_wall),
+            ));
+            self.selfc.events_read.inc();
+            if batch.len() >= EVENT_BATCH {
+                self.emitter
+                    .emit(Signal::Logs(Arc::new(std::mem::take(&mut batch))));
+            }
+        }
+        if !batch.is_empty() {
+            self.emitter.emit(Signal::Logs(Arc::new(batch)));
+        }
+    }
+
+    fn sum_counter(arr: &PerCpuArray<MapData, u64>, idx: u32) -> u64 {
+        arr.get(&idx, 0)
+            .map(|v| v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+            .unwrap_or(0)
+    }
+
+    /// Reads the peer maps (evicting idle peers into "other"), resolves workloads and
+    /// returns labelled rows.
+    fn read_rows(&self) -> Result<Rows, CollectError> {
+        let Some(maps) = &self.maps else {
+            return Ok(Rows::new());
+        };
+        let mut maps = maps.lock();
+        let mut entries: Vec<(PeerKey, PeerStats, bool)> = Vec::new();
+        let mut errors = 0u64;
+        for r in maps.peers.iter() {
+            match r {
+                Ok((k, v)) => entries.push((k, v, false)),
+                Err(_) => errors += 1,
+            }
+        }
+        let npeers = entries.len();
+        for r in maps.other.iter() {
+            match r {
+                Ok((k, v)) => entries.push((k, v, true)),
+                Err(_) => errors += 1,
+            }
+        }
+        self.selfc.map_read_errors.add(errors);
+        self.selfc.peers.set(npeers as f64);
+
+        // Idle eviction: peers with no open connection and no update for the timeout
+        // are removed from the kernel map; their counts move to the retired "other".
+        let timeout_ns = self
+            .cfg
+            .peer_idle_timeout_seconds
+            .saturating_mul(1_000_000_000);
+        if timeout_ns > 0 {
+            let now = events::monotonic_ns();
+            let mut retired = self.retired.lock();
+            let cap = self.cfg.other_cap as usize;
+            for (k, v, overflow) in entries.iter_mut() {
+                if *overflow || v.active > 0 || now.saturating_sub(v.last_seen_ns) < timeout_ns {
+                    continue;
+                }
+                if maps.peers.remove(k).is_ok() {
+                    self.selfc.evictions.inc();
+                    let mut rk = (k.cgroup_id, k.direction);
+                    if !retired.contains_key(&rk) && retired.len() >= cap {
+                        rk = (RETIRED_OVERFLOW_CGROUP, k.direction);
+                        self.selfc.retired_overflow.inc();
+                    }
+                    retired.entry(rk).or_default().merge(v);
+                    // Already merged into `retired` (pushed below); skip this entry.
+                    *overflow = true;
+                    *v = PeerStats::default();
+                }
+            }
+            for ((cg, dir), s) in retired.iter() {
+                let key = PeerKey {
+                    cgroup_id: *cg,
+                    direction: *dir,
+                    ..PeerKey::default()
+                };
+                entries.push((key, *s, true));
+            }
+        }
+
+        let c = &maps.counters;
+        self.selfc
+            .sock_map_full
+            .set(Self::sum_counter(c, bpf::CNT_SOCK_MAP_FULL));
+        self.selfc
+            .peer_overflow
+            .set(Self::sum_counter(c, bpf::CNT_PEER_OVERFLOW));
+        self.selfc
+            .other_map_full
+            .set(Self::sum_counter(c, bpf::CNT_OTHER_MAP_FULL));
+        self.selfc
+            .rate_limited
+            .set(Self::sum_counter(c, bpf::CNT_EVENTS_RATE_LIMITED));
+        self.selfc
+            .ringbuf_full
+            .set(Self::sum_counter(c, bpf::CNT_EVENTS_LOST));
+        self.selfc
+            .rtt_samples
+            .set(Self::sum_counter(c, bpf::CNT_RTT_SAMPLES));
+        self.selfc
+            .events_sent_kernel
+            .set(Self::sum_counter(c, bpf::CNT_EVENTS_SENT));
+        drop(maps);
+
+        let ids: Vec<u64> = entries
+            .iter()
+            .map(|(k, _, _)| k.cgroup_id)
+            .filter(|&id| id != RETIRED_OVERFLOW_CGROUP)
+            .collect();
+        let resolved = self.resolver.resolve_all(ids);
+        self.selfc
+            .workload_evictions
+            .set(self.resolver.evictions.get());
+        self.selfc.unresolved.set(self.resolver.unresolved.get());
+        let other_w = Arc::new(Resolved {
+            kind: nodescope_model::workload::WorkloadKind::Cgroup,
+            id: aggregate::OTHER.into(),
+            path: String::new(),
+        });
+        let with_pods = self.resolver.has_pod_lookup();
+        let mut rows = Rows::new();
+        for (k, v, overflow) in &entries {
+            if *overflow && is_zero(v) {
+                continue;
+            }
+            let w = if k.cgroup_id == RETIRED_OVERFLOW_CGROUP {
+                other_w.clone()
+            } else {
+                resolved
+                    .get(&k.cgroup_id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(unknown()))
+            };
+            let pod = with_pods.then(|| self.resolver.pod_for(&w));
+            add_row(&mut rows, RowKey::new(&w, pod, k, *overflow), v);
+        }
+        Ok(rows)
+    }
+
+    fn read_drops(&self) -> Vec<(u32, u64)> {
+        let Some(maps) = &self.maps else {
+            return Vec::new();
+        };
+        let maps = maps.lock();
+        (0..bpf::DROP_SLOTS as u32)
+            .filter_map(|i| {
+                let n = Self::sum_counter(&maps.drops, i);
+                (n > 0).then_some((i, n))
+            })
+            .collect()
+    }
+
+    fn probe_up_family(&self) -> MetricFamily {
+        let mut f = MetricFamily::new(
+            "nodescope_probe_up",
+            "1 when the eBPF probe is attached and running; the reason is in /api/v1/status.",
+            MetricType::Gauge,
+        );
+        for h in self.health.iter().filter(|h| h.enabled) {
+            f.push([("probe", h.probe)], if h.up { 1.0 } else { 0.0 });
+        }
+        f
+    }
+}
+
+fn is_zero(s: &PeerStats) -> bool {
+    *s == PeerStats::default()
+}
+
+fn unknown() -> Resolved {
+    Resolved {
+        kind: nodescope_model::workload::WorkloadKind::Cgroup,
+        id: crate::workload::UNKNOWN.into(),
+        path: String::new(),
+    }
+}
+
+struct NetCollector {
+    inner: Arc<Inner>,
+}
+
+impl Collector for NetCollector {
+    fn name(&self) -> &'static str {
+        COLLECTOR
+    }
+
+    fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+        let start = Instant::now();
+        let inner = &self.inner;
+        let mut out = vec![inner.probe_up_family()];
+        if inner.maps.is_none() {
+            return Ok(out);
+        }
+        let rows = inner.read_rows()?;
+        out.extend(aggregate::families(&rows, &inner.names));
+        if inner
+            .health
+            .iter()
+            .any(|h| h.probe == crate::config::PROBE_DROPS && h.up)
+        {
+            out.push(aggregate::drops_family(&inner.read_drops(), &inner.names));
+        }
+        inner.status.set_detail(
+            "last_collect_seconds",
+            format!("{:.6}", start.elapsed().as_secs_f64()),
+        );
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct ConnQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ConnResponse {
+    probes: Vec<ProbeHealth>,
+    #[serde(flatten)]
+    top: aggregate::TopPeers,
+}
+
+async fn connections(State(inner): State<Arc<Inner>>, Query(q): Query<ConnQuery>) -> Response {
+    let limit = q.limit.unwrap_or(inner.cfg.top_peers).clamp(1, 1000);
+    let i2 = inner.clone();
+    let res = tokio::task::spawn_blocking(move || i2.read_rows()).await;
+    match res {
+        Ok(Ok(rows)) => Json(ConnResponse {
+            probes: inner.health.clone(),
+            top: aggregate::top_peers(&rows, limit),
+        })
+        .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reader task failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Helper for tests and docs: the label sets of one family as maps.
+pub fn points_of<'a>(
+    fams: &'a [MetricFamily],
+    name: &str,
+) -> Vec<(BTreeMap<String, String>, &'a nodescope_model::Value)> {
+    fams.iter()
+        .filter(|f| f.name == name)
+        .flat_map(|f| f.points.iter())
+        .map(|p| {
+            (
+                p.labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+                &p.value,
+            )
+        })
+        .collect()
+}
