@@ -3,7 +3,7 @@
 
     python3 scripts/bench_host.py [--rounds 10] [--scrapes 100]
 
-Builds the release agent, starts it (embedded default config: host metrics only) and
+Builds the release agent, starts it with host metrics only (eBPF parts off) and
 prometheus-node-exporter on free loopback ports, then alternates between them for
 --rounds rounds: each round scrapes one target --scrapes times, then the other (the order
 flips every round), with Prometheus's own Accept/Accept-Encoding headers. CPU time per
@@ -16,12 +16,18 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
 ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
           "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 TICK = os.sysconf("SC_CLK_TCK")
+HOST_ONLY = """[host]
+enabled = true
+[network]
+enabled = false
+"""
 
 
 def free_port():
@@ -76,9 +82,13 @@ def main():
     agent_bin = os.path.join(root, "target", "release", "nodescope")
 
     p_ns, p_ne = free_port(), free_port()
+    # Like for like: node_exporter does host metrics only, so the eBPF parts are off here.
+    cfg = os.path.join(tempfile.mkdtemp(), "host-only.toml")
+    with open(cfg, "w") as f:
+        f.write(HOST_ONLY)
     env = dict(os.environ, NODESCOPE_LISTEN=f"127.0.0.1:{p_ns}", RUST_LOG="warn")
     procs = {
-        "nodescope": subprocess.Popen([agent_bin, "run"], env=env),
+        "nodescope": subprocess.Popen([agent_bin, "run", "--config", cfg], env=env),
         "node_exporter": subprocess.Popen(
             ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{p_ne}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),

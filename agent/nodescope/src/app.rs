@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nodescope_host::HostPaths;
+use nodescope_netprobe::NetProbeContext;
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{Collector, Exporter, Signal, StatusRegistry};
 use tokio::net::TcpListener;
@@ -72,6 +73,25 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     );
 
+    // eBPF network probes: never fail the agent; a probe that cannot run is reported
+    // down with its reason (status + nodescope_probe_up) and the rest carry on.
+    let network = config.network.enabled.then(|| {
+        let _span = tracing::info_span!("netprobe").entered();
+        config.network.build(NetProbeContext {
+            emitter: pipeline.emitter(),
+            status: status.clone(),
+            self_metrics: self_metrics.clone(),
+            pods: None,
+            cgroup_root: cgroup2_root(&paths),
+        })
+    });
+    if let Some(net) = &network {
+        collectors.push(net.collector());
+        for h in net.health().iter().filter(|h| h.enabled && !h.up) {
+            warn!(probe = h.probe, reason = h.reason.as_deref().unwrap_or(""), "network probe down");
+        }
+    }
+
     let state = Arc::new(AppState {
         collectors: Arc::new(CollectorSet::new(
             collectors,
@@ -98,6 +118,13 @@ pub async fn run(config: Config) -> Result<()> {
     });
 
     let mut background = Vec::new();
+    let mut app = http::router(state.clone());
+    if let Some(net) = &network {
+        if let Some(task) = net.spawn(shutdown.clone()) {
+            background.push(task);
+        }
+        app = app.merge(net.router());
+    }
     if pipeline.wants_metrics() {
         background.push(tokio::spawn(periodic_collection(
             state.clone(),
@@ -107,7 +134,6 @@ pub async fn run(config: Config) -> Result<()> {
         )));
     }
 
-    let app = http::router(state.clone());
     state.ready.store(true, Ordering::Release);
     info!(collectors = state.collectors.len(), "nodescope ready");
 
@@ -134,6 +160,21 @@ pub async fn run(config: Config) -> Result<()> {
     pipeline.join(deadline).await;
     info!("nodescope stopped");
     Ok(())
+}
+
+/// The cgroup2 mount the probes resolve cgroup ids in. On a bare host, empty: the probe
+/// finds it in /proc/self/mounts. Through a host root, under the host's /sys (hybrid hosts
+/// mount cgroup2 at `fs/cgroup/unified`).
+fn cgroup2_root(paths: &HostPaths) -> std::path::PathBuf {
+    if paths.sys == std::path::Path::new("/sys") {
+        return std::path::PathBuf::new();
+    }
+    let unified = paths.sys.join("fs/cgroup/unified");
+    if unified.is_dir() {
+        unified
+    } else {
+        paths.sys.join("fs/cgroup")
+    }
 }
 
 /// Feeds push exporters on a fixed interval. Scrapes do not go through here: they collect

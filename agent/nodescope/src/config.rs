@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodescope_host::HostMetricsConfig;
+use nodescope_netprobe::NetworkConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use serde::Deserialize;
 
@@ -20,6 +21,7 @@ pub const ENV_NODE_NAME: &str = "NODE_NAME";
 pub struct Config {
     pub agent: AgentConfig,
     pub host: HostMetricsConfig,
+    pub network: NetworkConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -219,6 +221,7 @@ impl Config {
             issues.check(!n.trim().is_empty(), "agent.node_name", "must not be empty");
         }
         self.host.validate("host", issues);
+        self.network.validate("network", issues);
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
