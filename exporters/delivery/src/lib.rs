@@ -1,1 +1,622 @@
-//! Shared delivery machinery for push exporters: batching, backoff, memory bound, disk WAL
+//! Shared delivery machinery for nodescope's push exporters.
+//!
+//! An exporter supplies two halves and this crate does the rest:
+//! - an [`Encoder`] that turns a batch of [`Signal`]s into wire [`Payload`]s (already
+//!   compressed, ready to send), and
+//! - a [`Transport`] that sends one payload and says whether a failure is retryable.
+//!
+//! [`Delivery::run`] then batches by size and time, keeps encoded payloads in a byte-bounded
+//! memory backlog or in the disk [`wal::Wal`], and sends them one at a time, in order, with
+//! exponential backoff and jitter that honours server hints (`Retry-After`, gRPC
+//! `RetryInfo`). Invariants:
+//! - the intake never waits for the network: it only batches, encodes and appends;
+//! - at most one payload is in flight per exporter, so payloads (and Loki streams) arrive
+//!   in order, and a crash re-sends at most that one payload (WAL on);
+//! - every item that does not reach the backend is counted in
+//!   `nodescope_exporter_dropped_total{exporter,reason}`.
+
+pub mod backoff;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod wal;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodescope_model::selfmetrics::SelfMetrics;
+use nodescope_model::{
+    ComponentKind, ComponentState, ExportError, ExporterQueue, MetricBatch, MetricFamily, Resource,
+    Signal, StatusHandle, StatusRegistry,
+};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+pub use backoff::Backoff;
+pub use config::{
+    AuthConfig, BatchConfig, DeliveryConfig, FsyncPolicy, RetryConfig, TlsConfig, WalConfig,
+};
+pub use metrics::{DropReason, ExporterMetrics};
+pub use wal::{Wal, WalError};
+
+/// What every exporter's `build()` receives from the agent.
+#[derive(Clone, Debug, Default)]
+pub struct ExporterContext {
+    pub resource: Resource,
+    pub self_metrics: SelfMetrics,
+    pub status: StatusRegistry,
+}
+
+/// One encoded request body (or the parts an exporter needs to build one).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Payload {
+    /// Items it carries (metric points, log lines, profiles), for the self metrics.
+    pub items: u32,
+    /// Exporter-defined metadata (e.g. Pyroscope's query string); stored in the WAL.
+    pub meta: Vec<u8>,
+    /// The request body, already encoded and compressed.
+    pub body: Vec<u8>,
+}
+
+impl Payload {
+    pub fn size(&self) -> usize {
+        self.meta.len() + self.body.len() + 32
+    }
+}
+
+/// Turns batches of signals into payloads. Runs on the exporter's intake task.
+pub trait Encoder: Send + 'static {
+    fn encode(&mut self, batch: &[Signal]) -> Result<Vec<Payload>, ExportError>;
+}
+
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one payload. `Ok(n)`: accepted, except `n` items the backend refused
+    /// (OTLP partial success). `Err(Retryable)` is retried with backoff; `Err(Rejected)`
+    /// and `Err(Encode)` are final.
+    async fn send(&self, payload: &Payload) -> Result<u64, ExportError>;
+
+    /// Called once for each payload refused for good, after it was counted; exporters use
+    /// it to log what was refused (Loki logs once per stream).
+    fn rejected(&self, _payload: &Payload, _reason: &str) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("exporter {exporter}: opening WAL in {dir}: {source}")]
+    Wal {
+        exporter: String,
+        dir: PathBuf,
+        #[source]
+        source: WalError,
+    },
+}
+
+/// Items a signal carries.
+pub fn signal_items(s: &Signal) -> usize {
+    match s {
+        Signal::Metrics(b) => b.point_count(),
+        Signal::Logs(l) => l.len(),
+        Signal::Profile(_) => 1,
+    }
+}
+
+/// Splits a signal with more than `max_items` items into several, so no request exceeds
+/// the batch size (gRPC receivers refuse messages over 4 MiB by default).
+pub fn split_signal(s: Signal, max_items: usize) -> Vec<Signal> {
+    let max_items = max_items.max(1);
+    if signal_items(&s) <= max_items {
+        return vec![s];
+    }
+    match s {
+        Signal::Metrics(b) => {
+            let mut out = Vec::new();
+            let mut cur: Vec<MetricFamily> = Vec::new();
+            let mut n = 0;
+            for f in &b.families {
+                for chunk in f.points.chunks(max_items) {
+                    if n + chunk.len() > max_items && n > 0 {
+                        out.push(std::mem::take(&mut cur));
+                        n = 0;
+                    }
+                    cur.push(MetricFamily {
+                        name: f.name.clone(),
+                        help: f.help.clone(),
+                        kind: f.kind,
+                        points: chunk.to_vec(),
+                    });
+                    n += chunk.len();
+                }
+            }
+            if !cur.is_empty() {
+                out.push(cur);
+            }
+            out.into_iter()
+                .map(|families| {
+                    Signal::Metrics(Arc::new(MetricBatch {
+                        source: b.source.clone(),
+                        timestamp: b.timestamp,
+                        families,
+                    }))
+                })
+                .collect()
+        }
+        Signal::Logs(l) => l
+            .chunks(max_items)
+            .map(|c| Signal::Logs(Arc::new(c.to_vec())))
+            .collect::<Vec<_>>(),
+        p @ Signal::Profile(_) => vec![p],
+    }
+}
+
+enum Backlog {
+    Memory {
+        queue: VecDeque<Payload>,
+        bytes: usize,
+    },
+    Wal(Box<Wal>),
+}
+
+/// Where the next payload to send came from, so it can be acknowledged.
+enum Ack {
+    Memory,
+    Wal(wal::Pos),
+}
+
+struct Shared {
+    name: String,
+    cfg: DeliveryConfig,
+    metrics: ExporterMetrics,
+    status: StatusHandle,
+    backlog: Mutex<Backlog>,
+    in_flight_bytes: Mutex<usize>,
+    wake: Notify,
+    closing: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+}
+
+/// The batching / retry / WAL engine of one exporter.
+pub struct Delivery {
+    shared: Arc<Shared>,
+}
+
+enum Outcome {
+    Done,
+    /// Shutdown deadline reached while the payload was still unsent.
+    Abandoned,
+}
+
+impl Delivery {
+    /// Registers the exporter's status and self metrics and opens its WAL (if enabled)
+    /// under `<wal.dir>/<name>`.
+    pub fn new(
+        name: &str,
+        cfg: &DeliveryConfig,
+        ctx: &ExporterContext,
+    ) -> Result<Delivery, DeliveryError> {
+        let metrics = ExporterMetrics::register(&ctx.self_metrics, name);
+        let status = ctx.status.register(name, ComponentKind::Exporter);
+        let backlog = if cfg.wal.enabled {
+            let dir = cfg.wal.dir.join(name);
+            let mut w = Wal::open(&dir, &cfg.wal).map_err(|source| DeliveryError::Wal {
+                exporter: name.to_string(),
+                dir: dir.clone(),
+                source,
+            })?;
+            let ev = w.take_events();
+            metrics.wal_corrupt.add(ev.corrupt);
+            metrics.wal_bytes.set(w.bytes() as f64);
+            status.set_detail("wal_dir", dir.display().to_string());
+            Backlog::Wal(Box::new(w))
+        } else {
+            Backlog::Memory {
+                queue: VecDeque::new(),
+                bytes: 0,
+            }
+        };
+        Ok(Delivery {
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                cfg: cfg.clone(),
+                metrics,
+                status,
+                backlog: Mutex::new(backlog),
+                in_flight_bytes: Mutex::new(0),
+                wake: Notify::new(),
+                closing: AtomicBool::new(false),
+                deadline: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &ExporterMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn status(&self) -> &StatusHandle {
+        &self.shared.status
+    }
+
+    /// Runs until `queue` is closed and drained, then flushes within `queue.flush_timeout`
+    /// (the WAL keeps whatever could not be sent; without a WAL it is counted as
+    /// `reason="shutdown"`).
+    pub async fn run<E: Encoder, T: Transport>(
+        self,
+        mut queue: ExporterQueue,
+        mut encoder: E,
+        transport: T,
+    ) {
+        let shared = self.shared;
+        let span = tracing::info_span!("exporter", exporter = %shared.name);
+        let sender = tokio::spawn(sender_loop(shared.clone(), transport).instrument(span.clone()));
+        async {
+            shared.status.set_state(ComponentState::Ok, None);
+            let max_items = shared.cfg.batch.max_items;
+            let max_bytes = shared.cfg.batch.max_bytes;
+            let mut batch: Vec<Signal> = Vec::new();
+            let (mut items, mut bytes) = (0usize, 0usize);
+            let mut first_at: Option<Instant> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let deadline = first_at.map(|t| t + shared.cfg.batch.timeout);
+                tokio::select! {
+                    s = queue.recv() => match s {
+                        Some(sig) => {
+                            for part in split_signal(sig, max_items) {
+                                let n = signal_items(&part);
+                                if items + n > max_items && !batch.is_empty() {
+                                    flush(&shared, &mut encoder, &mut batch);
+                                    (items, bytes, first_at) = (0, 0, None);
+                                }
+                                bytes += part.approx_size();
+                                items += n;
+                                batch.push(part);
+                                first_at.get_or_insert_with(Instant::now);
+                                if items >= max_items || bytes >= max_bytes {
+                                    flush(&shared, &mut encoder, &mut batch);
+                                    (items, bytes, first_at) = (0, 0, None);
+                                }
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = sleep_until_opt(deadline) => {
+                        flush(&shared, &mut encoder, &mut batch);
+                        (items, bytes, first_at) = (0, 0, None);
+                    }
+                    _ = tick.tick() => housekeeping(&shared),
+                }
+            }
+            flush(&shared, &mut encoder, &mut batch);
+            // Leave a margin before the pipeline aborts the task.
+            let grace = queue.flush_timeout.mul_f64(0.9);
+            *shared.deadline.lock() = Some(Instant::now() + grace);
+            shared.closing.store(true, Ordering::SeqCst);
+            shared.wake.notify_one();
+            let mut sender = sender;
+            if tokio::time::timeout(grace + Duration::from_millis(200), &mut sender)
+                .await
+                .is_err()
+            {
+                sender.abort();
+            }
+            finish(&shared);
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn housekeeping(shared: &Shared) {
+    let mut b = shared.backlog.lock();
+    if let Backlog::Wal(w) = &mut *b {
+        if let Err(e) = w.maybe_sync() {
+            tracing::warn!(error = %e, "WAL fsync failed");
+        }
+    }
+    drop(b);
+    update_gauges(shared);
+}
+
+fn update_gauges(shared: &Shared) {
+    let inflight = *shared.in_flight_bytes.lock();
+    let (depth, qbytes, wbytes) = match &*shared.backlog.lock() {
+        Backlog::Memory { queue, bytes } => (queue.len() as u64, *bytes, None),
+        Backlog::Wal(w) => (0, 0, Some(w.bytes())),
+    };
+    shared.metrics.queue_bytes.set((qbytes + inflight) as f64);
+    shared.status.set_queue_depth(depth);
+    shared.status.set_dropped(shared.metrics.dropped_total());
+    if let Some(w) = wbytes {
+        shared.metrics.wal_bytes.set(w as f64);
+        shared.status.set_detail("wal_bytes", w.to_string());
+    }
+    shared
+        .status
+        .set_detail("queue_bytes", (qbytes + inflight).to_string());
+}
+
+/// Encodes the batch and appends the payloads to the backlog.
+fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) {
+    if batch.is_empty() {
+        return;
+    }
+    let items: usize = batch.iter().map(signal_items).sum();
+    let payloads = match encoder.encode(batch) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, items, "cannot encode batch; dropping it");
+            shared.metrics.dropped(DropReason::Encode).add(items as u64);
+            shared
+                .status
+                .failure(ComponentState::Degraded, e.to_string(), None);
+            batch.clear();
+            return;
+        }
+    };
+    batch.clear();
+    let limit = shared.cfg.batch.memory_limit_bytes;
+    {
+        let mut b = shared.backlog.lock();
+        for p in payloads {
+            match &mut *b {
+                Backlog::Memory { queue, bytes } => {
+                    let inflight = *shared.in_flight_bytes.lock();
+                    let size = p.size();
+                    if size + inflight > limit {
+                        shared
+                            .metrics
+                            .dropped(DropReason::MemoryLimit)
+                            .add(u64::from(p.items));
+                        continue;
+                    }
+                    while *bytes + size + inflight > limit {
+                        let Some(old) = queue.pop_front() else { break };
+                        *bytes -= old.size();
+                        shared
+                            .metrics
+                            .dropped(DropReason::MemoryLimit)
+                            .add(u64::from(old.items));
+                    }
+                    *bytes += size;
+                    queue.push_back(p);
+                }
+                Backlog::Wal(w) => {
+                    if let Err(e) = w.append(&p) {
+                        tracing::error!(error = %e, "cannot append to the WAL; dropping payload");
+                        shared
+                            .metrics
+                            .dropped(DropReason::Encode)
+                            .add(u64::from(p.items));
+                    }
+                    let ev = w.take_events();
+                    shared
+                        .metrics
+                        .dropped(DropReason::WalFull)
+                        .add(ev.dropped_items);
+                    shared.metrics.wal_corrupt.add(ev.corrupt);
+                }
+            }
+        }
+    }
+    update_gauges(shared);
+    shared.wake.notify_one();
+}
+
+fn next_payload(shared: &Shared) -> Option<(Payload, Ack)> {
+    let mut b = shared.backlog.lock();
+    match &mut *b {
+        Backlog::Memory { queue, bytes } => {
+            let p = queue.pop_front()?;
+            *bytes -= p.size();
+            *shared.in_flight_bytes.lock() = p.size();
+            Some((p, Ack::Memory))
+        }
+        Backlog::Wal(w) => {
+            let r = w.read_next();
+            let ev = w.take_events();
+            shared.metrics.wal_corrupt.add(ev.corrupt);
+            match r {
+                Ok(Some((p, pos))) => {
+                    *shared.in_flight_bytes.lock() = p.size();
+                    Some((p, Ack::Wal(pos)))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the WAL");
+                    shared
+                        .status
+                        .failure(ComponentState::Degraded, e.to_string(), None);
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn ack(shared: &Shared, a: Ack) {
+    *shared.in_flight_bytes.lock() = 0;
+    if let Ack::Wal(pos) = a {
+        if let Backlog::Wal(w) = &mut *shared.backlog.lock() {
+            if let Err(e) = w.ack(pos) {
+                tracing::warn!(error = %e, "cannot persist the WAL cursor");
+            }
+        }
+    }
+}
+
+fn past_deadline(shared: &Shared, at: Instant) -> bool {
+    shared.deadline.lock().is_some_and(|d| at >= d)
+}
+
+async fn deadline_reached(shared: &Shared) {
+    loop {
+        let d = *shared.deadline.lock();
+        match d {
+            Some(d) => {
+                tokio::time::sleep_until(d.into()).await;
+                return;
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn sender_loop<T: Transport>(shared: Arc<Shared>, transport: T) {
+    let mut backoff = Backoff::new(&shared.cfg.retry);
+    loop {
+        if past_deadline(&shared, Instant::now()) {
+            return;
+        }
+        let Some((p, a)) = next_payload(&shared) else {
+            if shared.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            // Woken by the intake, or periodically so the WAL reader can pick up data.
+            let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
+            continue;
+        };
+        match deliver(&shared, &transport, &p, &mut backoff).await {
+            Outcome::Done => ack(&shared, a),
+            Outcome::Abandoned => {
+                *shared.in_flight_bytes.lock() = 0;
+                if let Ack::Memory = a {
+                    shared
+                        .metrics
+                        .dropped(DropReason::Shutdown)
+                        .add(u64::from(p.items));
+                }
+                return;
+            }
+        }
+        update_gauges(&shared);
+    }
+}
+
+async fn deliver<T: Transport>(
+    shared: &Shared,
+    transport: &T,
+    p: &Payload,
+    backoff: &mut Backoff,
+) -> Outcome {
+    let started = Instant::now();
+    backoff.reset();
+    let timeout = shared.cfg.retry.request_timeout;
+    loop {
+        let t0 = Instant::now();
+        let res = tokio::select! {
+            r = tokio::time::timeout(timeout, transport.send(p)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(ExportError::Retryable {
+                    backend: shared.name.clone(),
+                    reason: format!("request timed out after {timeout:?}"),
+                    retry_after: None,
+                }),
+            },
+            // The shutdown deadline cancels a request still in flight.
+            _ = deadline_reached(shared) => return Outcome::Abandoned,
+        };
+        match res {
+            Ok(refused) => {
+                let items = u64::from(p.items);
+                let refused = refused.min(items);
+                shared.metrics.sent.add(items - refused);
+                if refused > 0 {
+                    shared.metrics.dropped(DropReason::Rejected).add(refused);
+                }
+                shared.status.success(t0.elapsed());
+                return Outcome::Done;
+            }
+            Err(e @ (ExportError::Rejected { .. } | ExportError::Encode { .. })) => {
+                shared.metrics.failed.inc();
+                let reason = e.to_string();
+                shared
+                    .metrics
+                    .dropped(DropReason::Rejected)
+                    .add(u64::from(p.items));
+                shared
+                    .status
+                    .failure(ComponentState::Degraded, reason.clone(), Some(t0.elapsed()));
+                transport.rejected(p, &reason);
+                return Outcome::Done;
+            }
+            Err(ExportError::Retryable {
+                reason,
+                retry_after,
+                ..
+            }) => {
+                shared.metrics.failed.inc();
+                let max = shared.cfg.retry.max_elapsed;
+                if !max.is_zero() && started.elapsed() >= max {
+                    tracing::warn!(%reason, items = p.items, "giving up after retry.max_elapsed");
+                    shared
+                        .metrics
+                        .dropped(DropReason::RetriesExhausted)
+                        .add(u64::from(p.items));
+                    return Outcome::Done;
+                }
+                let delay = backoff.next_delay(retry_after);
+                shared.status.failure(
+                    ComponentState::Degraded,
+                    format!("{reason} (retrying in {delay:?})"),
+                    Some(t0.elapsed()),
+                );
+                tracing::debug!(%reason, ?delay, "send failed; retrying");
+                let wake_at = Instant::now() + delay;
+                // Sleep in short steps so a shutdown that begins meanwhile is noticed.
+                loop {
+                    let now = Instant::now();
+                    if past_deadline(shared, now) || past_deadline(shared, wake_at) {
+                        return Outcome::Abandoned;
+                    }
+                    if now >= wake_at {
+                        break;
+                    }
+                    tokio::time::sleep((wake_at - now).min(Duration::from_millis(200))).await;
+                }
+                shared.metrics.retries.inc();
+            }
+        }
+    }
+}
+
+fn finish(shared: &Shared) {
+    let mut b = shared.backlog.lock();
+    match &mut *b {
+        Backlog::Memory { queue, bytes } => {
+            let lost: u64 = queue.iter().map(|p| u64::from(p.items)).sum();
+            if lost > 0 {
+                tracing::warn!(items = lost, "stopping with unsent data and no WAL");
+                shared.metrics.dropped(DropReason::Shutdown).add(lost);
+            }
+            queue.clear();
+            *bytes = 0;
+        }
+        Backlog::Wal(w) => {
+            if let Err(e) = w.sync() {
+                tracing::warn!(error = %e, "final WAL fsync failed");
+            }
+            if !w.is_drained() {
+                tracing::info!(
+                    wal_bytes = w.bytes(),
+                    "stopping; unsent data stays in the WAL"
+                );
+            }
+        }
+    }
+    drop(b);
+    update_gauges(shared);
+    shared.status.set_state(ComponentState::Stopped, None);
+}

@@ -1,1 +1,518 @@
-//! Loki push exporter (snappy protobuf)
+//! Loki push exporter: `POST /loki/api/v1/push` with a snappy-compressed protobuf
+//! `logproto.PushRequest`.
+//!
+//! Stream labels are low-cardinality: `job`, `node`, `kind` (the event class) and the
+//! record's own `labels` (workload class and the like). Identifiers (pid, comm, peer) and
+//! the severity travel as structured metadata (EntryAdapter field 3), so they never
+//! multiply streams. 429 and 5xx are retried; 400 is never retried: the batch is counted as
+//! `dropped_total{reason="rejected"}` and each affected stream is logged once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use nodescope_delivery::http::{self, RetryPolicy};
+use nodescope_delivery::{
+    config, AuthConfig, BatchConfig, Delivery, DeliveryConfig, DeliveryError, Encoder,
+    ExporterContext, Payload, RetryConfig, TlsConfig, Transport, WalConfig,
+};
+use nodescope_model::config::Issues;
+use nodescope_model::{ExportError, Exporter, ExporterQueue, LogRecord, Signal, SignalKind};
+use parking_lot::Mutex;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use serde::Deserialize;
+
+/// Wire types of Loki's `pkg/push/push.proto` (package `logproto`), including
+/// `structuredMetadata` (EntryAdapter field 3), which the `loki-api` 0.1.3 crate lacks.
+/// Hand-written prost derives with the upstream field numbers: four messages do not
+/// justify a protoc build step.
+pub mod logproto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub streams: Vec<StreamAdapter>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StreamAdapter {
+        #[prost(string, tag = "1")]
+        pub labels: String,
+        #[prost(message, repeated, tag = "2")]
+        pub entries: Vec<EntryAdapter>,
+        #[prost(uint64, tag = "3")]
+        pub hash: u64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EntryAdapter {
+        #[prost(message, optional, tag = "1")]
+        pub timestamp: Option<prost_types::Timestamp>,
+        #[prost(string, tag = "2")]
+        pub line: String,
+        #[prost(message, repeated, tag = "3")]
+        pub structured_metadata: Vec<LabelPairAdapter>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPairAdapter {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+}
+
+pub const NAME: &str = "loki";
+/// Streams whose rejection was already logged, remembered up to this many.
+pub const MAX_LOGGED_STREAMS: usize = 1024;
+
+/// `[exporters.loki]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LokiConfig {
+    pub enabled: bool,
+    /// Base URL of Loki (`/loki/api/v1/push` is appended when the URL has no path).
+    pub endpoint: String,
+    /// Sent as `X-Scope-OrgID`.
+    pub tenant_id: Option<String>,
+    /// The `job` stream label.
+    pub job: String,
+    /// Extra static stream labels (keep them low-cardinality).
+    pub labels: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+    pub wal: WalConfig,
+}
+
+impl Default for LokiConfig {
+    fn default() -> Self {
+        LokiConfig {
+            enabled: false,
+            endpoint: "http://127.0.0.1:3100".into(),
+            tenant_id: None,
+            job: "nodescope".into(),
+            labels: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            batch: BatchConfig {
+                max_items: 10_000,
+                ..BatchConfig::default()
+            },
+            retry: RetryConfig::default(),
+            wal: WalConfig::default(),
+        }
+    }
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Loki label names must match `[a-zA-Z_][a-zA-Z0-9_]*`; anything else becomes `_`.
+pub fn sanitize_label_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+impl LokiConfig {
+    pub fn validate(&self, prefix: &str, issues: &mut Issues) {
+        config::validate_endpoint(&self.endpoint, &format!("{prefix}.endpoint"), issues);
+        issues.check(
+            !self.job.is_empty(),
+            format!("{prefix}.job"),
+            "must not be empty",
+        );
+        for k in self.labels.keys() {
+            issues.check(
+                valid_label_name(k) && !k.starts_with("__"),
+                format!("{prefix}.labels.{k}"),
+                "is not a valid Loki label name",
+            );
+        }
+        if let Some(t) = &self.tenant_id {
+            issues.check(
+                !t.is_empty() && HeaderValue::from_str(t).is_ok(),
+                format!("{prefix}.tenant_id"),
+                "must be a non-empty header value",
+            );
+        }
+        config::validate_headers(&self.headers, &format!("{prefix}.headers"), issues);
+        self.auth.validate(&format!("{prefix}.auth"), issues);
+        self.tls.validate(&format!("{prefix}.tls"), issues);
+        self.delivery().validate(prefix, issues);
+    }
+
+    pub fn delivery(&self) -> DeliveryConfig {
+        DeliveryConfig {
+            batch: self.batch.clone(),
+            retry: self.retry.clone(),
+            wal: self.wal.clone(),
+        }
+    }
+
+    /// The push URL derived from `endpoint`.
+    pub fn push_url(&self) -> String {
+        match reqwest::Url::parse(&self.endpoint) {
+            Ok(u) if u.path() == "/" || u.path().is_empty() => {
+                format!("{}/loki/api/v1/push", self.endpoint.trim_end_matches('/'))
+            }
+            _ => self.endpoint.clone(),
+        }
+    }
+
+    pub fn build(&self, ctx: &ExporterContext) -> Result<Box<dyn Exporter>, LokiError> {
+        let client = http::build_client(&self.tls, self.retry.request_timeout)?;
+        let mut headers = http::build_headers(&self.headers, &self.auth)?;
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        if let Some(t) = &self.tenant_id {
+            let v = HeaderValue::from_str(t).map_err(|e| LokiError::Tenant(e.to_string()))?;
+            headers.insert("X-Scope-OrgID", v);
+        }
+        let mut static_labels: Vec<(String, String)> = vec![("job".into(), self.job.clone())];
+        if let Some(h) = ctx.resource.get("host.name") {
+            static_labels.push(("node".into(), h.to_string()));
+        }
+        for (k, v) in &self.labels {
+            static_labels.push((k.clone(), v.clone()));
+        }
+        let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
+        Ok(Box::new(LokiExporter {
+            delivery,
+            encoder: LokiEncoder::new(static_labels),
+            transport: LokiTransport {
+                client,
+                url: self.push_url(),
+                headers: Arc::new(headers),
+                logged: Mutex::new(HashSet::new()),
+            },
+        }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LokiError {
+    #[error("exporters.loki: {0}")]
+    Client(#[from] http::ClientError),
+    #[error("exporters.loki.tenant_id: {0}")]
+    Tenant(String),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+}
+
+pub struct LokiExporter {
+    delivery: Delivery,
+    encoder: LokiEncoder,
+    transport: LokiTransport,
+}
+
+#[async_trait::async_trait]
+impl Exporter for LokiExporter {
+    fn name(&self) -> &str {
+        NAME
+    }
+    fn accepts(&self, kind: SignalKind) -> bool {
+        kind == SignalKind::Logs
+    }
+    async fn run(self: Box<Self>, queue: ExporterQueue) {
+        let s = *self;
+        s.delivery.run(queue, s.encoder, s.transport).await
+    }
+}
+
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Groups records into streams and encodes the push request.
+pub struct LokiEncoder {
+    static_labels: Vec<(String, String)>,
+    snappy: snap::raw::Encoder,
+}
+
+impl LokiEncoder {
+    pub fn new(static_labels: Vec<(String, String)>) -> Self {
+        LokiEncoder {
+            static_labels,
+            snappy: snap::raw::Encoder::new(),
+        }
+    }
+
+    /// The stream selector of a record, e.g. `{job="nodescope", kind="tcp_reset", node="a"}`.
+    pub fn stream_labels(&self, r: &LogRecord) -> String {
+        let mut l: Vec<(String, &str)> =
+            Vec::with_capacity(self.static_labels.len() + r.labels.len() + 1);
+        for (k, v) in &self.static_labels {
+            l.push((k.clone(), v));
+        }
+        l.push(("kind".into(), &r.kind));
+        for (k, v) in &r.labels {
+            let k = sanitize_label_name(k);
+            if let Some(slot) = l.iter_mut().find(|(n, _)| *n == k) {
+                slot.1 = v;
+            } else {
+                l.push((k, v));
+            }
+        }
+        l.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut s = String::with_capacity(64);
+        s.push('{');
+        for (i, (k, v)) in l.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(k);
+            s.push_str("=\"");
+            escape_into(&mut s, v);
+            s.push('"');
+        }
+        s.push('}');
+        s
+    }
+
+    pub fn request(&self, batch: &[Signal]) -> (logproto::PushRequest, u32) {
+        let mut streams: Vec<logproto::StreamAdapter> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut items = 0u32;
+        for s in batch {
+            let Signal::Logs(records) = s else { continue };
+            for r in records.iter() {
+                items += 1;
+                let labels = self.stream_labels(r);
+                let i = match index.get(&labels) {
+                    Some(&i) => i,
+                    None => {
+                        index.insert(labels.clone(), streams.len());
+                        streams.push(logproto::StreamAdapter {
+                            labels,
+                            entries: Vec::new(),
+                            hash: 0,
+                        });
+                        streams.len() - 1
+                    }
+                };
+                let d = r.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let mut md = Vec::with_capacity(r.attributes.len() + 1);
+                md.push(logproto::LabelPairAdapter {
+                    name: "level".into(),
+                    value: r.severity.as_str().into(),
+                });
+                for (k, v) in &r.attributes {
+                    md.push(logproto::LabelPairAdapter {
+                        name: sanitize_label_name(k),
+                        value: v.clone(),
+                    });
+                }
+                streams[i].entries.push(logproto::EntryAdapter {
+                    timestamp: Some(prost_types::Timestamp {
+                        seconds: d.as_secs() as i64,
+                        nanos: d.subsec_nanos() as i32,
+                    }),
+                    line: r.body.clone(),
+                    structured_metadata: md,
+                });
+            }
+        }
+        for s in &mut streams {
+            // Stable: records with equal timestamps keep their arrival order.
+            s.entries.sort_by_key(|e| {
+                e.timestamp
+                    .as_ref()
+                    .map(|t| (t.seconds, t.nanos))
+                    .unwrap_or_default()
+            });
+        }
+        (logproto::PushRequest { streams }, items)
+    }
+}
+
+impl Encoder for LokiEncoder {
+    fn encode(&mut self, batch: &[Signal]) -> Result<Vec<Payload>, ExportError> {
+        use prost::Message;
+        let (req, items) = self.request(batch);
+        if req.streams.is_empty() {
+            return Ok(vec![]);
+        }
+        let body = self
+            .snappy
+            .compress_vec(&req.encode_to_vec())
+            .map_err(|e| ExportError::Encode {
+                backend: NAME.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(vec![Payload {
+            items,
+            meta: vec![],
+            body,
+        }])
+    }
+}
+
+pub struct LokiTransport {
+    client: reqwest::Client,
+    url: String,
+    headers: Arc<HeaderMap>,
+    logged: Mutex<HashSet<String>>,
+}
+
+/// Decodes a payload body back into the request (used to name rejected streams).
+pub fn decode_body(body: &[u8]) -> Option<logproto::PushRequest> {
+    use prost::Message;
+    let raw = snap::raw::Decoder::new().decompress_vec(body).ok()?;
+    logproto::PushRequest::decode(raw.as_slice()).ok()
+}
+
+#[async_trait::async_trait]
+impl Transport for LokiTransport {
+    async fn send(&self, p: &Payload) -> Result<u64, ExportError> {
+        http::post(
+            &self.client,
+            NAME,
+            &self.url,
+            (*self.headers).clone(),
+            p.body.clone(),
+            RetryPolicy::TooManyAnd5xx,
+        )
+        .await
+        .map(|()| 0)
+    }
+
+    fn rejected(&self, p: &Payload, reason: &str) {
+        let Some(req) = decode_body(&p.body) else {
+            tracing::warn!(%reason, items = p.items, "Loki rejected a batch");
+            return;
+        };
+        let mut logged = self.logged.lock();
+        for s in &req.streams {
+            if logged.contains(&s.labels) {
+                continue;
+            }
+            if logged.len() < MAX_LOGGED_STREAMS {
+                logged.insert(s.labels.clone());
+            }
+            tracing::warn!(stream = %s.labels, entries = s.entries.len(), %reason,
+                "Loki rejected entries of this stream; not retrying (logged once per stream)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodescope_model::Severity;
+    use std::time::{Duration, SystemTime};
+
+    fn rec(kind: &'static str, t: u64, body: &str) -> LogRecord {
+        LogRecord {
+            timestamp: UNIX_EPOCH + Duration::from_secs(t),
+            severity: Severity::Warn,
+            kind: kind.into(),
+            body: body.into(),
+            labels: vec![("workload_kind".into(), "systemd_unit".into())],
+            attributes: vec![
+                ("pid".into(), "42".into()),
+                ("peer.addr".into(), "1.2.3.4".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn streams_are_grouped_sorted_and_escaped() {
+        let e = LokiEncoder::new(vec![
+            ("job".into(), "ns".into()),
+            ("node".into(), "a\"b".into()),
+        ]);
+        let batch = [Signal::Logs(Arc::new(vec![
+            rec("tcp_reset", 20, "second"),
+            rec("tcp_connect_failed", 5, "x"),
+            rec("tcp_reset", 10, "first"),
+        ]))];
+        let (req, items) = e.request(&batch);
+        assert_eq!(items, 3);
+        assert_eq!(req.streams.len(), 2);
+        assert_eq!(
+            req.streams[0].labels,
+            r#"{job="ns", kind="tcp_reset", node="a\"b", workload_kind="systemd_unit"}"#
+        );
+        let lines: Vec<_> = req.streams[0]
+            .entries
+            .iter()
+            .map(|e| e.line.as_str())
+            .collect();
+        assert_eq!(lines, vec!["first", "second"]);
+        let md = &req.streams[0].entries[0].structured_metadata;
+        assert_eq!(md[0].name, "level");
+        assert_eq!(md[2].name, "peer_addr");
+        let _ = SystemTime::now();
+    }
+
+    #[test]
+    fn rejected_streams_are_remembered_once() {
+        let mut e = LokiEncoder::new(vec![("job".into(), "ns".into())]);
+        let batch = [Signal::Logs(Arc::new(vec![
+            rec("a", 1, "x"),
+            rec("b", 2, "y"),
+            rec("a", 3, "z"),
+        ]))];
+        let p = e.encode(&batch).unwrap().remove(0);
+        let t = LokiTransport {
+            client: reqwest::Client::new(),
+            url: String::new(),
+            headers: Arc::new(HeaderMap::new()),
+            logged: Mutex::new(HashSet::new()),
+        };
+        t.rejected(&p, "HTTP 400: entry too far behind");
+        assert_eq!(t.logged.lock().len(), 2);
+        t.rejected(&p, "HTTP 400: entry too far behind");
+        assert_eq!(t.logged.lock().len(), 2, "a stream is logged once");
+        assert_eq!(decode_body(&p.body).unwrap().streams[0].entries.len(), 2);
+    }
+
+    #[test]
+    fn push_url_and_validation() {
+        let mut c = LokiConfig::default();
+        assert_eq!(c.push_url(), "http://127.0.0.1:3100/loki/api/v1/push");
+        c.endpoint = "https://logs.example.invalid/custom/push".into();
+        assert_eq!(c.push_url(), "https://logs.example.invalid/custom/push");
+        let c: LokiConfig = toml::from_str(
+            "endpoint = \"nope\"\njob = \"\"\ntenant_id = \"\"\n[labels]\n\"a-b\" = \"x\"\n[auth]\nusername = \"u\"\nbearer_token = \"t\"\n",
+        )
+        .unwrap();
+        let mut i = Issues::default();
+        c.validate("exporters.loki", &mut i);
+        let keys: Vec<_> = i.list.iter().map(|x| x.key.as_str()).collect();
+        for k in [
+            "exporters.loki.endpoint",
+            "exporters.loki.job",
+            "exporters.loki.tenant_id",
+            "exporters.loki.labels.a-b",
+            "exporters.loki.auth",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+    }
+}
