@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use nodescope_delivery::ExporterContext;
 use nodescope_host::HostPaths;
-use nodescope_netprobe::NetProbeContext;
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{Collector, Exporter, Signal, StatusRegistry};
+use nodescope_netprobe::NetProbeContext;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -63,7 +64,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let exporters: Vec<Box<dyn Exporter>> = Vec::new();
+    let exporters = build_exporters(&config, &resource, &self_metrics, &status)?;
     let pipeline = Pipeline::start(
         exporters,
         config.agent.queue_capacity,
@@ -88,7 +89,11 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(net) = &network {
         collectors.push(net.collector());
         for h in net.health().iter().filter(|h| h.enabled && !h.up) {
-            warn!(probe = h.probe, reason = h.reason.as_deref().unwrap_or(""), "network probe down");
+            warn!(
+                probe = h.probe,
+                reason = h.reason.as_deref().unwrap_or(""),
+                "network probe down"
+            );
         }
     }
 
@@ -160,6 +165,48 @@ pub async fn run(config: Config) -> Result<()> {
     pipeline.join(deadline).await;
     info!("nodescope stopped");
     Ok(())
+}
+
+/// Builds every enabled push exporter. A configured exporter that cannot be built (bad
+/// TLS files, ...) stops start-up with its reason: silently running without it would lose
+/// data.
+fn build_exporters(
+    config: &Config,
+    resource: &nodescope_model::Resource,
+    self_metrics: &SelfMetrics,
+    status: &StatusRegistry,
+) -> Result<Vec<Box<dyn Exporter>>> {
+    let ctx = ExporterContext {
+        resource: resource.clone(),
+        self_metrics: self_metrics.clone(),
+        status: status.clone(),
+    };
+    let e = &config.exporters;
+    let mut out: Vec<Box<dyn Exporter>> = Vec::new();
+    if e.otlp.enabled {
+        out.push(e.otlp.build(&ctx).context("building the OTLP exporter")?);
+    }
+    if e.loki.enabled {
+        out.push(e.loki.build(&ctx).context("building the Loki exporter")?);
+    }
+    if e.remote_write.enabled {
+        out.push(
+            e.remote_write
+                .build(&ctx)
+                .context("building the remote_write exporter")?,
+        );
+    }
+    if e.pyroscope.enabled {
+        out.push(
+            e.pyroscope
+                .build(&ctx)
+                .context("building the Pyroscope exporter")?,
+        );
+    }
+    for x in &out {
+        info!(exporter = x.name(), "exporter enabled");
+    }
+    Ok(out)
 }
 
 /// The cgroup2 mount the probes resolve cgroup ids in. On a bare host, empty: the probe

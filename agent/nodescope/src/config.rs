@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nodescope_exporter_loki::LokiConfig;
+use nodescope_exporter_otlp::OtlpConfig;
+use nodescope_exporter_pyroscope::PyroscopeConfig;
+use nodescope_exporter_remote_write::RemoteWriteConfig;
 use nodescope_host::HostMetricsConfig;
-use nodescope_netprobe::NetworkConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
+use nodescope_netprobe::NetworkConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -22,6 +26,17 @@ pub struct Config {
     pub agent: AgentConfig,
     pub host: HostMetricsConfig,
     pub network: NetworkConfig,
+    pub exporters: ExportersConfig,
+}
+
+/// `[exporters.*]`: every push exporter is off unless its table says `enabled = true`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportersConfig {
+    pub otlp: OtlpConfig,
+    pub loki: LokiConfig,
+    pub remote_write: RemoteWriteConfig,
+    pub pyroscope: PyroscopeConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -222,6 +237,19 @@ impl Config {
         }
         self.host.validate("host", issues);
         self.network.validate("network", issues);
+        let e = &self.exporters;
+        if e.otlp.enabled {
+            e.otlp.validate("exporters.otlp", issues);
+        }
+        if e.loki.enabled {
+            e.loki.validate("exporters.loki", issues);
+        }
+        if e.remote_write.enabled {
+            e.remote_write.validate("exporters.remote_write", issues);
+        }
+        if e.pyroscope.enabled {
+            e.pyroscope.validate("exporters.pyroscope", issues);
+        }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

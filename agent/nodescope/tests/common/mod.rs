@@ -123,6 +123,16 @@ pub fn start_node_exporter(bin: &Path) -> (Proc, u16) {
 
 /// Starts a real Prometheus scraping `targets` (host:port) every second.
 pub fn start_prometheus(bin: &Path, dir: &Path, targets: &[(&str, String)]) -> (Proc, u16) {
+    start_prometheus_with(bin, dir, targets, &[])
+}
+
+/// As [`start_prometheus`], with extra command-line flags.
+pub fn start_prometheus_with(
+    bin: &Path,
+    dir: &Path,
+    targets: &[(&str, String)],
+    extra: &[&str],
+) -> (Proc, u16) {
     let port = free_port();
     let mut cfg =
         String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
@@ -138,6 +148,7 @@ pub fn start_prometheus(bin: &Path, dir: &Path, targets: &[(&str, String)]) -> (
         .arg(format!("--config.file={}", cfg_path.display()))
         .arg(format!("--storage.tsdb.path={}", data.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
