@@ -49,5 +49,8 @@ fn loopback_connect_appears_in_metrics_and_api() {
     let (code, body) = http_get(&agent.url("/api/v1/network/connections")).unwrap();
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(body.contains(&port), "connections API lacks port {port}: {v}");
+    assert!(
+        body.contains(&port),
+        "connections API lacks port {port}: {v}"
+    );
 }
