@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /*
- * nodescope network latency probes. Raw tracepoints only (no kprobes, no fentry, no
- * tracefs needed):
+ * nodescope network latency probes. BTF-typed raw tracepoints (tp_btf) only (no kprobes,
+ * no fentry, no tracefs needed):
  *   inet_sock_set_state  connect latency / failures, accepted connections, duration,
  *                        close-time summary (srtt, bytes)
  *   tcp_probe            live smoothed RTT, throttled per socket
@@ -13,14 +13,18 @@
  * only notable events (failed / slow connects, resets) go to the ring buffer, through a
  * global rate limit. Everything that does not fit is counted in `counters`.
  *
- * Raw tracepoint arguments are read as a plain __u64 array: vmlinux.h declares
- * bpf_raw_tracepoint_args.args as a zero-length array, and a CO-RE relocation on it
- * (args[2]) is rejected by aya as out of bounds.
+ * Cost matters: inet_sock_set_state runs ~10 times per connection. The per-socket state
+ * lives in a set-associative array (no hash-map insert / delete per connection),
+ * arguments are typed so socket fields are plain loads (no bpf_probe_read_kernel), and
+ * transitions that carry nothing are filtered on the arguments before touching the
+ * socket. (Socket-local storage, BPF_MAP_TYPE_SK_STORAGE, was measured and rejected: its
+ * allocation per socket made inet_sock_set_state 1.7-2x slower than the hash map.)
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 
 #include "net.h"
 
@@ -42,12 +46,29 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 volatile const __u64 cfg_slow_connect_ns = 500000000ULL;
 volatile const __u64 cfg_rtt_interval_ns = 1000000000ULL;
 volatile const __u64 cfg_events_per_sec = 100;
+/* Sets in `socks`: its max_entries / NS_SOCK_WAYS (user space sets both). */
+volatile const __u64 cfg_sock_sets = 16384 / NS_SOCK_WAYS;
 
-/* Sockets being tracked (connecting or established since the probe started). */
+/* Per-socket state of the sockets we saw connect / accept: a set-associative table
+ * (NS_SOCK_WAYS slots per set), the set chosen by a hash of the socket address. The
+ * owners of a set's slots sit together in one `sock_tags` value (one or two cache lines
+ * to scan); the state of slot (set, way) is `socks[set * NS_SOCK_WAYS + way]`. Array
+ * lookups are inlined by the verifier, a slot is claimed with one compare-and-swap and
+ * freed with one exchange: tracking a connection costs a few loads instead of a
+ * hash-map insert and delete (bucket lock, free list, hashing). max_entries of `socks`
+ * (the socket cap) bounds the sockets tracked; a socket whose set is full is not tracked
+ * (NS_CNT_SOCK_MAP_FULL), which can happen below the cap when one set fills first. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16384 / NS_SOCK_WAYS);
+	__type(key, __u32);
+	__type(value, struct ns_sock_tags);
+} sock_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
 	__type(value, struct ns_sock);
 } socks SEC(".maps");
 
@@ -67,8 +88,8 @@ struct {
 	__type(value, struct ns_peer_stats);
 } peers_other SEC(".maps");
 
-/* Last RTT sample time per socket (throttle). LRU: an evicted entry only allows one
- * extra sample. */
+/* Last RTT sample time per socket (throttle), for sockets older than the probe.
+ * LRU: an evicted entry only allows one extra sample. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -150,18 +171,20 @@ static __always_inline __u32 slot_duration(__u64 v)
 	return NS_DURATION_BOUNDS;
 }
 
+/* Socket fields are read with plain CO-RE relocated loads: tp_btf arguments are typed
+ * kernel pointers (PTR_TO_BTF_ID), so no bpf_probe_read_kernel call is needed. */
 static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 {
-	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	struct cgroup *cg = sk->sk_cgrp_data.cgroup;
 	if (!cg)
 		return 0;
-	return BPF_CORE_READ(cg, kn, id);
+	return cg->kn->id;
 }
 
 /* Full sockets only carry sk_cgrp_data; request and timewait sockets share sock_common. */
 static __always_inline int sk_is_full(const struct sock *sk)
 {
-	__u8 st = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 st = sk->__sk_common.skc_state;
 	return st != TCP_TIME_WAIT && st != TCP_NEW_SYN_RECV;
 }
 
@@ -175,23 +198,23 @@ static __always_inline void set_mapped_v4(__u8 *dst, __u32 a)
 
 static __always_inline void remote_addr(const struct sock_common *c, __u8 *dst, __u8 *family)
 {
-	__u16 fam = BPF_CORE_READ(c, skc_family);
+	__u16 fam = c->skc_family;
 	*family = (__u8)fam;
 	if (fam == AF_INET6) {
 		/* Explicit size: BPF_CORE_READ_INTO would read sizeof(*dst) == 1 byte. */
 		bpf_core_read(dst, 16, &c->skc_v6_daddr);
 	} else {
-		set_mapped_v4(dst, BPF_CORE_READ(c, skc_daddr));
+		set_mapped_v4(dst, c->skc_daddr);
 	}
 }
 
 static __always_inline void local_addr(const struct sock_common *c, __u8 *dst)
 {
-	__u16 fam = BPF_CORE_READ(c, skc_family);
+	__u16 fam = c->skc_family;
 	if (fam == AF_INET6) {
 		bpf_core_read(dst, 16, &c->skc_v6_rcv_saddr);
 	} else {
-		set_mapped_v4(dst, BPF_CORE_READ(c, skc_rcv_saddr));
+		set_mapped_v4(dst, c->skc_rcv_saddr);
 	}
 }
 
@@ -199,9 +222,9 @@ static __always_inline void local_addr(const struct sock_common *c, __u8 *dst)
  * inbound when the local port is below the remote one (we are the server). */
 static __always_inline void key_from_sk(const struct sock *sk, struct ns_peer_key *k, int dir)
 {
-	const struct sock_common *c = (const struct sock_common *)sk;
-	__u16 lport = BPF_CORE_READ(c, skc_num);
-	__u16 rport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
+	const struct sock_common *c = &sk->__sk_common;
+	__u16 lport = c->skc_num;
+	__u16 rport = bpf_ntohs(c->skc_dport);
 
 	remote_addr(c, k->addr, &k->family);
 	if (dir < 0)
@@ -212,11 +235,121 @@ static __always_inline void key_from_sk(const struct sock *sk, struct ns_peer_ke
 	k->_pad = 0;
 }
 
-/* The key of a socket: the tracked one when we saw it connect / accept, else derived. */
-static __always_inline void key_for_sk(const struct sock *sk, struct ns_peer_key *k)
+/* Sockets are identified by their address. A tp_btf argument is a typed pointer on which
+ * the verifier forbids arithmetic (the set hash needs it); passing it through a per-CPU
+ * scratch slot turns it into a plain number for the cost of one store and one load
+ * (bpf_get_socket_cookie did the same for ~20 ns per call). One slot per program: a
+ * program never nests in itself on a CPU (the kernel skips such runs), but another
+ * program can interrupt it between the store and the load. */
+#define NS_SCRATCH_SET_STATE 0
+#define NS_SCRATCH_TCP_PROBE 1
+#define NS_SCRATCH_RETRANSMIT 2
+#define NS_SCRATCH_SEND_RESET 3
+#define NS_SCRATCH_RECEIVE_RESET 4
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} scratch SEC(".maps");
+
+static __always_inline __u64 sk_id(const struct sock *sk, __u32 slot)
 {
-	__u64 skp = (__u64)sk;
-	struct ns_sock *st = bpf_map_lookup_elem(&socks, &skp);
+	volatile __u64 *v = bpf_map_lookup_elem(&scratch, &slot);
+	if (!v)
+		return 0;
+	*v = (__u64)sk;
+	return *v;
+}
+
+/* The set of socket `id` (multiplicative hash, then range reduction by multiplication:
+ * no division, any number of sets). */
+static __always_inline __u32 sock_set(__u64 id)
+{
+	__u64 h = (id * 0x9E3779B97F4A7C15ULL) >> 32;
+	return (__u32)((h * cfg_sock_sets) >> 32);
+}
+
+static __always_inline struct ns_sock *sock_slot(__u32 set, __u32 way)
+{
+	__u32 i = set * NS_SOCK_WAYS + way;
+	return bpf_map_lookup_elem(&socks, &i);
+}
+
+/* The per-socket state of socket `id`, or NULL (not tracked). */
+static __always_inline struct ns_sock *sock_find(__u64 id)
+{
+	__u32 set = sock_set(id);
+	struct ns_sock_tags *t = bpf_map_lookup_elem(&sock_tags, &set);
+	if (!t)
+		return 0;
+#pragma unroll
+	for (__u32 w = 0; w < NS_SOCK_WAYS; w++)
+		if (t->sk[w] == id)
+			return sock_slot(set, w);
+	return 0;
+}
+
+static __always_inline struct ns_sock *sock_get(const struct sock *sk, __u32 slot)
+{
+	__u64 id = sk_id(sk, slot);
+	return id ? sock_find(id) : 0;
+}
+
+/* Claims a slot for socket `id` (or reuses its own: a socket whose close we missed, at
+ * the same address) and zeroes it; NULL (counted) when its set is full. */
+static __always_inline struct ns_sock *sock_track(__u64 id)
+{
+	__u32 set = sock_set(id);
+	struct ns_sock_tags *t = bpf_map_lookup_elem(&sock_tags, &set);
+	struct ns_sock *e = 0;
+
+	if (!t)
+		return 0;
+#pragma unroll
+	for (__u32 w = 0; w < NS_SOCK_WAYS; w++) {
+		if (t->sk[w] == id) {
+			e = sock_slot(set, w);
+			goto found;
+		}
+	}
+#pragma unroll
+	for (__u32 w = 0; w < NS_SOCK_WAYS; w++) {
+		if (t->sk[w] == 0 && __sync_val_compare_and_swap(&t->sk[w], 0, id) == 0) {
+			e = sock_slot(set, w);
+			goto found;
+		}
+	}
+found:
+	if (!e) {
+		count(NS_CNT_SOCK_MAP_FULL);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
+/* Frees the slot of socket `id`; call after the last read of its state (the exchange is
+ * a full barrier). */
+static __always_inline void sock_untrack(__u64 id)
+{
+	__u32 set = sock_set(id);
+	struct ns_sock_tags *t = bpf_map_lookup_elem(&sock_tags, &set);
+	if (!t)
+		return;
+#pragma unroll
+	for (__u32 w = 0; w < NS_SOCK_WAYS; w++) {
+		if (t->sk[w] == id) {
+			__sync_lock_test_and_set(&t->sk[w], 0);
+			return;
+		}
+	}
+}
+
+/* The key of a socket: the tracked one when we saw it connect / accept, else derived. */
+static __always_inline void key_for_sk(struct sock *sk, struct ns_peer_key *k, __u32 slot)
+{
+	struct ns_sock *st = sock_get(sk, slot);
 	if (st) {
 		*k = st->key;
 		return;
@@ -282,14 +415,14 @@ static __always_inline void emit(const struct sock *sk, const struct ns_peer_key
 		count(NS_CNT_EVENTS_LOST);
 		return;
 	}
-	const struct sock_common *c = (const struct sock_common *)sk;
+	const struct sock_common *c = &sk->__sk_common;
 	e->ts_ns = now;
 	e->cgroup_id = k->cgroup_id;
 	e->latency_ns = latency;
 	local_addr(c, e->saddr);
 	remote_addr(c, e->daddr, &e->family);
-	e->sport = BPF_CORE_READ(c, skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
+	e->sport = c->skc_num;
+	e->dport = bpf_ntohs(c->skc_dport);
 	e->kind = kind;
 	e->direction = k->direction;
 	e->error = error;
@@ -334,38 +467,60 @@ static __always_inline void add_rtt(struct ns_peer_stats *s, __u32 srtt_us)
 	__sync_fetch_and_add(&s->rtt_sum_us, srtt_us);
 }
 
-SEC("raw_tracepoint/inet_sock_set_state")
-int ns_set_state(__u64 *ctx)
+/* All programs are BTF-typed raw tracepoints (tp_btf): typed arguments and direct
+ * (CO-RE relocated) socket loads instead of bpf_probe_read_kernel calls. Attached with
+ * BPF_RAW_TRACEPOINT_OPEN: no tracefs. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
-	int oldstate = (int)ctx[1];
-	int newstate = (int)ctx[2];
-	__u64 skp = (__u64)sk;
-
 	/* Cheap filter first (arguments only): most transitions (FIN_WAIT*, CLOSE_WAIT,
 	 * LAST_ACK, LISTEN -> SYN_RECV, ...) carry nothing we aggregate. */
 	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE &&
 	    !(oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED))
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 id = sk_id(sk, NS_SCRATCH_SET_STATE);
+	if (!id)
+		return 0;
 
 	if (newstate == TCP_SYN_SENT) {
-		struct ns_sock st = {};
-		st.start_ns = now;
-		key_from_sk(sk, &st.key, NS_DIR_OUTBOUND);
-		st.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(st.comm, sizeof(st.comm));
-		if (bpf_map_update_elem(&socks, &skp, &st, BPF_ANY))
-			count(NS_CNT_SOCK_MAP_FULL);
+		struct ns_sock *st = sock_track(id);
+		if (!st)
+			return 0;
+		st->start_ns = bpf_ktime_get_ns();
+		key_from_sk(sk, &st->key, NS_DIR_OUTBOUND);
+		st->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(st->comm, sizeof(st->comm));
 		return 0;
 	}
 
-	if (oldstate == TCP_SYN_SENT) {
-		struct ns_sock *st = bpf_map_lookup_elem(&socks, &skp);
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		/* SYN_RECV -> ESTABLISHED: an accepted connection. */
+		struct ns_sock *st = sock_track(id);
 		if (!st)
 			return 0;
+		__u64 now = bpf_ktime_get_ns();
+		st->start_ns = now;
+		st->established_ns = now;
+		st->rtt_last_ns = now;
+		st->flags |= NS_SOCK_ESTABLISHED;
+		key_from_sk(sk, &st->key, NS_DIR_INBOUND);
+		struct ns_peer_stats *s = peer_get(&st->key);
+		if (s) {
+			__sync_fetch_and_add(&s->active, 1);
+			s->last_seen_ns = now;
+		}
+		return 0;
+	}
+
+	/* SYN_SENT -> ESTABLISHED / CLOSE, or anything -> CLOSE: tracked sockets only. */
+	struct ns_sock *st = sock_find(id);
+	if (!st)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (oldstate == TCP_SYN_SENT) {
 		__u64 lat = now - st->start_ns;
 		struct ns_peer_stats *s = peer_get(&st->key);
 		if (newstate == TCP_ESTABLISHED) {
@@ -388,7 +543,7 @@ int ns_set_state(__u64 *ctx)
 			return 0;
 		}
 		if (newstate == TCP_CLOSE) {
-			int err = BPF_CORE_READ(sk, sk_err);
+			int err = sk->sk_err;
 			__u8 cls = classify_error(err);
 			if (s) {
 				if (cls >= NS_ERR_SLOTS)
@@ -397,36 +552,16 @@ int ns_set_state(__u64 *ctx)
 				s->last_seen_ns = now;
 			}
 			emit(sk, &st->key, st, NS_EV_CONNECT_FAILED, now, lat, cls, 0, (__u16)err);
-			bpf_map_delete_elem(&socks, &skp);
-		}
-		return 0;
-	}
-
-	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-		struct ns_sock st = {};
-		st.start_ns = now;
-		st.established_ns = now;
-		st.rtt_last_ns = now;
-		st.flags = NS_SOCK_ESTABLISHED;
-		key_from_sk(sk, &st.key, NS_DIR_INBOUND);
-		if (bpf_map_update_elem(&socks, &skp, &st, BPF_ANY)) {
-			count(NS_CNT_SOCK_MAP_FULL);
-			return 0;
-		}
-		struct ns_peer_stats *s = peer_get(&st.key);
-		if (s) {
-			__sync_fetch_and_add(&s->active, 1);
-			s->last_seen_ns = now;
+			sock_untrack(id);
 		}
 		return 0;
 	}
 
 	if (newstate == TCP_CLOSE) {
-		struct ns_sock *st = bpf_map_lookup_elem(&socks, &skp);
-		if (st && (st->flags & NS_SOCK_ESTABLISHED)) {
+		if (st->flags & NS_SOCK_ESTABLISHED) {
 			struct ns_peer_stats *s = peer_get(&st->key);
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 			if (s) {
-				const struct tcp_sock *tp = (const struct tcp_sock *)sk;
 				__u64 dur = now - st->established_ns;
 				__u32 i = slot_duration(dur);
 				if (i > NS_DURATION_BOUNDS)
@@ -434,18 +569,19 @@ int ns_set_state(__u64 *ctx)
 				__sync_fetch_and_add(&s->duration_hist[i], 1);
 				__sync_fetch_and_add(&s->duration_sum_ns, dur);
 				__sync_fetch_and_add(&s->active, -1);
-				__sync_fetch_and_add(&s->bytes_sent, BPF_CORE_READ(tp, bytes_acked));
-				__sync_fetch_and_add(&s->bytes_received, BPF_CORE_READ(tp, bytes_received));
-				if (!(st->flags & NS_SOCK_RTT_SAMPLED)) {
-					__u32 srtt = BPF_CORE_READ(tp, srtt_us) >> 3;
-					if (srtt)
-						add_rtt(s, srtt);
+				if (tp) {
+					__sync_fetch_and_add(&s->bytes_sent, tp->bytes_acked);
+					__sync_fetch_and_add(&s->bytes_received, tp->bytes_received);
+					if (!(st->flags & NS_SOCK_RTT_SAMPLED)) {
+						__u32 srtt = tp->srtt_us >> 3;
+						if (srtt)
+							add_rtt(s, srtt);
+					}
 				}
 				s->last_seen_ns = now;
 			}
 		}
-		if (st)
-			bpf_map_delete_elem(&socks, &skp);
+		sock_untrack(id);
 		/* rtt_last (LRU) only holds sockets older than the probe; not deleting here
 		 * saves an LRU operation per connection. A stale entry can at most delay the
 		 * first sample of a new untracked socket at the same address by one interval. */
@@ -453,16 +589,15 @@ int ns_set_state(__u64 *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/tcp_probe")
-int ns_tcp_probe(__u64 *ctx)
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(ns_tcp_probe, struct sock *sk, struct sk_buff *skb)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
-	__u64 skp = (__u64)sk;
+	/* Throttle first: tracked sockets in their own storage (no hashing), sockets older
+	 * than the probe in the LRU throttle map. */
+	__u64 skp = sk_id(sk, NS_SCRATCH_TCP_PROBE);
+	struct ns_sock *st = skp ? sock_find(skp) : 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct ns_peer_key k;
-	/* Tracked sockets throttle in their own entry (one lookup on the hot path); only
-	 * sockets older than the probe use the LRU throttle map. */
-	struct ns_sock *st = bpf_map_lookup_elem(&socks, &skp);
 
 	if (st) {
 		if (now - st->rtt_last_ns < cfg_rtt_interval_ns)
@@ -481,8 +616,10 @@ int ns_tcp_probe(__u64 *ctx)
 		}
 		key_from_sk(sk, &k, -1);
 	}
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u32 srtt = BPF_CORE_READ(tp, srtt_us) >> 3;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	__u32 srtt = tp->srtt_us >> 3;
 	if (!srtt)
 		return 0;
 	struct ns_peer_stats *s = peer_get(&k);
@@ -494,12 +631,11 @@ int ns_tcp_probe(__u64 *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/tcp_retransmit_skb")
-int ns_retransmit(__u64 *ctx)
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(ns_retransmit, struct sock *sk, struct sk_buff *skb)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
 	struct ns_peer_key k;
-	key_for_sk(sk, &k);
+	key_for_sk(sk, &k, NS_SCRATCH_RETRANSMIT);
 	struct ns_peer_stats *s = peer_get(&k);
 	if (s) {
 		__sync_fetch_and_add(&s->retransmits, 1);
@@ -508,16 +644,14 @@ int ns_retransmit(__u64 *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/tcp_retransmit_synack")
-int ns_retransmit_synack(__u64 *ctx)
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(ns_retransmit_synack, struct sock *listener, struct request_sock *req)
 {
-	const struct sock *listener = (const struct sock *)ctx[0];
-	const struct request_sock *req = (const struct request_sock *)ctx[1];
 	const struct sock_common *c = &req->__req_common;
 	struct ns_peer_key k = {};
 
 	remote_addr(c, k.addr, &k.family);
-	k.port = BPF_CORE_READ(c, skc_num);
+	k.port = c->skc_num;
 	k.direction = NS_DIR_INBOUND;
 	k.cgroup_id = sk_is_full(listener) ? sk_cgroup_id(listener) : 0;
 	struct ns_peer_stats *s = peer_get(&k);
@@ -562,19 +696,16 @@ static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_pee
 	return 0;
 }
 
-SEC("raw_tracepoint/tcp_send_reset")
-int ns_send_reset(__u64 *ctx)
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
-	const struct sk_buff *skb = (const struct sk_buff *)ctx[1];
-	__u32 reason = (__u32)ctx[2];
+	__u32 reason = (__u32)reason_arg;
 	struct ns_peer_key k = {};
 	struct ns_sock *st = 0;
 	__u64 now = bpf_ktime_get_ns();
 
 	if (sk) {
-		__u64 skp = (__u64)sk;
-		st = bpf_map_lookup_elem(&socks, &skp);
+		st = sock_get(sk, NS_SCRATCH_SEND_RESET);
 		if (st)
 			k = st->key;
 		else
@@ -613,20 +744,18 @@ int ns_send_reset(__u64 *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/tcp_receive_reset")
-int ns_receive_reset(__u64 *ctx)
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(ns_receive_reset, struct sock *sk)
 {
-	const struct sock *sk = (const struct sock *)ctx[0];
-	__u64 skp = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
 	struct ns_peer_key k;
-	struct ns_sock *st = bpf_map_lookup_elem(&socks, &skp);
+	struct ns_sock *st = sock_get(sk, NS_SCRATCH_RECEIVE_RESET);
 
 	if (st)
 		k = st->key;
 	else
 		key_from_sk(sk, &k, -1);
-	__u32 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u32 state = sk->__sk_common.skc_state;
 	__u32 slot = state & (NS_TCP_STATE_SLOTS - 1);
 	struct ns_peer_stats *s = peer_get(&k);
 	if (s) {
@@ -637,10 +766,10 @@ int ns_receive_reset(__u64 *ctx)
 	return 0;
 }
 
-SEC("raw_tracepoint/kfree_skb")
-int ns_kfree_skb(__u64 *ctx)
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(ns_kfree_skb, struct sk_buff *skb, void *location, int reason_arg)
 {
-	__u32 reason = (__u32)ctx[2];
+	__u32 reason = (__u32)reason_arg;
 	__u32 slot = reason < NS_DROP_SLOTS - 1 ? reason : NS_DROP_SLOTS - 1;
 	__u64 *v = bpf_map_lookup_elem(&drops, &slot);
 	if (v)

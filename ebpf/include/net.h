@@ -103,7 +103,18 @@ struct ns_peer_stats {
 	__u64 last_seen_ns;
 };
 
-/* Per-socket state, kernel side only (kept here so the layout is documented once). */
+/* Slots per set of the `socks` table (set-associative, indexed by a hash of the socket
+ * pointer); its max_entries is a multiple of this. */
+#define NS_SOCK_WAYS 8
+
+/* The owners (socket addresses, 0 = free) of the NS_SOCK_WAYS slots of one set of the
+ * `socks` table: the `sock_tags` map value. Kernel side only. */
+struct ns_sock_tags {
+	__u64 sk[NS_SOCK_WAYS];
+};
+
+/* Per-socket state, kernel side only (kept here so the layout is documented once):
+ * one slot of the `socks` table. */
 struct ns_sock {
 	__u64 start_ns;
 	__u64 established_ns;

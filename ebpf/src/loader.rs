@@ -492,6 +492,59 @@ pub fn take_map(ebpf: &mut Ebpf, object: &str, map: &str) -> Result<aya::maps::M
     })
 }
 
+/// Like [`load_with`], with an already parsed kernel BTF (parse it once with [`kernel_btf`]
+/// and reuse it for [`load_btf_tracepoint`]), and with map types that aya has no typed
+/// wrapper for (e.g. `BPF_MAP_TYPE_SK_STORAGE`, used only from BPF) allowed.
+pub fn load_with_btf(
+    object_name: &str,
+    bytes: &[u8],
+    opts: &LoadOptions<'_>,
+    btf: &Btf,
+) -> Result<Ebpf, LoadError> {
+    raise_memlock_rlimit();
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(btf));
+    loader.allow_unsupported_maps();
+    for (name, n) in opts.max_entries {
+        loader.set_max_entries(name, *n);
+    }
+    for (name, v) in opts.globals_u64 {
+        loader.set_global(name, v, true);
+    }
+    loader.load(bytes).map_err(|e| ebpf_error(object_name, e))
+}
+
+/// Loads (verifies) the BTF-typed raw tracepoint program `program` (`SEC("tp_btf/...")`)
+/// against the tracepoint `hook` and attaches it. Needs kernel BTF, no tracefs. A hook
+/// that does not exist is an [`LoadError::Attach`] naming it.
+pub fn load_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    object: &str,
+    program: &str,
+    hook: &str,
+    btf: &Btf,
+) -> Result<(), LoadError> {
+    valid_hook(program, hook)?;
+    let prog: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| LoadError::ProgramMissing {
+            object: object.into(),
+            program: program.into(),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| program_error(program, e))?;
+    prog.load(hook, btf).map_err(|e| match e {
+        ProgramError::Btf(b) => LoadError::Attach {
+            program: program.into(),
+            hook: hook.into(),
+            reason: format!("{b} (hook does not exist on this kernel)"),
+        },
+        other => program_error(program, other),
+    })?;
+    prog.attach().map_err(|e| attach_error(program, hook, e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,7 @@ pub const EV_RESET_RECEIVED: u8 = 4;
 
 /// Map names in the object.
 pub const MAP_SOCKS: &str = "socks";
+pub const MAP_SOCK_TAGS: &str = "sock_tags";
 pub const MAP_PEERS: &str = "peers";
 pub const MAP_PEERS_OTHER: &str = "peers_other";
 pub const MAP_RTT_LAST: &str = "rtt_last";
@@ -84,6 +85,10 @@ pub const MAP_EVENTS: &str = "events";
 pub const CFG_SLOW_CONNECT_NS: &str = "cfg_slow_connect_ns";
 pub const CFG_RTT_INTERVAL_NS: &str = "cfg_rtt_interval_ns";
 pub const CFG_EVENTS_PER_SEC: &str = "cfg_events_per_sec";
+/// Number of sets of the `socks` table (its max_entries / [`SOCK_WAYS`]).
+pub const CFG_SOCK_SETS: &str = "cfg_sock_sets";
+/// Slots per set of the set-associative `socks` table (C: NS_SOCK_WAYS).
+pub const SOCK_WAYS: u32 = 8;
 
 /// `struct ns_peer_key`.
 #[repr(C)]
@@ -177,6 +182,14 @@ pub struct SockState {
     pub comm: [u8; 16],
 }
 
+/// `struct ns_sock_tags` (kernel-side only; mirrored for the layout test): the socket
+/// addresses owning the slots of one set of the `socks` table, 0 = free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockTags {
+    pub sk: [u64; SOCK_WAYS as usize],
+}
+
 /// `struct ns_event`, decoded from ring-buffer bytes by [`Event::decode`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,6 +214,7 @@ pub struct Event {
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
 const _: () = assert!(core::mem::size_of::<PeerStats>() == 104 * 8);
 const _: () = assert!(core::mem::size_of::<SockState>() == 80);
+const _: () = assert!(core::mem::size_of::<SockTags>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 
 // SAFETY: plain-old-data #[repr(C)] structs without padding holes that the kernel could
@@ -339,11 +353,11 @@ int main(void) {
   O(ns_peer_stats, duration_hist) O(ns_peer_stats, duration_sum_ns) O(ns_peer_stats, connect_errors)
   O(ns_peer_stats, resets_sent) O(ns_peer_stats, resets_received) O(ns_peer_stats, retransmits)
   O(ns_peer_stats, bytes_sent) O(ns_peer_stats, bytes_received) O(ns_peer_stats, active) O(ns_peer_stats, last_seen_ns)
-  S(ns_sock) O(ns_sock, established_ns) O(ns_sock, rtt_last_ns) O(ns_sock, key) O(ns_sock, pid) O(ns_sock, flags) O(ns_sock, comm)
+  S(ns_sock) O(ns_sock, established_ns) O(ns_sock, rtt_last_ns) O(ns_sock, key) O(ns_sock, pid) O(ns_sock, flags) O(ns_sock, comm) S(ns_sock_tags)
   S(ns_event) O(ns_event, cgroup_id) O(ns_event, latency_ns) O(ns_event, saddr) O(ns_event, daddr)
   O(ns_event, sport) O(ns_event, dport) O(ns_event, pid) O(ns_event, kind) O(ns_event, family)
   O(ns_event, direction) O(ns_event, error) O(ns_event, reason) O(ns_event, sk_err) O(ns_event, comm)
-  printf("ERR_SLOTS %d\nRST_SLOTS %d\nSTATE_SLOTS %d\nDROP_SLOTS %d\nCNT_SLOTS %d\n", NS_ERR_SLOTS, NS_RST_REASON_SLOTS, NS_TCP_STATE_SLOTS, NS_DROP_SLOTS, NS_CNT_SLOTS);
+  printf("ERR_SLOTS %d\nRST_SLOTS %d\nSTATE_SLOTS %d\nDROP_SLOTS %d\nCNT_SLOTS %d\nSOCK_WAYS %d\n", NS_ERR_SLOTS, NS_RST_REASON_SLOTS, NS_TCP_STATE_SLOTS, NS_DROP_SLOTS, NS_CNT_SLOTS, NS_SOCK_WAYS);
   printf("EV %d %d %d %d\n", NS_EV_CONNECT_FAILED, NS_EV_CONNECT_SLOW, NS_EV_RESET_SENT, NS_EV_RESET_RECEIVED);
   printf("CNT %d %d %d %d %d %d %d\n", NS_CNT_SOCK_MAP_FULL, NS_CNT_PEER_OVERFLOW, NS_CNT_OTHER_MAP_FULL, NS_CNT_EVENTS_RATE_LIMITED, NS_CNT_EVENTS_LOST, NS_CNT_RTT_SAMPLES, NS_CNT_EVENTS_SENT);
   return 0;
@@ -440,6 +454,7 @@ int main(void) {
         put("ns_sock.pid", offset_of!(SockState, pid));
         put("ns_sock.flags", offset_of!(SockState, flags));
         put("ns_sock.comm", offset_of!(SockState, comm));
+        put("ns_sock_tags", size_of::<SockTags>());
         put("ns_event", size_of::<Event>());
         put("ns_event.cgroup_id", offset_of!(Event, cgroup_id));
         put("ns_event.latency_ns", offset_of!(Event, latency_ns));
@@ -458,6 +473,7 @@ int main(void) {
         put("ERR_SLOTS", ERR_SLOTS);
         put("RST_SLOTS", RST_REASON_SLOTS);
         put("STATE_SLOTS", TCP_STATE_SLOTS);
+        put("SOCK_WAYS", SOCK_WAYS as usize);
         put("DROP_SLOTS", DROP_SLOTS);
         put("CNT_SLOTS", CNT_SLOTS as usize);
         rust.insert(
@@ -518,13 +534,23 @@ int main(void) {
     }
 
     /// Root-only: the committed object relocates against this kernel's BTF and every
-    /// program passes the verifier and attaches to its raw tracepoint.
+    /// program passes the verifier and attaches to its BTF-typed raw tracepoint.
     #[test]
     fn loads_verifies_and_attaches_on_this_kernel() {
         if !nodescope_testsupport::require_root("net::loads_verifies_and_attaches_on_this_kernel") {
             return;
         }
-        let mut ebpf = crate::loader::load(NET_OBJ_NAME, NET_OBJ).expect("load net.bpf.o");
+        let btf = crate::loader::kernel_btf().expect("kernel BTF");
+        let load = || {
+            crate::loader::load_with_btf(
+                NET_OBJ_NAME,
+                NET_OBJ,
+                &crate::loader::LoadOptions::default(),
+                &btf,
+            )
+            .expect("load net.bpf.o")
+        };
+        let mut ebpf = load();
         for (prog, hook) in [
             ("ns_set_state", "inet_sock_set_state"),
             ("ns_tcp_probe", "tcp_probe"),
@@ -534,18 +560,20 @@ int main(void) {
             ("ns_receive_reset", "tcp_receive_reset"),
             ("ns_kfree_skb", "kfree_skb"),
         ] {
-            if let Err(e) = crate::loader::load_raw_tracepoint(&mut ebpf, NET_OBJ_NAME, prog, hook)
+            if let Err(e) =
+                crate::loader::load_btf_tracepoint(&mut ebpf, NET_OBJ_NAME, prog, hook, &btf)
             {
                 panic!("{prog} -> {hook}: {e}");
             }
         }
         // A hook that does not exist is an Attach error naming it, not a panic.
-        let mut ebpf = crate::loader::load(NET_OBJ_NAME, NET_OBJ).expect("load net.bpf.o");
-        let e = crate::loader::load_raw_tracepoint(
+        let mut ebpf = load();
+        let e = crate::loader::load_btf_tracepoint(
             &mut ebpf,
             NET_OBJ_NAME,
             "ns_tcp_probe",
             "no_such_tracepoint_xyz",
+            &btf,
         )
         .unwrap_err();
         assert!(matches!(e, crate::loader::LoadError::Attach { .. }), "{e}");

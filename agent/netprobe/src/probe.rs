@@ -272,10 +272,13 @@ impl NetProbe {
 
     fn load(cfg: &NetworkConfig, inner: &mut Inner) -> Result<(), LoadError> {
         let obj = bpf::NET_OBJ_NAME;
+        let sock_sets = (cfg.socket_cap / bpf::SOCK_WAYS).max(1);
         let max_entries = [
             (bpf::MAP_PEERS, cfg.peer_cap),
             (bpf::MAP_PEERS_OTHER, cfg.other_cap),
-            (bpf::MAP_SOCKS, cfg.socket_cap),
+            // Set-associative: a whole number of sets (socket_cap >= 256 is validated).
+            (bpf::MAP_SOCKS, sock_sets * bpf::SOCK_WAYS),
+            (bpf::MAP_SOCK_TAGS, sock_sets),
             (bpf::MAP_RTT_LAST, (cfg.socket_cap / 2).max(128)),
         ];
         let globals = [
@@ -288,14 +291,18 @@ impl NetProbe {
                 (cfg.rtt_sample_interval_seconds * 1e9) as u64,
             ),
             (bpf::CFG_EVENTS_PER_SEC, cfg.events_per_second as u64),
+            (bpf::CFG_SOCK_SETS, u64::from(sock_sets)),
         ];
-        let mut ebpf = loader::load_with(
+        // Parsed once: CO-RE relocation and every tp_btf program's attach target.
+        let btf = loader::kernel_btf()?;
+        let mut ebpf = loader::load_with_btf(
             obj,
             bpf::NET_OBJ,
             &LoadOptions {
                 max_entries: &max_entries,
                 globals_u64: &globals,
             },
+            &btf,
         )?;
         let map_err = |map: &str, e: aya::maps::MapError| LoadError::Map {
             object: obj.into(),
@@ -325,8 +332,8 @@ impl NetProbe {
                     continue;
                 }
                 let hook = cfg.hook_for(default_hook);
-                match loader::load_raw_tracepoint(&mut ebpf, obj, program, hook) {
-                    Ok(()) => h.hooks.push(format!("{program} -> raw_tracepoint/{hook}")),
+                match loader::load_btf_tracepoint(&mut ebpf, obj, program, hook, &btf) {
+                    Ok(()) => h.hooks.push(format!("{program} -> tp_btf/{hook}")),
                     Err(e) => {
                         tracing::warn!(probe = h.probe, program, hook, error = %e, "probe program not attached");
                         if let Some(log) = e.verifier_log() {

@@ -363,6 +363,79 @@ fn peer_cap_overflows_into_other() {
         .any(|(l, _)| l["peer_address"] == OTHER && l["peer_port"] == OTHER));
 }
 
+/// The socket table is bounded by `socket_cap`: with more concurrent connections than
+/// slots, at most `socket_cap` sockets are tracked, the rest are counted as
+/// `socket_map_full`; closing frees the slots, so later connections are tracked again.
+#[test]
+fn socket_cap_bounds_tracked_sockets_and_frees_slots_on_close() {
+    if !require(
+        "socket_cap_bounds_tracked_sockets_and_frees_slots_on_close",
+        &["ip"],
+    ) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    let cap = 256u32;
+    let h = start_probe(NetworkConfig {
+        socket_cap: cap,
+        ..NetworkConfig::default()
+    });
+    let srv = EchoServer::start(&ns, 7411);
+    let n = 400usize;
+    let full0 = h.self_counter(
+        "nodescope_netprobe_dropped_total",
+        Some(("reason", "socket_map_full")),
+    );
+    let streams: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect_timeout(&srv.addr, Duration::from_secs(2)).expect("connect"))
+        .collect();
+    let outbound = |h: &Harness| -> (u64, i64) {
+        h.rows_for(&ns.ns_ip.to_string(), Some(srv.addr.port()))
+            .iter()
+            .filter(|(k, _)| k.direction == "outbound")
+            .fold((0, 0), |(c, a), (_, s)| {
+                (c + s.connect_hist.iter().sum::<u64>(), a + s.active)
+            })
+    };
+    let (tracked, active) = outbound(&h);
+    assert!(tracked > 0, "no connection tracked");
+    assert!(tracked <= u64::from(cap), "{tracked} tracked > cap {cap}");
+    assert_eq!(active, tracked as i64, "every tracked connection is active");
+    let total_active: i64 = h.rows().values().map(|s| s.active).sum();
+    assert!(
+        total_active <= i64::from(cap),
+        "{total_active} active > cap {cap}"
+    );
+    let full = h.self_counter(
+        "nodescope_netprobe_dropped_total",
+        Some(("reason", "socket_map_full")),
+    ) - full0;
+    assert!(
+        full >= (n as u64 - tracked) as f64,
+        "untracked connects not counted: full={full}, untracked={}",
+        n as u64 - tracked
+    );
+    drop(streams);
+    // Closed: the active gauge returns to zero and the slots are free again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while outbound(&h).1 != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(outbound(&h).1, 0, "active after close");
+    let more: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect_timeout(&srv.addr, Duration::from_secs(2)).expect("connect"))
+        .collect();
+    let (tracked2, active2) = outbound(&h);
+    assert_eq!(
+        tracked2,
+        tracked + 20,
+        "connections after close not all tracked"
+    );
+    assert_eq!(active2, 20);
+    drop(more);
+}
+
 /// A hook that does not exist takes only its probe down (up=0, reason with the hook name,
 /// status degraded); the other probes keep measuring and the API still answers.
 #[test]
