@@ -28,6 +28,12 @@ pub async fn run(config: Config) -> Result<()> {
         format!("cannot listen on {listen} (set [agent].listen or NODESCOPE_LISTEN)")
     })?;
 
+    let guard = config
+        .http
+        .security
+        .build()
+        .context("loading [http.security] (token file, TLS certificates)")?;
+
     let paths = HostPaths::from_root(&config.agent.host_root);
     if config.host.enabled {
         nodescope_host::check_host_root(&paths).with_context(|| {
@@ -74,6 +80,19 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     );
 
+    // Pod metadata (container id -> pod) for probe and profile labels, when enabled.
+    let pods = {
+        let token = shutdown.clone();
+        config
+            .kubernetes
+            .start(
+                &self_metrics,
+                &status,
+                async move { token.cancelled().await },
+            )
+            .context("starting the Kubernetes pod metadata cache")?
+    };
+
     // eBPF network probes: never fail the agent; a probe that cannot run is reported
     // down with its reason (status + nodescope_probe_up) and the rest carry on.
     let network = config.network.enabled.then(|| {
@@ -82,7 +101,7 @@ pub async fn run(config: Config) -> Result<()> {
             emitter: pipeline.emitter(),
             status: status.clone(),
             self_metrics: self_metrics.clone(),
-            pods: None,
+            pods: pods.clone(),
             cgroup_root: cgroup2_root(&paths),
         })
     });
@@ -152,10 +171,17 @@ pub async fn run(config: Config) -> Result<()> {
     });
 
     let serve_token = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { serve_token.cancelled().await })
-        .await
-        .context("HTTP server failed")?;
+    let app = nodescope_httpguard::harden(
+        app,
+        &guard,
+        nodescope_httpguard::is_loopback(&listen),
+        &self_metrics,
+    );
+    nodescope_httpguard::serve(listener, app, &guard, &self_metrics, async move {
+        serve_token.cancelled().await
+    })
+    .await
+    .context("HTTP server failed")?;
 
     shutdown.cancel();
     for task in background {

@@ -11,6 +11,8 @@ use nodescope_exporter_otlp::OtlpConfig;
 use nodescope_exporter_pyroscope::PyroscopeConfig;
 use nodescope_exporter_remote_write::RemoteWriteConfig;
 use nodescope_host::HostMetricsConfig;
+use nodescope_httpguard::SecurityConfig;
+use nodescope_k8s::KubernetesConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
 use serde::Deserialize;
@@ -27,6 +29,16 @@ pub struct Config {
     pub host: HostMetricsConfig,
     pub network: NetworkConfig,
     pub exporters: ExportersConfig,
+    pub kubernetes: KubernetesConfig,
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the agent's HTTP API.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `[http.security]`: credentials off loopback, request limits, profile rate limit.
+    pub security: SecurityConfig,
 }
 
 /// `[exporters.*]`: every push exporter is off unless its table says `enabled = true`.
@@ -177,6 +189,13 @@ impl Config {
         if let Some(listen) = get(ENV_LISTEN).filter(|s| !s.is_empty()) {
             self.agent.listen = listen;
             validate_listen(&self.agent.listen, ENV_LISTEN, &mut issues);
+            if let Ok(addr) = self.agent.listen.parse::<SocketAddr>() {
+                self.http.security.validate_for_listen(
+                    nodescope_httpguard::is_loopback(&addr),
+                    "http.security",
+                    &mut issues,
+                );
+            }
         }
         if let Some(root) = get(ENV_HOST_ROOT).filter(|s| !s.is_empty()) {
             self.agent.host_root = PathBuf::from(root);
@@ -237,6 +256,15 @@ impl Config {
         }
         self.host.validate("host", issues);
         self.network.validate("network", issues);
+        self.kubernetes.validate("kubernetes", issues);
+        self.http.security.validate("http.security", issues);
+        if let Ok(addr) = self.agent.listen.parse::<SocketAddr>() {
+            self.http.security.validate_for_listen(
+                nodescope_httpguard::is_loopback(&addr),
+                "http.security",
+                issues,
+            );
+        }
         let e = &self.exporters;
         if e.otlp.enabled {
             e.otlp.validate("exporters.otlp", issues);
@@ -397,7 +425,7 @@ queue_capacity = 1
     fn env_overrides_listen_and_root() {
         let mut c = Config::embedded_default();
         c.apply_env(|k| match k {
-            ENV_LISTEN => Some("0.0.0.0:9999".into()),
+            ENV_LISTEN => Some("127.0.0.2:9999".into()),
             ENV_HOST_ROOT => Some("/host".into()),
             _ => None,
         })
@@ -408,6 +436,14 @@ queue_capacity = 1
             .apply_env(|k| (k == ENV_LISTEN).then(|| "nope".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains(ENV_LISTEN));
+        // Off loopback without credentials, /debug and /api would be unreachable: refused.
+        let err = c
+            .apply_env(|k| (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("http.security.token_file"),
+            "{err}"
+        );
     }
 
     proptest::proptest! {

@@ -345,13 +345,15 @@ mod tests {
                 Arc::new(Fixed),
                 Arc::new(Missing),
             ],
-            Duration::from_millis(200),
+            // Long enough that printing the panicking collector's backtrace (debug build, busy
+            // CI machine) does not itself count as a timeout.
+            Duration::from_secs(1),
             &status,
             &metrics,
         );
         let t = Instant::now();
         let out = set.collect_with_outcomes().await;
-        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(t.elapsed() < Duration::from_secs(5));
         let outcomes: Vec<&RunOutcome> = out.iter().map(|(o, _)| o).collect();
         // The collectors queued behind the hung one still ran, on a fresh lane.
         assert_eq!(

@@ -23,10 +23,55 @@ fn run_validate(toml: &str) -> (bool, String) {
 #[test]
 fn validate_accepts_the_documented_example() {
     let (ok, out) = run_validate(
-        "[agent]\nlisten = \"0.0.0.0:9780\"\nhost_root = \"/host\"\ncollector_timeout = \"2s\"\n\n[host]\nenabled = true\n",
+        "[agent]\nlisten = \"0.0.0.0:9780\"\nhost_root = \"/host\"\ncollector_timeout = \"2s\"\n\n[host]\nenabled = true\n\n[http.security]\ntoken_file = \"/etc/nodescope/token\"\n",
     );
     assert!(ok, "{out}");
     assert!(out.contains("configuration is valid"));
+}
+
+#[test]
+fn non_loopback_listen_without_credentials_is_refused() {
+    let (ok, out) = run_validate("[agent]\nlisten = \"0.0.0.0:9780\"\n");
+    assert!(!ok);
+    assert!(out.contains("http.security.token_file"), "{out}");
+}
+
+/// Every configuration file shipped in the repository (ConfigMaps, systemd, examples)
+/// passes `nodescope validate`.
+#[test]
+fn shipped_config_files_validate() {
+    let root = nodescope_testsupport::workspace_root();
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("deploy")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    files.push(root.join("agent/nodescope/src/default.toml"));
+    assert!(files.len() >= 2, "no shipped config files found: {files:?}");
+    for f in files {
+        // As in the DaemonSet: the downward API sets NODE_NAME, the kubelet the service env.
+        let out = Command::new(BIN)
+            .arg("validate")
+            .arg(&f)
+            .env("NODE_NAME", "node-1")
+            .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "443")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
