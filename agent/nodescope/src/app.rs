@@ -10,6 +10,7 @@ use nodescope_host::HostPaths;
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{Collector, Exporter, Signal, StatusRegistry};
 use nodescope_netprobe::NetProbeContext;
+use nodescope_profiler::ProfilerContext;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -116,6 +117,23 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
 
+    // CPU profiler: on-demand /debug/pprof/* (any pid, container or the whole node) and,
+    // when configured, continuous per-workload profiles into the pipeline. Never fails
+    // the agent: without eBPF it still profiles itself.
+    let profiler = config.profiling.enabled.then(|| {
+        let _span = tracing::info_span!("profiler").entered();
+        config.profiling.build(ProfilerContext {
+            emitter: pipeline.emitter(),
+            status: status.clone(),
+            self_metrics: self_metrics.clone(),
+            pods: pods.clone(),
+            host_proc: paths.proc.clone(),
+        })
+    });
+    if let Some(p) = &profiler {
+        collectors.push(p.collector());
+    }
+
     let state = Arc::new(AppState {
         collectors: Arc::new(CollectorSet::new(
             collectors,
@@ -148,6 +166,10 @@ pub async fn run(config: Config) -> Result<()> {
             background.push(task);
         }
         app = app.merge(net.router());
+    }
+    if let Some(p) = &profiler {
+        p.spawn(shutdown.clone());
+        app = app.merge(nodescope_profiler::router(p.clone()));
     }
     if pipeline.wants_metrics() {
         background.push(tokio::spawn(periodic_collection(

@@ -15,6 +15,7 @@ use nodescope_httpguard::SecurityConfig;
 use nodescope_k8s::KubernetesConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
+use nodescope_profiler::ProfilingConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -28,6 +29,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub host: HostMetricsConfig,
     pub network: NetworkConfig,
+    pub profiling: ProfilingConfig,
     pub exporters: ExportersConfig,
     pub kubernetes: KubernetesConfig,
     pub http: HttpConfig,
@@ -256,6 +258,7 @@ impl Config {
         }
         self.host.validate("host", issues);
         self.network.validate("network", issues);
+        self.profiling.validate("profiling", issues);
         self.kubernetes.validate("kubernetes", issues);
         self.http.security.validate("http.security", issues);
         if let Ok(addr) = self.agent.listen.parse::<SocketAddr>() {

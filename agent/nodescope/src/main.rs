@@ -39,6 +39,9 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Profile a process, a container or the whole node through the local agent's HTTP
+    /// API and write the result (pprof, SVG flame graph or folded stacks) to a file.
+    Profile(nodescope_profiler::ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Run { config } => run(config),
+        Command::Profile(args) => profile(&args),
     }
 }
 
@@ -64,6 +68,26 @@ fn validate(file: &PathBuf) -> ExitCode {
             println!("{}: configuration is valid", file.display());
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn profile(args: &nodescope_profiler::ProfileArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(nodescope_profiler::run_profile_cli(args)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
