@@ -11,8 +11,9 @@ DEBS=(
   linux-perf                 # profiler benchmark anchor (perf record)
   iproute2 iptables nftables # netns/veth ground-truth network tests
   python3-pip python3-venv
+  systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
 )
-PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam)
+PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml)
 
 missing=()
 for p in "${DEBS[@]}"; do
@@ -31,8 +32,19 @@ for svc in prometheus prometheus-node-exporter; do
 done
 
 py=${PYTHON:-python3}
-if ! "$py" -c 'import opentelemetry.proto, grpc, kubernetes_validate, cramjam' 2>/dev/null; then
+if ! "$py" -c 'import opentelemetry.proto, grpc, kubernetes_validate, cramjam, yaml' 2>/dev/null; then
   echo "install-test-deps: installing PyPI packages: ${PIP[*]}"
   "$py" -m pip install -q --disable-pip-version-check "${PIP[@]}"
+fi
+# The PodMonitor/ServiceMonitor manifests are validated against prometheus-operator's CRD
+# schemas, which ship in this npm package (no Kubernetes cluster here to hold the CRDs).
+NPM_PREFIX=${NODESCOPE_TEST_NPM_PREFIX:-/usr/local/lib/nodescope-test-npm}
+# node and npm come with the machine image (nodesource build); Debian's npm would conflict.
+if ! command -v npm >/dev/null; then
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -d "$NPM_PREFIX/node_modules/@kubernetes-models/prometheus-operator" ]; then
+  echo "install-test-deps: installing npm @kubernetes-models/prometheus-operator into $NPM_PREFIX"
+  npm install --silent --no-audit --no-fund --prefix "$NPM_PREFIX" @kubernetes-models/prometheus-operator@6.0.0
 fi
 echo "install-test-deps: ok"

@@ -1,1 +1,330 @@
-//! Kubernetes pod metadata: container id to pod, namespace, container and labels
+//! Kubernetes pod metadata: container id → pod name, namespace, container name and a
+//! selected set of pod labels.
+//!
+//! Source: the API server. The agent lists and then watches the pods *of its own node*
+//! (`fieldSelector=spec.nodeName=<node>`), resumes watches from the last
+//! `resourceVersion` (bookmarks requested), re-lists on `410 Gone`, on errors (with
+//! backoff) and every `resync_interval`. The cache is bounded by `max_pods`;
+//! evictions are counted.
+//!
+//! The HTTP client is `reqwest` (already in the workspace) with a small serde model of
+//! the fields we read, not kube-rs + k8s-openapi: those pull in several hundred thousand
+//! lines of generated types for the one resource and verb we need, which is a large
+//! compile cost on a 2-core build for no behaviour we use.
+
+mod cache;
+mod client;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nodescope_model::config::Issues;
+use nodescope_model::selfmetrics::SelfMetrics;
+use nodescope_model::status::{ComponentKind, StatusRegistry};
+use serde::{Deserialize, Serialize};
+
+pub use cache::{normalize_container_id, CacheMetrics, PodCache};
+pub use client::{ApiError, PodWatcher};
+
+/// Default location of the in-cluster service-account credentials.
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// `[kubernetes]` configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Turn pod metadata on. Off by default (bare hosts).
+    pub enabled: bool,
+    /// This node's name. Empty → the `NODE_NAME` environment variable (set from the
+    /// downward API `spec.nodeName` in the DaemonSet).
+    pub node_name: String,
+    /// API server base URL. Empty → `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_server: String,
+    /// Bearer token file; re-read on every request (projected tokens rotate). A missing
+    /// file sends no token (for `kubectl proxy`-style endpoints).
+    pub token_file: PathBuf,
+    /// CA bundle for the API server certificate. A missing file uses the system roots.
+    pub ca_file: PathBuf,
+    /// Pod labels copied onto `PodRef.labels` (exact keys). Everything else is ignored,
+    /// which keeps label cardinality bounded by this list.
+    pub pod_labels: Vec<String>,
+    /// Most pods kept in the cache (the kubelet default is 110 per node).
+    pub max_pods: usize,
+    /// Full re-list period (e.g. `"10m"`), on top of the watch.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// Server-side watch timeout (`timeoutSeconds`, whole seconds); the watch is then resumed.
+    #[serde(with = "humantime_serde")]
+    pub watch_timeout: Duration,
+    /// Timeout of one list request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_name: String::new(),
+            api_server: String::new(),
+            token_file: PathBuf::from(format!("{SA_DIR}/token")),
+            ca_file: PathBuf::from(format!("{SA_DIR}/ca.crt")),
+            pod_labels: vec![
+                "app.kubernetes.io/name".into(),
+                "app.kubernetes.io/instance".into(),
+                "app".into(),
+            ],
+            max_pods: 1000,
+            resync_interval: Duration::from_secs(600),
+            watch_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Upper bound on `pod_labels` entries.
+pub const MAX_POD_LABELS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("kubernetes.node_name is empty and NODE_NAME is not set")]
+    NoNodeName,
+    #[error("kubernetes.api_server is empty and KUBERNETES_SERVICE_HOST is not set (not running in a pod?)")]
+    NoApiServer,
+    #[error("kubernetes.api_server {url:?}: {reason}")]
+    BadApiServer { url: String, reason: String },
+    #[error("reading CA file {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+    #[error("invalid kubernetes config: {0}")]
+    Invalid(String),
+}
+
+impl KubernetesConfig {
+    /// Records every problem under `prefix` (e.g. `kubernetes`).
+    pub fn validate(&self, prefix: &str, issues: &mut Issues) {
+        if !self.enabled {
+            return;
+        }
+        issues.check(
+            self.resolved_node_name().is_some(),
+            format!("{prefix}.node_name"),
+            "is empty and the NODE_NAME environment variable is not set",
+        );
+        match self.resolved_api_server() {
+            Ok(url) => issues.check(
+                url.starts_with("https://") || url.starts_with("http://"),
+                format!("{prefix}.api_server"),
+                format!("{url:?} must start with https:// or http://"),
+            ),
+            Err(e) => issues.push(format!("{prefix}.api_server"), e.to_string()),
+        }
+        issues.check(
+            (1..=100_000).contains(&self.max_pods),
+            format!("{prefix}.max_pods"),
+            "must be between 1 and 100000",
+        );
+        issues.check(
+            self.pod_labels.len() <= MAX_POD_LABELS,
+            format!("{prefix}.pod_labels"),
+            format!("at most {MAX_POD_LABELS} labels"),
+        );
+        for (i, l) in self.pod_labels.iter().enumerate() {
+            issues.check(
+                !l.is_empty() && l.len() <= 317,
+                format!("{prefix}.pod_labels[{i}]"),
+                "must be a non-empty label key",
+            );
+        }
+        issues.check(
+            self.resync_interval >= Duration::from_secs(1),
+            format!("{prefix}.resync_interval"),
+            "must be at least 1s",
+        );
+        issues.check(
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.watch_timeout),
+            format!("{prefix}.watch_timeout"),
+            "must be between 1s and 1h",
+        );
+        issues.check(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.request_timeout),
+            format!("{prefix}.request_timeout"),
+            "must be between 1s and 10m",
+        );
+    }
+
+    /// `node_name`, else `$NODE_NAME`.
+    pub fn resolved_node_name(&self) -> Option<String> {
+        if !self.node_name.is_empty() {
+            return Some(self.node_name.clone());
+        }
+        std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty())
+    }
+
+    /// `api_server`, else the in-cluster service address from the environment.
+    pub fn resolved_api_server(&self) -> Result<String, K8sError> {
+        if !self.api_server.is_empty() {
+            return Ok(self.api_server.trim_end_matches('/').to_string());
+        }
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| K8sError::NoApiServer)?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(format!("https://{host}:{port}"))
+    }
+
+    /// Builds the cache (hand it to probes and the profiler as `Arc<dyn PodLookup>`) and
+    /// the watcher (spawn `watcher.run(shutdown)`), registering self metrics and a
+    /// `kubernetes` status component.
+    pub fn build(
+        &self,
+        metrics: &SelfMetrics,
+        status: &StatusRegistry,
+    ) -> Result<PodMetadata, K8sError> {
+        let mut issues = Issues::default();
+        self.validate("kubernetes", &mut issues);
+        if !issues.is_empty() {
+            let all: Vec<String> = issues.list.iter().map(|i| i.to_string()).collect();
+            return Err(K8sError::Invalid(all.join("; ")));
+        }
+        let node = self.resolved_node_name().ok_or(K8sError::NoNodeName)?;
+        let api = self.resolved_api_server()?;
+        let cache = std::sync::Arc::new(PodCache::new(
+            self.max_pods,
+            self.pod_labels.clone(),
+            CacheMetrics::register(metrics),
+        ));
+        let handle = status.register("kubernetes", ComponentKind::Collector);
+        handle.set_detail("node", node.clone());
+        handle.set_detail("api_server", api.clone());
+        let watcher = PodWatcher::new(
+            client::WatcherSettings {
+                api_server: api,
+                node_name: node,
+                token_file: self.token_file.clone(),
+                ca_file: self.ca_file.clone(),
+                resync_interval: self.resync_interval,
+                watch_timeout: self.watch_timeout,
+                request_timeout: self.request_timeout,
+            },
+            cache.clone(),
+            metrics,
+            handle,
+        )?;
+        Ok(PodMetadata { cache, watcher })
+    }
+}
+
+impl KubernetesConfig {
+    /// Convenience for the agent: `Ok(None)` when disabled; otherwise builds, spawns the
+    /// watcher on the current tokio runtime (it stops when `shutdown` resolves) and returns
+    /// the lookup for probes and the profiler. Must be called inside a tokio runtime.
+    pub fn start(
+        &self,
+        metrics: &SelfMetrics,
+        status: &StatusRegistry,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<nodescope_model::workload::SharedPodLookup, K8sError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let md = self.build(metrics, status)?;
+        let lookup = md.lookup();
+        tokio::spawn(md.watcher.run(shutdown));
+        Ok(Some(lookup))
+    }
+}
+
+/// What [`KubernetesConfig::build`] returns.
+pub struct PodMetadata {
+    /// Implements [`nodescope_model::workload::PodLookup`].
+    pub cache: std::sync::Arc<PodCache>,
+    /// Keeps the cache filled; run it on the runtime.
+    pub watcher: PodWatcher,
+}
+
+impl PodMetadata {
+    /// The cache as the trait object probes and the profiler hold.
+    pub fn lookup(&self) -> std::sync::Arc<dyn nodescope_model::workload::PodLookup> {
+        self.cache.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_config_is_always_valid() {
+        let mut issues = Issues::default();
+        KubernetesConfig {
+            max_pods: 0,
+            ..Default::default()
+        }
+        .validate("kubernetes", &mut issues);
+        assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let cfg = KubernetesConfig {
+            enabled: true,
+            node_name: "n1".into(),
+            api_server: "ftp://x".into(),
+            max_pods: 0,
+            pod_labels: vec![String::new()],
+            resync_interval: Duration::from_millis(500),
+            watch_timeout: Duration::ZERO,
+            request_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        let mut issues = Issues::default();
+        cfg.validate("kubernetes", &mut issues);
+        let keys: Vec<_> = issues.list.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kubernetes.api_server",
+                "kubernetes.max_pods",
+                "kubernetes.pod_labels[0]",
+                "kubernetes.resync_interval",
+                "kubernetes.watch_timeout",
+                "kubernetes.request_timeout",
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_toml_and_rejects_unknown_keys() {
+        let cfg: KubernetesConfig = toml::from_str(
+            "enabled = true\nnode_name = \"worker-1\"\npod_labels = [\"app\"]\nmax_pods = 200\nwatch_timeout = \"2m\"\n",
+        )
+        .unwrap();
+        assert!(cfg.enabled);
+        assert_eq!(cfg.max_pods, 200);
+        assert_eq!(cfg.watch_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.resync_interval, Duration::from_secs(600));
+        assert!(toml::from_str::<KubernetesConfig>("enable = true").is_err());
+    }
+
+    #[test]
+    fn start_when_disabled_spawns_nothing() {
+        let r = KubernetesConfig::default()
+            .start(&SelfMetrics::new(), &StatusRegistry::default(), async {})
+            .unwrap();
+        assert!(r.is_none());
+    }
+
+    #[test]
+    fn api_server_trailing_slash_is_trimmed() {
+        let cfg = KubernetesConfig {
+            api_server: "https://10.0.0.1:6443/".into(),
+            ..Default::default()
+        };
+        assert_eq!(cfg.resolved_api_server().unwrap(), "https://10.0.0.1:6443");
+    }
+}
