@@ -1,0 +1,349 @@
+//! The eBPF CPU sampler: loads `profile.bpf.o`, attaches it to one software cpu-clock
+//! perf event per online CPU in frequency mode, configures the in-BPF pid/cgroup filter
+//! and drains the in-kernel aggregation.
+//!
+//! Each sampler instance owns its own maps and perf events, so the continuous profiler
+//! (19 Hz, everything) and an on-demand profile (e.g. 99 Hz, one pid) run side by side
+//! without disturbing each other. Dropping the sampler detaches and frees everything.
+
+use std::collections::HashMap as StdHashMap;
+use std::sync::Arc;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap};
+use aya::programs::perf_event::{PerfEventScope, PerfTypeId, SamplePolicy};
+use aya::programs::PerfEvent;
+use aya::Ebpf;
+use nodescope_ebpf::loader::{self, LoadError};
+use nodescope_ebpf::profile as obj;
+
+use crate::samples::{RawSample, StackKey};
+
+/// `PERF_COUNT_SW_CPU_CLOCK` from `linux/perf_event.h`.
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+
+/// How user stacks are unwound. Only frame pointers exist today (the kernel's
+/// `bpf_get_stackid` walk). The seam for a DWARF / `.eh_frame` unwinder (unwind tables
+/// in BPF maps, as the OTel profiler and lightswitch do) is this enum plus
+/// [`StackSource`]: a new variant brings its own BPF program and `StackSource` impl; the
+/// symbolizer, pprof builder and HTTP layer consume [`RawSample`]s and do not change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnwindMethod {
+    #[default]
+    FramePointers,
+}
+
+/// Something that yields aggregated raw stacks (the eBPF sampler; a DWARF unwinder later).
+pub trait StackSource: Send {
+    /// Moves everything aggregated since the last drain out of the source.
+    fn drain(&mut self) -> Result<Drained, SamplerError>;
+    /// Cumulative counters of the source.
+    fn counters(&self) -> SamplerCounters;
+}
+
+/// What to sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    Pids(Vec<u32>),
+    Cgroups(Vec<u64>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("listing online CPUs from {path}: {source}")]
+    Cpus {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {what} filter has {n} entries, more than the BPF map holds ({max})")]
+    FilterTooLarge {
+        what: &'static str,
+        n: usize,
+        max: u32,
+    },
+    #[error("map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SamplerError {
+    move |e| SamplerError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// Cumulative counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerCounters {
+    pub samples: u64,
+    pub lost_map_full: u64,
+    pub kstack_collisions: u64,
+    pub ustack_collisions: u64,
+    pub kstack_errors: u64,
+    pub ustack_errors: u64,
+    pub filtered: u64,
+}
+
+/// One drain's worth of samples.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub samples: Vec<RawSample>,
+    /// Samples whose stack id was not in the stack map any more.
+    pub missing_stacks: u64,
+}
+
+/// The filter maps stay open for the sampler's lifetime (room for live filter updates).
+enum FilterMap {
+    Pids(#[allow(dead_code)] HashMap<MapData, u32, u8>),
+    Cgroups(#[allow(dead_code)] HashMap<MapData, u64, u8>),
+}
+
+pub struct EbpfSampler {
+    // Field order = drop order: maps before the object (which detaches the links).
+    _config: Array<MapData, obj::ProfileConfig>,
+    _filter_maps: Vec<FilterMap>,
+    _ebpf: Ebpf,
+    counts: HashMap<MapData, obj::ProfileKey, obj::ProfileValue>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    hz: u32,
+    cpus: usize,
+}
+
+impl std::fmt::Debug for EbpfSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfSampler")
+            .field("hz", &self.hz)
+            .field("cpus", &self.cpus)
+            .finish()
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
+    Ok(ebpf
+        .program_mut(obj::PROGRAM)
+        .ok_or_else(|| LoadError::ProgramMissing {
+            object: obj::OBJECT_NAME.into(),
+            program: obj::PROGRAM.into(),
+        })?
+        .try_into()
+        .map_err(|e| loader::program_error(obj::PROGRAM, e))?)
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SamplerError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = loader::take_map(ebpf, obj::OBJECT_NAME, name)?;
+    T::try_from(m).map_err(map_err(name))
+}
+
+impl EbpfSampler {
+    /// Loads the object, sets the filter, and starts sampling at `hz` on every online CPU.
+    pub fn start(hz: u32, filter: &Filter) -> Result<Self, SamplerError> {
+        let mut ebpf = loader::load(obj::OBJECT_NAME, obj::PROFILE_OBJ)?;
+        // Verify and load the program while every map is still owned by `ebpf` (a map
+        // taken out and dropped would close the fd the program refers to). Nothing runs
+        // until the perf events are attached below, after the filter is configured.
+        {
+            let prog = program(&mut ebpf)?;
+            prog.load()
+                .map_err(|e| loader::program_error(obj::PROGRAM, e))?;
+        }
+
+        // Filter maps first, then the mode: the program reads the mode (FILTER_NONE until
+        // set) before anything else, so it never samples unfiltered by accident.
+        let mut config: Array<MapData, obj::ProfileConfig> = take(&mut ebpf, obj::MAP_CONFIG)?;
+        let mut filter_maps: Vec<FilterMap> = Vec::new();
+        let mode = match filter {
+            Filter::All => obj::FILTER_ALL,
+            Filter::Pids(pids) => {
+                if pids.len() > obj::FILTER_MAX_ENTRIES as usize {
+                    return Err(SamplerError::FilterTooLarge {
+                        what: "pid",
+                        n: pids.len(),
+                        max: obj::FILTER_MAX_ENTRIES,
+                    });
+                }
+                let mut m: HashMap<MapData, u32, u8> = take(&mut ebpf, obj::MAP_FILTER_PIDS)?;
+                for p in pids {
+                    m.insert(p, 1, 0).map_err(map_err(obj::MAP_FILTER_PIDS))?;
+                }
+                filter_maps.push(FilterMap::Pids(m));
+                obj::FILTER_PIDS
+            }
+            Filter::Cgroups(ids) => {
+                if ids.len() > obj::FILTER_MAX_ENTRIES as usize {
+                    return Err(SamplerError::FilterTooLarge {
+                        what: "cgroup",
+                        n: ids.len(),
+                        max: obj::FILTER_MAX_ENTRIES,
+                    });
+                }
+                let mut m: HashMap<MapData, u64, u8> = take(&mut ebpf, obj::MAP_FILTER_CGROUPS)?;
+                for c in ids {
+                    m.insert(c, 1, 0)
+                        .map_err(map_err(obj::MAP_FILTER_CGROUPS))?;
+                }
+                filter_maps.push(FilterMap::Cgroups(m));
+                obj::FILTER_CGROUPS
+            }
+        };
+        config
+            .set(
+                0,
+                obj::ProfileConfig {
+                    filter_mode: mode,
+                    include_idle: 0,
+                },
+                0,
+            )
+            .map_err(map_err(obj::MAP_CONFIG))?;
+
+        let counts = take(&mut ebpf, obj::MAP_COUNTS)?;
+        let stacks = take(&mut ebpf, obj::MAP_STACKS)?;
+        let counters = take(&mut ebpf, obj::MAP_COUNTERS)?;
+
+        let cpus = aya::util::online_cpus().map_err(|(path, source)| SamplerError::Cpus {
+            path: path.to_string(),
+            source,
+        })?;
+        let prog: &mut PerfEvent = program(&mut ebpf)?;
+        for &cpu in &cpus {
+            prog.attach(
+                PerfTypeId::Software,
+                PERF_COUNT_SW_CPU_CLOCK,
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz as u64),
+                false,
+            )
+            .map_err(|e| {
+                let reason = e.to_string();
+                if reason.contains("Operation not permitted") || reason.contains("os error 1)") {
+                    LoadError::NotPermitted {
+                        what: format!("perf_event_open(cpu-clock, cpu {cpu})"),
+                        reason,
+                    }
+                } else {
+                    LoadError::Attach {
+                        program: obj::PROGRAM.into(),
+                        hook: format!("perf_event cpu-clock cpu {cpu}"),
+                        reason,
+                    }
+                }
+            })?;
+        }
+        tracing::debug!(hz, cpus = cpus.len(), ?filter, "eBPF sampler attached");
+        Ok(EbpfSampler {
+            _ebpf: ebpf,
+            _config: config,
+            _filter_maps: filter_maps,
+            counts,
+            stacks,
+            counters,
+            hz,
+            cpus: cpus.len(),
+        })
+    }
+
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+}
+
+fn frames_of(
+    stacks: &StackTraceMap<MapData>,
+    id: i32,
+    cache: &mut StdHashMap<u32, Option<Arc<[u64]>>>,
+) -> Option<Arc<[u64]>> {
+    if id < 0 {
+        return Some(Arc::from(Vec::new()));
+    }
+    let id = id as u32;
+    cache
+        .entry(id)
+        .or_insert_with(|| {
+            stacks.get(&id, 0).ok().map(|st| {
+                st.frames()
+                    .iter()
+                    .map(|f| f.ip)
+                    .take_while(|&ip| ip != 0)
+                    .collect::<Vec<u64>>()
+                    .into()
+            })
+        })
+        .clone()
+}
+
+impl StackSource for EbpfSampler {
+    fn drain(&mut self) -> Result<Drained, SamplerError> {
+        // Snapshot the keys first; entries added while we drain stay for the next drain.
+        let keys: Vec<obj::ProfileKey> = self.counts.keys().filter_map(Result::ok).collect();
+        let mut out = Drained::default();
+        let mut stack_cache: StdHashMap<u32, Option<Arc<[u64]>>> = StdHashMap::new();
+        let mut comm_cache: StdHashMap<[u8; obj::COMM_LEN], Arc<str>> = StdHashMap::new();
+        for k in keys {
+            let Ok(v) = self.counts.get(&k, 0) else {
+                continue;
+            };
+            // Remove before reading stacks: a concurrent increment between get and remove
+            // is lost (bounded by the number of keys; one sample each at most).
+            let _ = self.counts.remove(&k);
+            let kernel = frames_of(&self.stacks, k.kernel_stack_id, &mut stack_cache);
+            let user = frames_of(&self.stacks, k.user_stack_id, &mut stack_cache);
+            let (kernel, user) = match (kernel, user) {
+                (Some(kf), Some(uf)) => (kf, uf),
+                (kf, uf) => {
+                    out.missing_stacks += v.count;
+                    (
+                        kf.unwrap_or_else(|| Arc::from(Vec::new())),
+                        uf.unwrap_or_else(|| Arc::from(Vec::new())),
+                    )
+                }
+            };
+            let comm = comm_cache
+                .entry(v.comm)
+                .or_insert_with(|| Arc::from(v.comm()))
+                .clone();
+            out.samples.push(RawSample {
+                key: StackKey {
+                    pid: k.pid,
+                    tid: k.tid,
+                    cgroup_id: k.cgroup_id,
+                    comm,
+                    kernel,
+                    user,
+                },
+                count: v.count,
+            });
+        }
+        // Free the stack slots we consumed so the stack map does not fill up (a full map
+        // turns every new stack into a collision).
+        for id in stack_cache.keys() {
+            let _ = self.stacks.remove(id);
+        }
+        Ok(out)
+    }
+
+    fn counters(&self) -> SamplerCounters {
+        let get = |i: u32| -> u64 {
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().copied().fold(0u64, u64::saturating_add))
+                .unwrap_or(0)
+        };
+        SamplerCounters {
+            samples: get(obj::CTR_SAMPLES),
+            lost_map_full: get(obj::CTR_LOST_MAP_FULL),
+            kstack_collisions: get(obj::CTR_KSTACK_COLLISION),
+            ustack_collisions: get(obj::CTR_USTACK_COLLISION),
+            kstack_errors: get(obj::CTR_KSTACK_ERROR),
+            ustack_errors: get(obj::CTR_USTACK_ERROR),
+            filtered: get(obj::CTR_FILTERED),
+        }
+    }
+}

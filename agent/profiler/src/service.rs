@@ -1,0 +1,765 @@
+//! The runtime profiler: on-demand profiles (any target), the continuous profiler, and
+//! the bookkeeping between them (one profile per target, a global concurrency bound,
+//! eBPF availability, self metrics, status).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nodescope_model::collector::{CollectError, Collector};
+use nodescope_model::metrics::{MetricFamily, MetricType};
+use nodescope_model::signal::{Emitter, Signal};
+use nodescope_model::status::{ComponentKind, ComponentState, StatusHandle};
+use nodescope_model::workload::{PodLookup, WorkloadKind};
+use nodescope_model::Profile;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ProfilerContext, ProfilingConfig, SelfProfiler};
+use crate::metrics::ProfilerMetrics;
+use crate::output::{self, Format, ProfileMeta};
+use crate::request::{ProfileRequest, RequestLimits, Target};
+use crate::sampler::{EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
+use crate::samples::{Aggregator, RawSample};
+use crate::symbolize::{ResolvedSample, Symbolizer, SymbolizerLimits};
+
+/// Why a profile could not be produced; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{0}")]
+    BadRequest(#[from] crate::request::RequestError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("a profile of {0} is already running; try again when it finishes")]
+    Busy(String),
+    #[error("{running} profiles are already running (profiling.max_concurrent); try again later")]
+    TooMany { running: usize },
+    #[error("profiling is disabled ([profiling] enabled = false)")]
+    Disabled,
+    #[error("the eBPF profiler is unavailable: {0}")]
+    EbpfUnavailable(String),
+    #[error("the profile was cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A finished on-demand profile.
+#[derive(Debug)]
+pub struct Rendered {
+    pub format: Format,
+    pub body: Vec<u8>,
+    /// `ebpf` or `sigprof`.
+    pub sampler: &'static str,
+    pub samples: u64,
+}
+
+pub struct ProfilerService {
+    cfg: ProfilingConfig,
+    emitter: Emitter,
+    status: StatusHandle,
+    pub(crate) metrics: ProfilerMetrics,
+    pods: Option<Arc<dyn PodLookup>>,
+    host_proc: PathBuf,
+    symbolizer: Arc<Symbolizer>,
+    active: Mutex<HashSet<String>>,
+    running: AtomicUsize,
+    ebpf_error: Mutex<Option<String>>,
+    continuous_up: AtomicBool,
+    sigprof_busy: AtomicBool,
+}
+
+impl std::fmt::Debug for ProfilerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfilerService")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Releases a target slot (and the global count) when dropped, wherever the profile ends.
+struct Slot {
+    svc: Arc<ProfilerService>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.svc.active.lock().remove(&self.key);
+        self.svc.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds the growth of a sampler's cumulative counters to the global self metrics.
+struct CounterTracker {
+    last: SamplerCounters,
+}
+
+impl CounterTracker {
+    fn new() -> Self {
+        CounterTracker {
+            last: SamplerCounters::default(),
+        }
+    }
+    fn update(&mut self, m: &ProfilerMetrics, now: SamplerCounters) {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        m.samples.add(d(now.samples, self.last.samples));
+        m.lost_samples
+            .add(d(now.lost_map_full, self.last.lost_map_full));
+        m.stack_collisions.add(
+            d(now.kstack_collisions, self.last.kstack_collisions)
+                + d(now.ustack_collisions, self.last.ustack_collisions),
+        );
+        m.stack_errors
+            .add(d(now.kstack_errors, self.last.kstack_errors));
+        m.filtered.add(d(now.filtered, self.last.filtered));
+        self.last = now;
+    }
+}
+
+/// Sleeps up to `d`, waking early on cancellation (checked every `step`). Returns true if
+/// cancelled.
+fn sleep_or_cancel_step(d: Duration, step: Duration, cancel: &CancellationToken) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if cancel.is_cancelled() {
+            return true;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(step));
+    }
+}
+
+/// On-demand profiles notice a client that went away within 50 ms.
+fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    sleep_or_cancel_step(d, Duration::from_millis(50), cancel)
+}
+
+impl ProfilerService {
+    pub(crate) fn new(cfg: ProfilingConfig, ctx: ProfilerContext) -> Arc<Self> {
+        let metrics = ProfilerMetrics::new(&ctx.self_metrics);
+        let status = ctx.status.register("profiler", ComponentKind::Profiler);
+        let limits = SymbolizerLimits {
+            max_binaries: cfg.max_binaries,
+            max_symbols_per_binary: cfg.max_symbols_per_binary,
+            max_processes: cfg.max_processes,
+            process_retention: Duration::from_secs(cfg.process_retention_secs),
+            debug_info: cfg.debug_info,
+        };
+        let symbolizer = Arc::new(Symbolizer::new(
+            ctx.host_proc.clone(),
+            limits,
+            metrics.clone(),
+        ));
+        if !cfg.enabled {
+            status.set_state(ComponentState::Disabled, None);
+        }
+        Arc::new(ProfilerService {
+            cfg,
+            emitter: ctx.emitter,
+            status,
+            metrics,
+            pods: ctx.pods,
+            host_proc: ctx.host_proc,
+            symbolizer,
+            active: Mutex::new(HashSet::new()),
+            running: AtomicUsize::new(0),
+            ebpf_error: Mutex::new(None),
+            continuous_up: AtomicBool::new(false),
+            sigprof_busy: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &ProfilingConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &ProfilerMetrics {
+        &self.metrics
+    }
+
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            default_seconds: self.cfg.default_seconds,
+            max_seconds: self.cfg.max_seconds,
+            default_hz: self.cfg.default_hz,
+            max_hz: self.cfg.max_hz,
+        }
+    }
+
+    /// The last reason eBPF sampling failed, if it did.
+    pub fn ebpf_error(&self) -> Option<String> {
+        self.ebpf_error.lock().clone()
+    }
+
+    fn note_ebpf(&self, r: &Result<EbpfSampler, SamplerError>) {
+        match r {
+            Ok(_) => {
+                *self.ebpf_error.lock() = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.status.set_detail("ebpf_error", msg.clone());
+                *self.ebpf_error.lock() = Some(msg);
+            }
+        }
+    }
+
+    /// Starts the continuous profiler (if configured) on a dedicated thread; it stops when
+    /// `shutdown` is cancelled, emitting what it has.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) {
+        if !self.cfg.enabled {
+            return;
+        }
+        if !self.cfg.continuous {
+            self.status.set_state(ComponentState::Ok, None);
+            self.status.set_detail("continuous", "disabled");
+            return;
+        }
+        let svc = self.clone();
+        let r = std::thread::Builder::new()
+            .name("ns-profiler".into())
+            .spawn(move || {
+                let span = tracing::info_span!("profiler", mode = "continuous");
+                let _e = span.enter();
+                svc.continuous_loop(&shutdown);
+            });
+        if let Err(e) = r {
+            self.status.failure(
+                ComponentState::Failed,
+                format!("spawning the profiler thread: {e}"),
+                None,
+            );
+        }
+    }
+
+    /// Self-observability gauges (sizes of the symbolizer caches, eBPF state, profiles running).
+    pub fn collector(&self) -> Arc<dyn Collector> {
+        Arc::new(ProfilerCollector {
+            symbolizer: self.symbolizer.clone(),
+            status: self.status.clone(),
+        })
+    }
+
+    fn publish_running(&self) {
+        self.status.set_detail(
+            "active_profiles",
+            self.running.load(Ordering::Acquire).to_string(),
+        );
+    }
+
+    fn acquire(self: &Arc<Self>, key: String) -> Result<Slot, ProfileError> {
+        let mut active = self.active.lock();
+        if active.contains(&key) {
+            return Err(ProfileError::Busy(key));
+        }
+        let running = self.running.load(Ordering::Acquire);
+        if running >= self.cfg.max_concurrent {
+            return Err(ProfileError::TooMany { running });
+        }
+        active.insert(key.clone());
+        self.running.fetch_add(1, Ordering::AcqRel);
+        drop(active);
+        Ok(Slot {
+            svc: self.clone(),
+            key,
+        })
+    }
+
+    /// Resolves a target to an in-BPF filter.
+    fn filter_for(&self, target: &Target) -> Result<Filter, ProfileError> {
+        match target {
+            Target::Agent => Ok(Filter::Pids(vec![std::process::id()])),
+            Target::All => Ok(Filter::All),
+            Target::Pid(p) => {
+                if !self.host_proc.join(p.to_string()).join("stat").exists() {
+                    return Err(ProfileError::NotFound(format!(
+                        "pid {p} does not exist (looked in {})",
+                        self.host_proc.display()
+                    )));
+                }
+                Ok(Filter::Pids(vec![*p]))
+            }
+            Target::Container(id) => {
+                let ids = cgroup_ids_matching(&cgroup2_roots(), |name| name.contains(id.as_str()))
+                    .map_err(ProfileError::Internal)?;
+                if ids.is_empty() {
+                    return Err(ProfileError::NotFound(format!(
+                        "no cgroup v2 directory of container {id} found"
+                    )));
+                }
+                Ok(Filter::Cgroups(ids))
+            }
+            Target::Cgroup(path) => {
+                let mut ids = Vec::new();
+                for root in cgroup2_roots() {
+                    let dir = root.join(path.trim_start_matches('/'));
+                    if dir.is_dir() {
+                        collect_cgroup_ids(&dir, &mut ids, 0).map_err(ProfileError::Internal)?;
+                    }
+                }
+                if ids.is_empty() {
+                    return Err(ProfileError::NotFound(format!(
+                        "cgroup {path} does not exist in any cgroup2 mount"
+                    )));
+                }
+                Ok(Filter::Cgroups(ids))
+            }
+        }
+    }
+
+    /// Runs one on-demand profile. Cancelling `cancel` (the HTTP client went away) stops
+    /// sampling within ~50 ms and releases the target and the BPF program.
+    pub async fn profile(
+        self: &Arc<Self>,
+        req: ProfileRequest,
+        cancel: CancellationToken,
+    ) -> Result<Rendered, ProfileError> {
+        if !self.cfg.enabled {
+            return Err(ProfileError::Disabled);
+        }
+        let filter = self.filter_for(&req.target)?;
+        let slot = self.acquire(req.target.key())?;
+        self.publish_running();
+        let svc = self.clone();
+        let span = tracing::info_span!("profile", target = %req.target.key(), seconds = req.seconds, hz = req.hz);
+        let res = tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
+            let r = svc.profile_blocking(&req, filter, &cancel);
+            drop(slot);
+            svc.publish_running();
+            r
+        })
+        .await
+        .map_err(|e| ProfileError::Internal(format!("profile task: {e}")))?;
+        res
+    }
+
+    fn profile_blocking(
+        &self,
+        req: &ProfileRequest,
+        filter: Filter,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, ProfileError> {
+        let start = SystemTime::now();
+        let t0 = Instant::now();
+        let duration = Duration::from_secs(req.seconds);
+        let sigprof_only =
+            req.target == Target::Agent && self.cfg.self_profiler == SelfProfiler::Sigprof;
+        let started = if sigprof_only {
+            None
+        } else {
+            let r = EbpfSampler::start(req.hz, &filter);
+            self.note_ebpf(&r);
+            Some(r)
+        };
+        // The sampling window (start, length), excluding load and symbolization time.
+        let window: (SystemTime, Duration);
+        let (raw, sampler_name, mut comments) = match started {
+            Some(Ok(mut s)) => {
+                let (ws, wt) = (SystemTime::now(), Instant::now());
+                let raw = self.collect_ebpf(&mut s, duration, cancel)?;
+                window = (ws, wt.elapsed());
+                (
+                    raw,
+                    "ebpf",
+                    vec![format!(
+                        "nodescope eBPF sampler, cpu-clock at {} Hz, frame-pointer unwinding",
+                        req.hz
+                    )],
+                )
+            }
+            Some(Err(e)) if req.target == Target::Agent => {
+                // eBPF is down: the agent can still profile itself with SIGPROF.
+                let raw = self.run_sigprof(req.hz, duration, cancel)?;
+                window = (start, t0.elapsed());
+                (
+                    raw,
+                    "sigprof",
+                    vec![format!(
+                        "pprof-rs SIGPROF fallback at {} Hz (eBPF unavailable: {e})",
+                        req.hz
+                    )],
+                )
+            }
+            None => {
+                let raw = self.run_sigprof(req.hz, duration, cancel)?;
+                window = (start, t0.elapsed());
+                (raw, "sigprof", vec![format!("pprof-rs SIGPROF self-profiler at {} Hz (profiling.self_profiler = \"sigprof\")", req.hz)])
+            }
+            Some(Err(e)) => return Err(ProfileError::EbpfUnavailable(e.to_string())),
+        };
+        if cancel.is_cancelled() {
+            return Err(ProfileError::Cancelled);
+        }
+        let samples: u64 = raw.iter().map(|s| s.count).sum();
+        let resolved = self.symbolizer.resolve(&raw);
+        comments.push(format!("target {}", req.target.key()));
+        let meta = ProfileMeta {
+            start: window.0,
+            duration: window.1,
+            hz: req.hz,
+            comments,
+        };
+        let body = render(&resolved, &meta, req.format, &req.target.key())
+            .map_err(|e| ProfileError::Internal(e.to_string()))?;
+        Ok(Rendered {
+            format: req.format,
+            body,
+            sampler: sampler_name,
+            samples,
+        })
+    }
+
+    /// pprof-rs is a process-wide SIGPROF singleton: one at a time.
+    fn run_sigprof(
+        &self,
+        hz: u32,
+        duration: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<RawSample>, ProfileError> {
+        if self.sigprof_busy.swap(true, Ordering::AcqRel) {
+            return Err(ProfileError::Busy("self (SIGPROF profiler)".into()));
+        }
+        let flag = AtomicBool::new(false);
+        let r = std::thread::scope(|sc| {
+            let h = sc.spawn(|| crate::selfprof::run(hz, duration, &flag));
+            while !h.is_finished() {
+                if cancel.is_cancelled() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            h.join()
+        });
+        self.sigprof_busy.store(false, Ordering::Release);
+        let raw = r
+            .map_err(|_| ProfileError::Internal("SIGPROF profiler thread panicked".into()))?
+            .map_err(|e| ProfileError::Internal(e.to_string()))?;
+        let n: u64 = raw.iter().map(|s| s.count).sum();
+        self.metrics.samples.add(n);
+        Ok(raw)
+    }
+
+    fn collect_ebpf(
+        &self,
+        s: &mut EbpfSampler,
+        duration: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<RawSample>, ProfileError> {
+        let end = Instant::now() + duration;
+        let tick = Duration::from_millis(self.cfg.drain_interval_ms);
+        let mut agg = Aggregator::new(self.cfg.max_stacks_per_profile);
+        let mut tracker = CounterTracker::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let cancelled = sleep_or_cancel(left.min(tick), cancel);
+            if cancelled {
+                return Err(ProfileError::Cancelled);
+            }
+            self.drain_into(s, &mut agg, &mut tracker);
+            if Instant::now() >= end {
+                break;
+            }
+        }
+        self.metrics.aggregation_dropped.add(agg.dropped_samples());
+        Ok(agg.take())
+    }
+
+    fn drain_into(&self, s: &mut EbpfSampler, agg: &mut Aggregator, tracker: &mut CounterTracker) {
+        match s.drain() {
+            Ok(d) => {
+                self.metrics.missing_stacks.add(d.missing_stacks);
+                for smp in d.samples {
+                    self.symbolizer.observe(smp.key.pid);
+                    agg.add(smp);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "draining the eBPF sampler"),
+        }
+        tracker.update(&self.metrics, s.counters());
+    }
+
+    fn continuous_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let started = EbpfSampler::start(self.cfg.hz, &Filter::All);
+        self.note_ebpf(&started);
+        let mut sampler = match started {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "continuous profiling unavailable (eBPF); on-demand self-profiling still works");
+                self.status.failure(
+                    ComponentState::Unavailable,
+                    format!("continuous profiling needs eBPF: {e}"),
+                    None,
+                );
+                self.status.set_detail("ebpf", "down");
+                return;
+            }
+        };
+        self.continuous_up.store(true, Ordering::Release);
+        self.status.set_state(ComponentState::Ok, None);
+        self.status.set_detail("ebpf", "up");
+        self.status
+            .set_detail("continuous_hz", self.cfg.hz.to_string());
+        tracing::info!(
+            hz = self.cfg.hz,
+            interval_secs = self.cfg.interval_secs,
+            "continuous profiling started"
+        );
+        let interval = Duration::from_secs(self.cfg.interval_secs);
+        let tick = Duration::from_millis(self.cfg.drain_interval_ms);
+        let mut agg = Aggregator::new(self.cfg.max_stacks_per_profile);
+        let mut tracker = CounterTracker::new();
+        let mut window_start = SystemTime::now();
+        let mut window_t0 = Instant::now();
+        let mut dropped_before = 0;
+        loop {
+            // Shutdown is checked every 250 ms: fewer wake-ups on the always-on path.
+            let stop = sleep_or_cancel_step(tick, Duration::from_millis(250), shutdown);
+            self.drain_into(&mut sampler, &mut agg, &mut tracker);
+            if stop || window_t0.elapsed() >= interval {
+                let t = Instant::now();
+                let raw = agg.take();
+                let dropped = agg.dropped_samples();
+                self.metrics
+                    .aggregation_dropped
+                    .add(dropped - dropped_before);
+                dropped_before = dropped;
+                let n = self.emit_window(&raw, window_start, window_t0.elapsed());
+                self.status.success(t.elapsed());
+                tracing::debug!(
+                    profiles = n,
+                    stacks = raw.len(),
+                    "continuous window emitted"
+                );
+                window_start = SystemTime::now();
+                window_t0 = Instant::now();
+                self.symbolizer.expire();
+            }
+            if stop {
+                break;
+            }
+        }
+        self.continuous_up.store(false, Ordering::Release);
+        self.status.set_state(ComponentState::Stopped, None);
+        tracing::info!("continuous profiling stopped");
+    }
+
+    /// Builds one profile per workload from a window of samples and emits them. Returns
+    /// the number emitted.
+    pub(crate) fn emit_window(
+        &self,
+        raw: &[RawSample],
+        start: SystemTime,
+        duration: Duration,
+    ) -> usize {
+        if raw.is_empty() {
+            return 0;
+        }
+        let resolved = self.symbolizer.resolve(raw);
+        let mut groups: BTreeMap<String, Vec<ResolvedSample>> = BTreeMap::new();
+        for s in resolved {
+            let key = s.workload.label.clone();
+            let n = groups.len();
+            match groups.get_mut(&key) {
+                Some(g) => g.push(s),
+                None if n < self.cfg.max_workloads_per_interval => {
+                    groups.insert(key, vec![s]);
+                }
+                None => self.metrics.profiles_dropped.inc(),
+            }
+        }
+        let mut emitted = 0;
+        for (label, samples) in groups {
+            let w = &samples[0].workload;
+            let meta = ProfileMeta {
+                start,
+                duration,
+                hz: self.cfg.hz,
+                comments: vec![format!("nodescope continuous profile of {label}")],
+            };
+            let p = output::build_pprof(&samples, &meta);
+            let gz = match output::gzip_pprof(&p) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, workload = %label, "encoding profile");
+                    self.metrics.profiles_dropped.inc();
+                    continue;
+                }
+            };
+            let mut labels: nodescope_model::Labels = vec![
+                ("workload".into(), label.clone()),
+                ("workload_kind".into(), w.workload.kind.as_str().to_string()),
+            ];
+            if w.workload.kind == WorkloadKind::Container {
+                labels.push(("container_id".into(), w.workload.id.clone()));
+                if let Some(pod) = self
+                    .pods
+                    .as_ref()
+                    .and_then(|p| p.pod_for_container(&w.workload.id))
+                {
+                    labels.push(("namespace".into(), pod.namespace));
+                    labels.push(("pod".into(), pod.pod));
+                    labels.push(("container".into(), pod.container));
+                }
+            }
+            let profile = Profile {
+                start,
+                duration,
+                sample_rate_hz: self.cfg.hz,
+                labels,
+                pprof_gz: gz,
+            };
+            if self.emitter.emit(Signal::Profile(Arc::new(profile))) {
+                self.metrics.profiles_emitted.inc();
+                emitted += 1;
+            } else {
+                self.metrics.profiles_dropped.inc();
+            }
+        }
+        emitted
+    }
+}
+
+/// Renders symbolized samples in the requested format.
+pub fn render(
+    samples: &[ResolvedSample],
+    meta: &ProfileMeta,
+    format: Format,
+    title: &str,
+) -> Result<Vec<u8>, output::OutputError> {
+    match format {
+        Format::Pprof => output::gzip_pprof(&output::build_pprof(samples, meta)),
+        Format::Folded => Ok(output::folded(samples).into_bytes()),
+        Format::Svg => output::svg(samples, &format!("nodescope CPU profile: {title}")),
+    }
+}
+
+/// Mount points of cgroup2 filesystems visible to us.
+fn cgroup2_roots() -> Vec<PathBuf> {
+    nodescope_ebpf::loader::mounts_of_type("cgroup2")
+}
+
+const MAX_CGROUP_DEPTH: usize = 32;
+
+fn push_id(dir: &Path, out: &mut Vec<u64>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if out.len() >= nodescope_ebpf::profile::FILTER_MAX_ENTRIES as usize {
+        return Err(format!(
+            "more than {} cgroups match; narrow the target",
+            nodescope_ebpf::profile::FILTER_MAX_ENTRIES
+        ));
+    }
+    let m = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    out.push(m.ino());
+    Ok(())
+}
+
+/// Adds `dir` and every cgroup below it (their inode numbers are the cgroup v2 ids that
+/// `bpf_get_current_cgroup_id` returns).
+fn collect_cgroup_ids(dir: &Path, out: &mut Vec<u64>, depth: usize) -> Result<(), String> {
+    push_id(dir, out)?;
+    if depth >= MAX_CGROUP_DEPTH {
+        return Ok(());
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_cgroup_ids(&e.path(), out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Walks the cgroup2 trees for directories whose name satisfies `pred`, adding each match
+/// and its descendants.
+fn cgroup_ids_matching(roots: &[PathBuf], pred: impl Fn(&str) -> bool) -> Result<Vec<u64>, String> {
+    fn walk(
+        dir: &Path,
+        pred: &dyn Fn(&str) -> bool,
+        out: &mut Vec<u64>,
+        depth: usize,
+    ) -> Result<(), String> {
+        if depth >= MAX_CGROUP_DEPTH {
+            return Ok(());
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for e in rd.flatten() {
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_str().is_some_and(pred) {
+                collect_cgroup_ids(&p, out, depth + 1)?;
+            } else {
+                walk(&p, pred, out, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for r in roots {
+        walk(r, &pred, &mut out, 0)?;
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Reads the service's numbers through its status handle and symbolizer, so it does not
+/// keep the service itself alive.
+struct ProfilerCollector {
+    symbolizer: Arc<Symbolizer>,
+    status: StatusHandle,
+}
+
+impl Collector for ProfilerCollector {
+    fn name(&self) -> &'static str {
+        "profiler"
+    }
+
+    fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+        let st = self.status.snapshot();
+        let active: f64 = st
+            .details
+            .get("active_profiles")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let up = st.details.get("ebpf").is_some_and(|v| v == "up");
+        Ok(vec![
+            MetricFamily::single(
+                "nodescope_profiler_ebpf_up",
+                "1 when the continuous eBPF sampler is attached.",
+                MetricType::Gauge,
+                if up { 1.0 } else { 0.0 },
+            ),
+            MetricFamily::single(
+                "nodescope_profiler_active_profiles",
+                "On-demand profiles running now.",
+                MetricType::Gauge,
+                active,
+            ),
+            MetricFamily::single(
+                "nodescope_symbolizer_processes",
+                "Process memory-map snapshots held by the symbolizer.",
+                MetricType::Gauge,
+                self.symbolizer.process_count() as f64,
+            ),
+            MetricFamily::single(
+                "nodescope_symbolizer_binaries",
+                "Binaries (open descriptors and symbol tables) held by the symbolizer.",
+                MetricType::Gauge,
+                self.symbolizer.binary_count() as f64,
+            ),
+        ])
+    }
+}
