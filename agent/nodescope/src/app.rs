@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use nodescope_delivery::ExporterContext;
 use nodescope_host::HostPaths;
 use nodescope_model::selfmetrics::SelfMetrics;
-use nodescope_model::{Collector, Exporter, Signal, StatusRegistry};
+use nodescope_model::{Collector, Exporter, Signal, SignalKind, StatusRegistry};
 use nodescope_netprobe::NetProbeContext;
 use nodescope_profiler::ProfilerContext;
 use tokio::net::TcpListener;
@@ -120,9 +120,14 @@ pub async fn run(config: Config) -> Result<()> {
     // CPU profiler: on-demand /debug/pprof/* (any pid, container or the whole node) and,
     // when configured, continuous per-workload profiles into the pipeline. Never fails
     // the agent: without eBPF it still profiles itself.
-    let profiler = config.profiling.enabled.then(|| {
+    let mut profiling = config.profiling.clone();
+    if profiling.enabled && profiling.continuous && !pipeline.wants(SignalKind::Profiles) {
+        info!("continuous profiling off: no exporter takes profiles (enable [exporters.pyroscope]); on-demand profiles still served");
+        profiling.continuous = false;
+    }
+    let profiler = profiling.enabled.then(|| {
         let _span = tracing::info_span!("profiler").entered();
-        config.profiling.build(ProfilerContext {
+        profiling.build(ProfilerContext {
             emitter: pipeline.emitter(),
             status: status.clone(),
             self_metrics: self_metrics.clone(),
@@ -171,7 +176,7 @@ pub async fn run(config: Config) -> Result<()> {
         p.spawn(shutdown.clone());
         app = app.merge(nodescope_profiler::router(p.clone()));
     }
-    if pipeline.wants_metrics() {
+    if pipeline.wants(SignalKind::Metrics) {
         background.push(tokio::spawn(periodic_collection(
             state.clone(),
             pipeline.emitter(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{
-    ComponentKind, ComponentState, Emitter, Exporter, ExporterQueue, Signal, StatusHandle,
-    StatusRegistry,
+    ComponentKind, ComponentState, Emitter, Exporter, ExporterQueue, Signal, SignalKind,
+    StatusHandle, StatusRegistry,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,7 +38,8 @@ fn kind_index(s: &Signal) -> usize {
 
 pub struct Pipeline {
     emitter: Emitter,
-    wants_metrics: bool,
+    /// Per signal kind (metrics, logs, profiles): does any exporter take it?
+    wanted: [bool; 3],
     fanout: JoinHandle<()>,
     exporters: Vec<(String, JoinHandle<()>)>,
 }
@@ -96,7 +97,14 @@ impl Pipeline {
             let queue = ExporterQueue { rx, flush_timeout };
             tasks.push((name, tokio::spawn(exporter.run(queue).instrument(span))));
         }
-        let wants_metrics = routes.iter().any(|r| r.accepts[0]);
+        let wanted = [0, 1, 2].map(|k| routes.iter().any(|r| r.accepts[k]));
+        let unrouted = [SignalKind::Metrics, SignalKind::Logs, SignalKind::Profiles].map(|k| {
+            metrics.counter(
+                "nodescope_pipeline_unrouted_total",
+                "Signals no configured exporter takes (e.g. events with no Loki/OTLP exporter); discarded.",
+                &[("signal", k.as_str())],
+            )
+        });
 
         let intake_depth = metrics.gauge(
             "nodescope_pipeline_queue_depth",
@@ -121,6 +129,7 @@ impl Pipeline {
             fan_out(
                 intake_rx,
                 routes,
+                unrouted,
                 shutdown,
                 intake_depth,
                 intake_dropped,
@@ -132,7 +141,7 @@ impl Pipeline {
         );
         Pipeline {
             emitter,
-            wants_metrics,
+            wanted,
             fanout,
             exporters: tasks,
         }
@@ -142,9 +151,14 @@ impl Pipeline {
         self.emitter.clone()
     }
 
-    /// Whether any exporter consumes metrics (if none, periodic collection is skipped).
-    pub fn wants_metrics(&self) -> bool {
-        self.wants_metrics
+    /// Whether any exporter consumes `kind` (if none takes metrics, periodic collection
+    /// is skipped; if none takes profiles, continuous profiling is).
+    pub fn wants(&self, kind: SignalKind) -> bool {
+        self.wanted[match kind {
+            SignalKind::Metrics => 0,
+            SignalKind::Logs => 1,
+            SignalKind::Profiles => 2,
+        }]
     }
 
     /// Waits for the fan-out to drain (it stops when `shutdown` fires) and for every
@@ -171,6 +185,7 @@ impl Pipeline {
 async fn fan_out(
     mut intake: mpsc::Receiver<Signal>,
     routes: Vec<Route>,
+    unrouted: [Counter; 3],
     shutdown: CancellationToken,
     intake_depth: Gauge,
     intake_dropped: Arc<AtomicU64>,
@@ -180,6 +195,10 @@ async fn fan_out(
 ) {
     let route = |s: Signal| {
         let k = kind_index(&s);
+        if !routes.iter().any(|r| r.accepts[k]) {
+            unrouted[k].inc();
+            return;
+        }
         for r in &routes {
             if !r.accepts[k] {
                 continue;
@@ -239,7 +258,7 @@ async fn fan_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodescope_model::{MetricBatch, SignalKind};
+    use nodescope_model::MetricBatch;
     use std::sync::atomic::Ordering;
     use std::time::SystemTime;
 
