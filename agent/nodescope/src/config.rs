@@ -365,7 +365,9 @@ mod tests {
     fn embedded_default_is_valid() {
         let c = Config::embedded_default();
         assert_eq!(c.agent.listen, "127.0.0.1:9780");
-        assert!(c.host.enabled);
+        assert!(c.host.enabled && c.network.enabled && c.profiling.enabled);
+        assert!(!c.exporters.otlp.enabled && !c.exporters.loki.enabled);
+        assert!(!c.exporters.remote_write.enabled && !c.exporters.pyroscope.enabled);
     }
 
     #[test]
