@@ -27,6 +27,8 @@ HOST_ONLY = """[host]
 enabled = true
 [network]
 enabled = false
+[profiling]
+enabled = false
 """
 
 
