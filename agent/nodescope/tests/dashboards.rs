@@ -898,6 +898,26 @@ fn resolve_variables(port: u16, d: &Dashboard) -> (BTreeMap<String, String>, Vec
     (vals, problems)
 }
 
+/// A loopback HTTP server answering 200 to every `POST /ingest` (Pyroscope's ingest
+/// endpoint), for the lifetime of the test process.
+fn pyroscope_sink() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().route("/ingest", axum::routing::post(|| async { "" }));
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    port
+}
+
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_agent() {
     let test = "every_dashboard_query_returns_data_from_a_real_agent";
@@ -915,6 +935,9 @@ fn every_dashboard_query_returns_data_from_a_real_agent() {
     let t0 = Instant::now();
     let prom_port = common::free_port();
     let wal = tempfile::tempdir().unwrap();
+    // Continuous profiling runs only when an exporter takes profiles: give it a
+    // Pyroscope-shaped sink that accepts every ingest.
+    let pyroscope_port = pyroscope_sink();
     let agent = common::start_agent(&format!(
         r#"
 [network]
@@ -924,6 +947,10 @@ enabled = true
 enabled = true
 continuous = true
 interval_secs = 5
+
+[exporters.pyroscope]
+enabled = true
+endpoint = "http://127.0.0.1:{pyroscope_port}"
 
 [exporters.remote_write]
 enabled = true
