@@ -310,6 +310,28 @@ pub fn validate_headers(headers: &BTreeMap<String, String>, prefix: &str, issues
     }
 }
 
+/// Validates the HTTP client keys every push exporter shares: `headers`, `auth`, `tls`.
+pub fn validate_client(
+    prefix: &str,
+    headers: &BTreeMap<String, String>,
+    auth: &AuthConfig,
+    tls: &TlsConfig,
+    issues: &mut Issues,
+) {
+    validate_headers(headers, &format!("{prefix}.headers"), issues);
+    auth.validate(&format!("{prefix}.auth"), issues);
+    tls.validate(&format!("{prefix}.tls"), issues);
+}
+
+/// A Prometheus / Loki label name a user may set: `[a-zA-Z_][a-zA-Z0-9_]*`, and not
+/// starting with the reserved `__`.
+pub fn valid_user_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !s.starts_with("__")
+}
+
 /// Validates an endpoint URL (http or https, with a host).
 pub fn validate_endpoint(endpoint: &str, key: &str, issues: &mut Issues) {
     match reqwest::Url::parse(endpoint) {

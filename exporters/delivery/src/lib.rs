@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{
-    ComponentKind, ComponentState, ExportError, ExporterQueue, MetricBatch, MetricFamily, Resource,
-    Signal, StatusHandle, StatusRegistry,
+    ComponentKind, ComponentState, ExportError, Exporter, ExporterQueue, MetricBatch, MetricFamily,
+    Resource, Signal, SignalKind, StatusHandle, StatusRegistry,
 };
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -619,4 +619,54 @@ fn finish(shared: &Shared) {
     drop(b);
     update_gauges(shared);
     shared.status.set_state(ComponentState::Stopped, None);
+}
+
+/// A push exporter: the shared delivery engine driving one backend's encoder and
+/// transport. Every nodescope push exporter is one of these; only the encoder, the
+/// transport and the signals it takes differ.
+pub struct PushExporter<E: Encoder, T: Transport> {
+    name: &'static str,
+    /// Metrics, logs, profiles.
+    accepts: [bool; 3],
+    delivery: Delivery,
+    encoder: E,
+    transport: T,
+}
+
+impl<E: Encoder, T: Transport> PushExporter<E, T> {
+    pub fn new(
+        name: &'static str,
+        signals: &[SignalKind],
+        delivery: Delivery,
+        encoder: E,
+        transport: T,
+    ) -> Self {
+        let accepts = [SignalKind::Metrics, SignalKind::Logs, SignalKind::Profiles]
+            .map(|k| signals.contains(&k));
+        PushExporter {
+            name,
+            accepts,
+            delivery,
+            encoder,
+            transport,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<E: Encoder, T: Transport> Exporter for PushExporter<E, T> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn accepts(&self, kind: SignalKind) -> bool {
+        self.accepts[match kind {
+            SignalKind::Metrics => 0,
+            SignalKind::Logs => 1,
+            SignalKind::Profiles => 2,
+        }]
+    }
+    async fn run(self: Box<Self>, queue: ExporterQueue) {
+        let s = *self;
+        s.delivery.run(queue, s.encoder, s.transport).await
+    }
 }

@@ -14,10 +14,10 @@ use std::time::UNIX_EPOCH;
 use nodescope_delivery::http::{self, RetryPolicy};
 use nodescope_delivery::{
     config, AuthConfig, BatchConfig, Delivery, DeliveryConfig, DeliveryError, Encoder,
-    ExporterContext, Payload, RetryConfig, TlsConfig, Transport, WalConfig,
+    ExporterContext, Payload, PushExporter, RetryConfig, TlsConfig, Transport, WalConfig,
 };
 use nodescope_model::config::Issues;
-use nodescope_model::{ExportError, Exporter, ExporterQueue, LogRecord, Signal, SignalKind};
+use nodescope_model::{ExportError, Exporter, LogRecord, Signal, SignalKind};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
@@ -105,12 +105,6 @@ impl Default for LokiConfig {
     }
 }
 
-fn valid_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-}
-
 /// Loki label names must match `[a-zA-Z_][a-zA-Z0-9_]*`; anything else becomes `_`.
 pub fn sanitize_label_name(s: &str) -> String {
     let mut out: String = s
@@ -139,7 +133,7 @@ impl LokiConfig {
         );
         for k in self.labels.keys() {
             issues.check(
-                valid_label_name(k) && !k.starts_with("__"),
+                config::valid_user_label_name(k),
                 format!("{prefix}.labels.{k}"),
                 "is not a valid Loki label name",
             );
@@ -151,9 +145,7 @@ impl LokiConfig {
                 "must be a non-empty header value",
             );
         }
-        config::validate_headers(&self.headers, &format!("{prefix}.headers"), issues);
-        self.auth.validate(&format!("{prefix}.auth"), issues);
-        self.tls.validate(&format!("{prefix}.tls"), issues);
+        config::validate_client(prefix, &self.headers, &self.auth, &self.tls, issues);
         self.delivery().validate(prefix, issues);
     }
 
@@ -194,16 +186,18 @@ impl LokiConfig {
             static_labels.push((k.clone(), v.clone()));
         }
         let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
-        Ok(Box::new(LokiExporter {
+        Ok(Box::new(PushExporter::new(
+            NAME,
+            &[SignalKind::Logs],
             delivery,
-            encoder: LokiEncoder::new(static_labels),
-            transport: LokiTransport {
+            LokiEncoder::new(static_labels),
+            LokiTransport {
                 client,
                 url: self.push_url(),
                 headers: Arc::new(headers),
                 logged: Mutex::new(HashSet::new()),
             },
-        }))
+        )))
     }
 }
 
@@ -215,26 +209,6 @@ pub enum LokiError {
     Tenant(String),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
-}
-
-pub struct LokiExporter {
-    delivery: Delivery,
-    encoder: LokiEncoder,
-    transport: LokiTransport,
-}
-
-#[async_trait::async_trait]
-impl Exporter for LokiExporter {
-    fn name(&self) -> &str {
-        NAME
-    }
-    fn accepts(&self, kind: SignalKind) -> bool {
-        kind == SignalKind::Logs
-    }
-    async fn run(self: Box<Self>, queue: ExporterQueue) {
-        let s = *self;
-        s.delivery.run(queue, s.encoder, s.transport).await
-    }
 }
 
 fn escape_into(out: &mut String, v: &str) {

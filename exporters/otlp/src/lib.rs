@@ -20,11 +20,11 @@ use bytes::{Buf, BufMut, Bytes};
 use nodescope_delivery::http::{self, RetryPolicy};
 use nodescope_delivery::{
     config, AuthConfig, BatchConfig, Delivery, DeliveryConfig, DeliveryError, Encoder,
-    ExporterContext, Payload, RetryConfig, TlsConfig, Transport, WalConfig,
+    ExporterContext, Payload, PushExporter, RetryConfig, TlsConfig, Transport, WalConfig,
 };
 use nodescope_model::config::Issues;
 use nodescope_model::{
-    ExportError, Exporter, ExporterQueue, Labels, LogRecord, Resource, Signal, SignalKind, Value,
+    ExportError, Exporter, Labels, LogRecord, Resource, Signal, SignalKind, Value,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -167,7 +167,7 @@ impl OtlpConfig {
                 );
             }
         }
-        config::validate_headers(&self.headers, &format!("{prefix}.headers"), issues);
+        config::validate_client(prefix, &self.headers, &self.auth, &self.tls, issues);
         for k in self.headers.keys() {
             issues.check(
                 tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
@@ -178,8 +178,6 @@ impl OtlpConfig {
                 "is not a valid gRPC metadata key",
             );
         }
-        self.auth.validate(&format!("{prefix}.auth"), issues);
-        self.tls.validate(&format!("{prefix}.tls"), issues);
         self.delivery().validate(prefix, issues);
     }
 
@@ -240,13 +238,16 @@ impl OtlpConfig {
             }
         };
         let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
-        Ok(Box::new(OtlpExporter {
-            delivery,
-            metrics: self.metrics,
-            logs: self.logs,
-            encoder,
-            transport,
-        }))
+        let mut signals = Vec::new();
+        if self.metrics {
+            signals.push(SignalKind::Metrics);
+        }
+        if self.logs {
+            signals.push(SignalKind::Logs);
+        }
+        Ok(Box::new(PushExporter::new(
+            NAME, &signals, delivery, encoder, transport,
+        )))
     }
 }
 
@@ -282,32 +283,6 @@ fn grpc_endpoint(
             .map_err(|e| OtlpError::Tls(e.to_string()))?;
     }
     Ok(ep)
-}
-
-pub struct OtlpExporter {
-    delivery: Delivery,
-    metrics: bool,
-    logs: bool,
-    encoder: OtlpEncoder,
-    transport: OtlpTransport,
-}
-
-#[async_trait::async_trait]
-impl Exporter for OtlpExporter {
-    fn name(&self) -> &str {
-        NAME
-    }
-    fn accepts(&self, kind: SignalKind) -> bool {
-        match kind {
-            SignalKind::Metrics => self.metrics,
-            SignalKind::Logs => self.logs,
-            SignalKind::Profiles => false,
-        }
-    }
-    async fn run(self: Box<Self>, queue: ExporterQueue) {
-        let s = *self;
-        s.delivery.run(queue, s.encoder, s.transport).await
-    }
 }
 
 fn kv(k: &str, v: &str) -> KeyValue {

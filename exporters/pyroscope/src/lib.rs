@@ -15,10 +15,10 @@ use std::time::UNIX_EPOCH;
 use nodescope_delivery::http::{self, RetryPolicy};
 use nodescope_delivery::{
     config, AuthConfig, BatchConfig, Delivery, DeliveryConfig, DeliveryError, Encoder,
-    ExporterContext, Payload, RetryConfig, TlsConfig, Transport, WalConfig,
+    ExporterContext, Payload, PushExporter, RetryConfig, TlsConfig, Transport, WalConfig,
 };
 use nodescope_model::config::Issues;
-use nodescope_model::{ExportError, Exporter, ExporterQueue, Profile, Signal, SignalKind};
+use nodescope_model::{ExportError, Exporter, Profile, Signal, SignalKind};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
@@ -136,9 +136,7 @@ impl PyroscopeConfig {
                 "must be a non-empty header value",
             );
         }
-        config::validate_headers(&self.headers, &format!("{prefix}.headers"), issues);
-        self.auth.validate(&format!("{prefix}.auth"), issues);
-        self.tls.validate(&format!("{prefix}.tls"), issues);
+        config::validate_client(prefix, &self.headers, &self.auth, &self.tls, issues);
         self.delivery().validate(prefix, issues);
     }
 
@@ -165,38 +163,20 @@ impl PyroscopeConfig {
             static_labels.push((k.clone(), v.clone()));
         }
         let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
-        Ok(Box::new(PyroscopeExporter {
+        Ok(Box::new(PushExporter::new(
+            NAME,
+            &[SignalKind::Profiles],
             delivery,
-            encoder: PyroscopeEncoder {
+            PyroscopeEncoder {
                 app_name: self.app_name.clone(),
                 static_labels,
             },
-            transport: PyroscopeTransport {
+            PyroscopeTransport {
                 client,
                 url: format!("{}/ingest", self.endpoint.trim_end_matches('/')),
                 headers: Arc::new(headers),
             },
-        }))
-    }
-}
-
-pub struct PyroscopeExporter {
-    delivery: Delivery,
-    encoder: PyroscopeEncoder,
-    transport: PyroscopeTransport,
-}
-
-#[async_trait::async_trait]
-impl Exporter for PyroscopeExporter {
-    fn name(&self) -> &str {
-        NAME
-    }
-    fn accepts(&self, kind: SignalKind) -> bool {
-        kind == SignalKind::Profiles
-    }
-    async fn run(self: Box<Self>, queue: ExporterQueue) {
-        let s = *self;
-        s.delivery.run(queue, s.encoder, s.transport).await
+        )))
     }
 }
 

@@ -11,12 +11,10 @@ use std::time::UNIX_EPOCH;
 use nodescope_delivery::http::{self, RetryPolicy};
 use nodescope_delivery::{
     config, AuthConfig, BatchConfig, Delivery, DeliveryConfig, DeliveryError, Encoder,
-    ExporterContext, Payload, RetryConfig, TlsConfig, Transport, WalConfig,
+    ExporterContext, Payload, PushExporter, RetryConfig, TlsConfig, Transport, WalConfig,
 };
 use nodescope_model::config::Issues;
-use nodescope_model::{
-    ExportError, Exporter, ExporterQueue, MetricType, Signal, SignalKind, Value,
-};
+use nodescope_model::{ExportError, Exporter, MetricType, Signal, SignalKind, Value};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Deserialize;
 
@@ -110,25 +108,17 @@ impl Default for RemoteWriteConfig {
     }
 }
 
-fn valid_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-}
-
 impl RemoteWriteConfig {
     pub fn validate(&self, prefix: &str, issues: &mut Issues) {
         config::validate_endpoint(&self.endpoint, &format!("{prefix}.endpoint"), issues);
         for k in self.external_labels.keys() {
             issues.check(
-                valid_label_name(k) && !k.starts_with("__"),
+                config::valid_user_label_name(k),
                 format!("{prefix}.external_labels.{k}"),
                 "is not a valid Prometheus label name",
             );
         }
-        config::validate_headers(&self.headers, &format!("{prefix}.headers"), issues);
-        self.auth.validate(&format!("{prefix}.auth"), issues);
-        self.tls.validate(&format!("{prefix}.tls"), issues);
+        config::validate_client(prefix, &self.headers, &self.auth, &self.tls, issues);
         self.delivery().validate(prefix, issues);
     }
 
@@ -159,19 +149,21 @@ impl RemoteWriteConfig {
             HeaderValue::from_static("0.1.0"),
         );
         let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
-        Ok(Box::new(RemoteWriteExporter {
+        Ok(Box::new(PushExporter::new(
+            NAME,
+            &[SignalKind::Metrics],
             delivery,
-            encoder: RwEncoder {
+            RwEncoder {
                 external: ext.into_iter().collect(),
                 send_metadata: self.send_metadata,
                 snappy: snap::raw::Encoder::new(),
             },
-            transport: RwTransport {
+            RwTransport {
                 client,
                 url: self.endpoint.clone(),
                 headers: Arc::new(headers),
             },
-        }))
+        )))
     }
 }
 
@@ -181,26 +173,6 @@ pub enum RemoteWriteError {
     Client(#[from] http::ClientError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
-}
-
-pub struct RemoteWriteExporter {
-    delivery: Delivery,
-    encoder: RwEncoder,
-    transport: RwTransport,
-}
-
-#[async_trait::async_trait]
-impl Exporter for RemoteWriteExporter {
-    fn name(&self) -> &str {
-        NAME
-    }
-    fn accepts(&self, kind: SignalKind) -> bool {
-        kind == SignalKind::Metrics
-    }
-    async fn run(self: Box<Self>, queue: ExporterQueue) {
-        let s = *self;
-        s.delivery.run(queue, s.encoder, s.transport).await
-    }
 }
 
 /// Encodes metric batches as a snappy-compressed `WriteRequest`.
