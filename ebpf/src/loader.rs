@@ -193,20 +193,30 @@ pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
             return Ok(p.to_path_buf());
         }
     }
-    let target = PathBuf::from(TRACEFS_PATHS[0]);
-    match mount_fs("tracefs", &target) {
+    mount_or_explain(
+        "tracefs",
+        PathBuf::from(TRACEFS_PATHS[0]),
+        |path, reason| LoadError::TracefsMissing { path, reason },
+    )
+}
+
+/// Mounts `fstype` at `target`; a refusal for lack of privilege is `NotPermitted`, any
+/// other failure is `missing(target, reason)`.
+fn mount_or_explain(
+    fstype: &str,
+    target: PathBuf,
+    missing: impl FnOnce(PathBuf, String) -> LoadError,
+) -> Result<PathBuf, LoadError> {
+    match mount_fs(fstype, &target) {
         Ok(()) => {
-            tracing::info!(path = %target.display(), "mounted tracefs");
+            tracing::info!(path = %target.display(), fstype, "mounted");
             Ok(target)
         }
         Err(e) if is_perm(&e) => Err(LoadError::NotPermitted {
-            what: format!("mounting tracefs at {}", target.display()),
+            what: format!("mounting {fstype} at {}", target.display()),
             reason: e.to_string(),
         }),
-        Err(e) => Err(LoadError::TracefsMissing {
-            path: target,
-            reason: e.to_string(),
-        }),
+        Err(e) => Err(missing(target, e.to_string())),
     }
 }
 
@@ -223,21 +233,9 @@ pub fn ensure_bpffs() -> Result<PathBuf, LoadError> {
     if let Some(p) = mounted.into_iter().next() {
         return Ok(p);
     }
-    let target = PathBuf::from(BPFFS_PATH);
-    match mount_fs("bpf", &target) {
-        Ok(()) => {
-            tracing::info!(path = %target.display(), "mounted bpffs");
-            Ok(target)
-        }
-        Err(e) if is_perm(&e) => Err(LoadError::NotPermitted {
-            what: format!("mounting bpffs at {}", target.display()),
-            reason: e.to_string(),
-        }),
-        Err(e) => Err(LoadError::BpffsMissing {
-            path: target,
-            reason: e.to_string(),
-        }),
-    }
+    mount_or_explain("bpf", PathBuf::from(BPFFS_PATH), |path, reason| {
+        LoadError::BpffsMissing { path, reason }
+    })
 }
 
 /// Lifts RLIMIT_MEMLOCK to infinity. Kernels >= 5.11 account BPF memory to the memory
