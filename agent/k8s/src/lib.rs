@@ -107,18 +107,16 @@ impl KubernetesConfig {
         if !self.enabled {
             return;
         }
-        issues.check(
-            self.resolved_node_name().is_some(),
-            format!("{prefix}.node_name"),
-            "is empty and the NODE_NAME environment variable is not set",
-        );
-        match self.resolved_api_server() {
-            Ok(url) => issues.check(
-                url.starts_with("https://") || url.starts_with("http://"),
+        // Only what the file says is checked here, so a DaemonSet's config validates on a
+        // laptop too. The environment fallbacks (NODE_NAME from the downward API,
+        // KUBERNETES_SERVICE_HOST from the kubelet) are resolved by `build`, which fails
+        // with NoNodeName / NoApiServer when they are missing at run time.
+        if !self.api_server.is_empty() {
+            issues.check(
+                self.api_server.starts_with("https://") || self.api_server.starts_with("http://"),
                 format!("{prefix}.api_server"),
-                format!("{url:?} must start with https:// or http://"),
-            ),
-            Err(e) => issues.push(format!("{prefix}.api_server"), e.to_string()),
+                format!("{:?} must start with https:// or http://", self.api_server),
+            );
         }
         issues.check(
             (1..=100_000).contains(&self.max_pods),
@@ -267,6 +265,25 @@ mod tests {
         }
         .validate("kubernetes", &mut issues);
         assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn missing_node_name_is_a_run_time_error_not_a_config_error() {
+        // No other test in this binary reads or writes NODE_NAME.
+        std::env::remove_var("NODE_NAME");
+        let cfg = KubernetesConfig {
+            enabled: true,
+            api_server: "https://10.0.0.1:6443".into(),
+            ..Default::default()
+        };
+        let mut issues = Issues::default();
+        cfg.validate("kubernetes", &mut issues);
+        assert!(issues.is_empty(), "{:?}", issues.list);
+        let err = cfg
+            .build(&SelfMetrics::default(), &StatusRegistry::default())
+            .err()
+            .expect("build must fail without a node name");
+        assert!(matches!(err, K8sError::NoNodeName), "{err}");
     }
 
     #[test]
