@@ -200,11 +200,18 @@ impl ProfilerService {
     fn note_ebpf(&self, r: &Result<EbpfSampler, SamplerError>) {
         match r {
             Ok(_) => {
-                *self.ebpf_error.lock() = None;
+                if self.ebpf_error.lock().take().is_some() {
+                    self.status.set_state(ComponentState::Ok, None);
+                }
             }
             Err(e) => {
                 let msg = e.to_string();
                 self.status.set_detail("ebpf_error", msg.clone());
+                // Self-profiling may still work (SIGPROF); node-wide profiles do not.
+                self.status.set_state(
+                    ComponentState::Degraded,
+                    Some(format!("eBPF sampler unavailable: {msg}")),
+                );
                 *self.ebpf_error.lock() = Some(msg);
             }
         }
