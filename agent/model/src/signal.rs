@@ -22,6 +22,18 @@ pub enum SignalKind {
 }
 
 impl SignalKind {
+    /// Every kind, in [`SignalKind::index`] order.
+    pub const ALL: [SignalKind; 3] = [SignalKind::Metrics, SignalKind::Logs, SignalKind::Profiles];
+
+    /// Dense index (0, 1, 2) for per-kind arrays.
+    pub fn index(self) -> usize {
+        match self {
+            SignalKind::Metrics => 0,
+            SignalKind::Logs => 1,
+            SignalKind::Profiles => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SignalKind::Metrics => "metrics",

@@ -22,18 +22,9 @@ use tracing::{info, warn, Instrument};
 struct Route {
     accepts: [bool; 3],
     tx: mpsc::Sender<Signal>,
-    capacity: usize,
     depth: Gauge,
     dropped: Counter,
     status: StatusHandle,
-}
-
-fn kind_index(s: &Signal) -> usize {
-    match s {
-        Signal::Metrics(_) => 0,
-        Signal::Logs(_) => 1,
-        Signal::Profile(_) => 2,
-    }
 }
 
 pub struct Pipeline {
@@ -64,11 +55,7 @@ impl Pipeline {
         let mut tasks = Vec::new();
         for exporter in exporters {
             let name = exporter.name().to_string();
-            let accepts = [
-                exporter.accepts(nodescope_model::SignalKind::Metrics),
-                exporter.accepts(nodescope_model::SignalKind::Logs),
-                exporter.accepts(nodescope_model::SignalKind::Profiles),
-            ];
+            let accepts = SignalKind::ALL.map(|k| exporter.accepts(k));
             let (tx, rx) = mpsc::channel(capacity);
             routes.push(Route {
                 depth: metrics.gauge(
@@ -84,7 +71,6 @@ impl Pipeline {
                 status: status.register(format!("queue/{name}"), ComponentKind::Pipeline),
                 accepts,
                 tx,
-                capacity,
             });
             metrics
                 .gauge(
@@ -97,8 +83,8 @@ impl Pipeline {
             let queue = ExporterQueue { rx, flush_timeout };
             tasks.push((name, tokio::spawn(exporter.run(queue).instrument(span))));
         }
-        let wanted = [0, 1, 2].map(|k| routes.iter().any(|r| r.accepts[k]));
-        let unrouted = [SignalKind::Metrics, SignalKind::Logs, SignalKind::Profiles].map(|k| {
+        let wanted = SignalKind::ALL.map(|k| routes.iter().any(|r| r.accepts[k.index()]));
+        let unrouted = SignalKind::ALL.map(|k| {
             metrics.counter(
                 "nodescope_pipeline_unrouted_total",
                 "Signals no configured exporter takes (e.g. events with no Loki/OTLP exporter); discarded.",
@@ -135,7 +121,6 @@ impl Pipeline {
                 intake_dropped,
                 intake_dropped_metric,
                 intake_status,
-                capacity,
             )
             .instrument(tracing::info_span!("pipeline")),
         );
@@ -154,11 +139,7 @@ impl Pipeline {
     /// Whether any exporter consumes `kind` (if none takes metrics, periodic collection
     /// is skipped; if none takes profiles, continuous profiling is).
     pub fn wants(&self, kind: SignalKind) -> bool {
-        self.wanted[match kind {
-            SignalKind::Metrics => 0,
-            SignalKind::Logs => 1,
-            SignalKind::Profiles => 2,
-        }]
+        self.wanted[kind.index()]
     }
 
     /// Waits for the fan-out to drain (it stops when `shutdown` fires) and for every
@@ -191,10 +172,9 @@ async fn fan_out(
     intake_dropped: Arc<AtomicU64>,
     intake_dropped_metric: Counter,
     intake_status: StatusHandle,
-    capacity: usize,
 ) {
     let route = |s: Signal| {
-        let k = kind_index(&s);
+        let k = s.kind().index();
         if !routes.iter().any(|r| r.accepts[k]) {
             unrouted[k].inc();
             return;
@@ -211,7 +191,7 @@ async fn fan_out(
                     Some("queue full: dropping newest".into()),
                 );
             }
-            let depth = (r.capacity - r.tx.capacity()) as u64;
+            let depth = (r.tx.max_capacity() - r.tx.capacity()) as u64;
             r.depth.set(depth as f64);
             r.status.set_queue_depth(depth);
         }
@@ -241,7 +221,6 @@ async fn fan_out(
     while let Ok(s) = intake.try_recv() {
         route(s);
     }
-    let _ = capacity;
     for r in &routes {
         r.depth.set(0.0);
     }

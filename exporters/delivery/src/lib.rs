@@ -641,8 +641,7 @@ impl<E: Encoder, T: Transport> PushExporter<E, T> {
         encoder: E,
         transport: T,
     ) -> Self {
-        let accepts = [SignalKind::Metrics, SignalKind::Logs, SignalKind::Profiles]
-            .map(|k| signals.contains(&k));
+        let accepts = SignalKind::ALL.map(|k| signals.contains(&k));
         PushExporter {
             name,
             accepts,
@@ -659,11 +658,7 @@ impl<E: Encoder, T: Transport> Exporter for PushExporter<E, T> {
         self.name
     }
     fn accepts(&self, kind: SignalKind) -> bool {
-        self.accepts[match kind {
-            SignalKind::Metrics => 0,
-            SignalKind::Logs => 1,
-            SignalKind::Profiles => 2,
-        }]
+        self.accepts[kind.index()]
     }
     async fn run(self: Box<Self>, queue: ExporterQueue) {
         let s = *self;
