@@ -323,6 +323,17 @@ pub fn validate_client(
     tls.validate(&format!("{prefix}.tls"), issues);
 }
 
+/// Validates an optional tenant id sent as `X-Scope-OrgID` (Loki, Pyroscope, Mimir).
+pub fn validate_tenant(prefix: &str, tenant_id: &Option<String>, issues: &mut Issues) {
+    if let Some(t) = tenant_id {
+        issues.check(
+            !t.is_empty() && reqwest::header::HeaderValue::from_str(t).is_ok(),
+            format!("{prefix}.tenant_id"),
+            "must be a non-empty header value",
+        );
+    }
+}
+
 /// A Prometheus / Loki label name a user may set: `[a-zA-Z_][a-zA-Z0-9_]*`, and not
 /// starting with the reserved `__`.
 pub fn valid_user_label_name(s: &str) -> bool {

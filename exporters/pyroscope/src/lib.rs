@@ -129,13 +129,7 @@ impl PyroscopeConfig {
                 "is not a valid label name",
             );
         }
-        if let Some(t) = &self.tenant_id {
-            issues.check(
-                !t.is_empty() && HeaderValue::from_str(t).is_ok(),
-                format!("{prefix}.tenant_id"),
-                "must be a non-empty header value",
-            );
-        }
+        config::validate_tenant(prefix, &self.tenant_id, issues);
         config::validate_client(prefix, &self.headers, &self.auth, &self.tls, issues);
         self.delivery().validate(prefix, issues);
     }
