@@ -23,8 +23,12 @@ fn usage() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    // xtask lives at <root>/xtask.
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // xtask lives at <root>/xtask. `cargo run` sets CARGO_MANIFEST_DIR for the process:
+    // prefer it to the compile-time value, which names whichever checkout built the
+    // binary last when several checkouts share one target directory.
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     here.parent().map(Path::to_path_buf).unwrap_or(here)
 }
 
