@@ -166,6 +166,67 @@ fn nfqueue_delay_measured_as_rtt() {
     assert!(!points_of(&fams, "nodescope_tcp_rtt_seconds").is_empty());
 }
 
+/// tcp_probe covers a socket opened before the probe started (its key derived from the
+/// socket: outbound, no connect seen, not counted as active), while a short connection
+/// (fewer than 8 segments received) takes no live sample and keeps its close-time RTT.
+#[test]
+fn live_rtt_for_sockets_older_than_the_probe_not_for_short_ones() {
+    if !require(
+        "live_rtt_for_sockets_older_than_the_probe_not_for_short_ones",
+        &["ip"],
+    ) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    let old_srv = EchoServer::start(&ns, 8086);
+    let short_srv = EchoServer::start(&ns, 8087);
+    let mut old = TcpStream::connect(old_srv.addr).unwrap();
+    exchange(&mut old, 2, Duration::ZERO);
+    let h = start_probe(NetworkConfig {
+        rtt_sample_interval_seconds: 0.05,
+        ..NetworkConfig::default()
+    });
+    let ip = ns.ns_ip.to_string();
+
+    // The old connection: 20 round trips 60 ms apart after the probe started.
+    exchange(&mut old, 20, Duration::from_millis(60));
+    let (_, s) = h
+        .rows_for(&ip, Some(8086))
+        .into_iter()
+        .find(|(k, _)| k.direction == "outbound")
+        .expect("outbound row for the socket older than the probe");
+    let samples: u64 = s.rtt_hist.iter().sum();
+    assert!(samples >= 5, "only {samples} live RTT samples: {s:?}");
+    assert_eq!(s.connect_hist.iter().sum::<u64>(), 0, "{s:?}");
+    assert_eq!(s.active, 0, "{s:?}");
+
+    // A short connection: 3 round trips 100 ms apart (more than the 50 ms interval, so
+    // without the segment gate it would take two live samples), then closed.
+    let mut short = TcpStream::connect(short_srv.addr).unwrap();
+    exchange(&mut short, 3, Duration::from_millis(100));
+    drop(short);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let closed = loop {
+        let r = h
+            .rows_for(&ip, Some(8087))
+            .into_iter()
+            .find(|(k, _)| k.direction == "outbound");
+        match r {
+            Some((_, s)) if s.duration_hist.iter().sum::<u64>() == 1 => break s,
+            _ if std::time::Instant::now() > deadline => panic!("no closed row: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(
+        closed.rtt_hist.iter().sum::<u64>(),
+        1,
+        "expected only the close-time RTT: {closed:?}"
+    );
+    assert!(closed.rtt_sum_us > 0, "{closed:?}");
+    drop(old);
+}
+
 /// Refused connects count as `refused`; the namespace's RST is a sent reset (no socket)
 /// and the client's a received reset in SYN_SENT; a failed-connect event is emitted.
 #[test]

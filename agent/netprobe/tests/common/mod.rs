@@ -359,14 +359,19 @@ pub fn ping_pong(addr: SocketAddr, rounds: usize, gap: Duration) -> Duration {
     let t = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
     let connect = t.elapsed();
+    exchange(&mut s, rounds, gap);
+    connect
+}
+
+/// Sends "ping" and reads the echo `rounds` times, sleeping `gap` after each.
+pub fn exchange(s: &mut TcpStream, rounds: usize, gap: Duration) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 4];
     for _ in 0..rounds {
         s.write_all(b"ping").unwrap();
-        s.read_exact(&mut buf[..4]).unwrap();
+        s.read_exact(&mut buf).unwrap();
         std::thread::sleep(gap);
     }
-    connect
 }
 
 pub fn connect_bucket_index(stats: &PeerStats) -> Vec<usize> {
