@@ -4,7 +4,7 @@
 //!
 //! Run as root:
 //!   cargo run --release -p nodescope-netprobe --example bench -- [rounds] [connects] [bulk_mib]
-//! (defaults 20 rounds, 5000 connects, 512 MiB). See docs/bench/network.md.
+//! (defaults 40 rounds, 5000 connects, 1024 MiB). See docs/bench/network.md.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -139,9 +139,9 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let rounds = args.first().copied().unwrap_or(20).max(10);
+    let rounds = args.first().copied().unwrap_or(40).max(10);
     let connects = args.get(1).copied().unwrap_or(5000);
-    let mib = args.get(2).copied().unwrap_or(512);
+    let mib = args.get(2).copied().unwrap_or(1024);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -229,6 +229,14 @@ fn main() {
     tok.cancel();
     drop(probe);
 
+    // Secondary statistic: the median of the per-round on/off ratios (each round's pair
+    // ran back to back, so slow drifts of the machine cancel).
+    let paired = |on: &[f64], off: &[f64]| {
+        let mut r: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
+        median(&mut r)
+    };
+    let (pc, pb) = (paired(&c_on, &c_off), paired(&b_on, &b_off));
+    let (pcc, pbc) = (paired(&cc_on, &cc_off), paired(&bc_on, &bc_off));
     let mc_on = median(&mut c_on);
     let mc_off = median(&mut c_off);
     let mb_on = median(&mut b_on);
@@ -265,6 +273,10 @@ fn main() {
         mbc_on,
         mbc_on / mbc_off,
         (mbc_on / mbc_off - 1.0) * 100.0
+    );
+    println!(
+        "median of per-round on/off ratios: connect time {pc:.4}, connect CPU {pcc:.4}, \
+         bulk throughput {pb:.4}, bulk CPU {pbc:.4}"
     );
     println!(
         "RSS of this process: {} KiB before probes, max {} KiB with probes on",
