@@ -131,25 +131,55 @@ fn render(issues: &[ConfigIssue]) -> String {
 /// Bound on the remove-and-retry loop that finds every deserialization error.
 const MAX_SCHEMA_ERRORS: usize = 64;
 
+/// Which settings came from the environment (their errors name the variable).
+#[derive(Debug, Default, Clone, Copy)]
+struct FromEnv {
+    listen: bool,
+    host_root: bool,
+}
+
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, &path.display().to_string())
+    /// Loads `path` (or the embedded default when `None`), applies the environment
+    /// overrides (`NODESCOPE_LISTEN`, `NODESCOPE_HOST_ROOT`, read through `env`), then
+    /// validates the result once: a file that listens on 0.0.0.0 without a token is
+    /// accepted when the environment moves the listener to loopback, and vice versa.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::parse_with_env(&text, &path.display().to_string(), env)
+            }
+            None => Config::parse_with_env(DEFAULT_CONFIG, "embedded default config", env),
+        }
     }
 
-    /// Parses and validates. Schema errors (unknown key, wrong type) are all collected:
-    /// after each one the offending key is removed and parsing is retried, so a file with
-    /// five mistakes gets five messages, each with its dotted key path.
+    /// Parses and validates (no environment overrides).
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, |_| None)
+    }
+
+    /// Parses, applies the environment overrides, validates. Schema errors (unknown key,
+    /// wrong type) are all collected: after each one the offending key is removed and
+    /// parsing is retried, so a file with five mistakes gets five messages, each with its
+    /// dotted key path.
+    fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.to_string(),
             message: e.message().to_string() + &span_hint(text, e.span()),
         })?;
         let mut issues = Issues::default();
-        let config = loop {
+        let mut config = loop {
             let value = toml::Value::Table(table.clone());
             match serde_path_to_error::deserialize::<_, Config>(value) {
                 Ok(c) => break c,
@@ -168,7 +198,8 @@ impl Config {
                 }
             }
         };
-        config.validate(&mut issues);
+        let from_env = config.override_from_env(env);
+        config.validate(from_env, &mut issues);
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -180,47 +211,42 @@ impl Config {
     }
 
     /// The embedded default configuration.
+    #[cfg(test)]
     pub fn embedded_default() -> Config {
         Config::parse(DEFAULT_CONFIG, "embedded default config")
             .expect("the embedded default config is valid (checked by a unit test)")
     }
 
-    /// Applies `NODESCOPE_LISTEN` / `NODESCOPE_HOST_ROOT`, then re-validates what they touch.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let mut issues = Issues::default();
+    /// Applies `NODESCOPE_LISTEN` / `NODESCOPE_HOST_ROOT` (empty values are ignored).
+    fn override_from_env(&mut self, get: impl Fn(&str) -> Option<String>) -> FromEnv {
+        let mut from = FromEnv::default();
         if let Some(listen) = get(ENV_LISTEN).filter(|s| !s.is_empty()) {
             self.agent.listen = listen;
-            validate_listen(&self.agent.listen, ENV_LISTEN, &mut issues);
-            if let Ok(addr) = self.agent.listen.parse::<SocketAddr>() {
-                self.http.security.validate_for_listen(
-                    nodescope_httpguard::is_loopback(&addr),
-                    "http.security",
-                    &mut issues,
-                );
-            }
+            from.listen = true;
         }
         if let Some(root) = get(ENV_HOST_ROOT).filter(|s| !s.is_empty()) {
             self.agent.host_root = PathBuf::from(root);
-            if !self.agent.host_root.is_absolute() {
-                issues.push(ENV_HOST_ROOT, "must be an absolute path");
-            }
+            from.host_root = true;
         }
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                origin: "environment".into(),
-                issues: issues.list,
-            })
-        }
+        from
     }
 
-    fn validate(&self, issues: &mut Issues) {
+    fn validate(&self, from_env: FromEnv, issues: &mut Issues) {
         let a = &self.agent;
-        validate_listen(&a.listen, "agent.listen", issues);
+        let listen_key = if from_env.listen {
+            ENV_LISTEN
+        } else {
+            "agent.listen"
+        };
+        let root_key = if from_env.host_root {
+            ENV_HOST_ROOT
+        } else {
+            "agent.host_root"
+        };
+        validate_listen(&a.listen, listen_key, issues);
         issues.check(
             a.host_root.is_absolute(),
-            "agent.host_root",
+            root_key,
             format!("must be an absolute path, got {:?}", a.host_root),
         );
         issues.check(
@@ -428,8 +454,7 @@ queue_capacity = 1
 
     #[test]
     fn env_overrides_listen_and_root() {
-        let mut c = Config::embedded_default();
-        c.apply_env(|k| match k {
+        let c = Config::load(None, |k| match k {
             ENV_LISTEN => Some("127.0.0.2:9999".into()),
             ENV_HOST_ROOT => Some("/host".into()),
             _ => None,
@@ -437,18 +462,45 @@ queue_capacity = 1
         .unwrap();
         assert_eq!(c.listen_addr().port(), 9999);
         assert_eq!(c.agent.host_root, PathBuf::from("/host"));
-        let err = c
-            .apply_env(|k| (k == ENV_LISTEN).then(|| "nope".to_string()))
-            .unwrap_err();
-        assert!(err.to_string().contains(ENV_LISTEN));
+        let err =
+            Config::load(None, |k| (k == ENV_LISTEN).then(|| "nope".to_string())).unwrap_err();
+        assert!(err.to_string().contains(ENV_LISTEN), "{err}");
+        let err =
+            Config::load(None, |k| (k == ENV_HOST_ROOT).then(|| "host".to_string())).unwrap_err();
+        assert!(err.to_string().contains(ENV_HOST_ROOT), "{err}");
         // Off loopback without credentials, /debug and /api would be unreachable: refused.
-        let err = c
-            .apply_env(|k| (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string()))
-            .unwrap_err();
+        let err = Config::load(None, |k| {
+            (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string())
+        })
+        .unwrap_err();
         assert!(
             err.to_string().contains("http.security.token_file"),
             "{err}"
         );
+    }
+
+    /// The environment is applied before validation: a file listening on 0.0.0.0 with no
+    /// credentials is valid once NODESCOPE_LISTEN moves it to loopback (the systemd unit
+    /// and the DaemonSet set the variable), and a loopback file moved off loopback by the
+    /// environment is refused.
+    #[test]
+    fn env_is_applied_before_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[agent]\nlisten = \"0.0.0.0:9780\"\n").unwrap();
+        let err = Config::load(Some(&path), |_| None).unwrap_err();
+        assert!(err.to_string().contains("http.security"), "{err}");
+        let c = Config::load(Some(&path), |k| {
+            (k == ENV_LISTEN).then(|| "127.0.0.1:9781".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.listen_addr().port(), 9781);
+        std::fs::write(&path, "[agent]\nlisten = \"127.0.0.1:9780\"\n").unwrap();
+        let err = Config::load(Some(&path), |k| {
+            (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("http.security"), "{err}");
     }
 
     proptest::proptest! {

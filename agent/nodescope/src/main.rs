@@ -54,12 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
-    let mut c = match path {
-        Some(p) => Config::from_file(p)?,
-        None => Config::embedded_default(),
-    };
-    c.apply_env(|k| std::env::var(k).ok())?;
-    Ok(c)
+    Config::load(path.map(PathBuf::as_path), |k| std::env::var(k).ok())
 }
 
 fn validate(file: &PathBuf) -> ExitCode {
