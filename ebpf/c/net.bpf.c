@@ -138,37 +138,34 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* The histogram slot of `v` for the `n` upper bounds `b` (slot n: above the last bound).
+ * Inlined with constant `b` and `n`, the loop unrolls into a compare chain. */
+static __always_inline __u32 slot_of(__u64 v, const __u64 *b, __u32 n)
+{
+	__u32 i;
+#pragma unroll
+	for (i = 0; i < n; i++)
+		if (v <= b[i])
+			return i;
+	return n;
+}
+
 static __always_inline __u32 slot_connect(__u64 v)
 {
 	const __u64 b[NS_CONNECT_BOUNDS] = NS_CONNECT_BOUNDS_NS;
-	__u32 i;
-#pragma unroll
-	for (i = 0; i < NS_CONNECT_BOUNDS; i++)
-		if (v <= b[i])
-			return i;
-	return NS_CONNECT_BOUNDS;
+	return slot_of(v, b, NS_CONNECT_BOUNDS);
 }
 
 static __always_inline __u32 slot_rtt(__u64 v)
 {
 	const __u64 b[NS_RTT_BOUNDS] = NS_RTT_BOUNDS_US;
-	__u32 i;
-#pragma unroll
-	for (i = 0; i < NS_RTT_BOUNDS; i++)
-		if (v <= b[i])
-			return i;
-	return NS_RTT_BOUNDS;
+	return slot_of(v, b, NS_RTT_BOUNDS);
 }
 
 static __always_inline __u32 slot_duration(__u64 v)
 {
 	const __u64 b[NS_DURATION_BOUNDS] = NS_DURATION_BOUNDS_NS;
-	__u32 i;
-#pragma unroll
-	for (i = 0; i < NS_DURATION_BOUNDS; i++)
-		if (v <= b[i])
-			return i;
-	return NS_DURATION_BOUNDS;
+	return slot_of(v, b, NS_DURATION_BOUNDS);
 }
 
 /* Socket fields are read with plain CO-RE relocated loads: tp_btf arguments are typed
