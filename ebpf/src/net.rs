@@ -324,6 +324,25 @@ mod tests {
         assert_eq!(&NET_OBJ[..4], b"\x7fELF");
     }
 
+    /// Every mirrored struct and all of its fields (same names in C and Rust): expands to
+    /// the C statements that print their sizes and offsets, and the Rust values to match.
+    macro_rules! layout {
+        ($($c:literal => $t:ty { $($f:ident),* })*) => {{
+            let mut c_stmts = String::new();
+            let mut rust: Vec<(String, usize)> = Vec::new();
+            $(
+                c_stmts += &format!("S({}) ", $c);
+                rust.push(($c.to_string(), size_of::<$t>()));
+                $(
+                    c_stmts += &format!("O({}, {}) ", $c, stringify!($f));
+                    rust.push((format!("{}.{}", $c, stringify!($f)), offset_of!($t, $f)));
+                )*
+                c_stmts.push('\n');
+            )*
+            (c_stmts, rust)
+        }};
+    }
+
     /// Compiles a C program that includes net.h and prints every size, offset and bound,
     /// then compares with this mirror. Fails on any drift.
     #[test]
@@ -332,6 +351,22 @@ mod tests {
             nodescope_testsupport::require_tool("net::layout_matches_c_header", "cc", &[])
         else {
             return;
+        };
+        let (structs_c, structs_rust) = layout! {
+            "ns_peer_key" => PeerKey { cgroup_id, addr, port, direction, family, _pad }
+            "ns_peer_stats" => PeerStats {
+                connect_hist, connect_sum_ns, rtt_hist, rtt_sum_us, duration_hist,
+                duration_sum_ns, connect_errors, resets_sent, resets_received, retransmits,
+                bytes_sent, bytes_received, active, last_seen_ns
+            }
+            "ns_sock" => SockState {
+                start_ns, established_ns, rtt_last_ns, key, pid, flags, _pad, comm
+            }
+            "ns_sock_tags" => SockTags { sk }
+            "ns_event" => Event {
+                ts_ns, cgroup_id, latency_ns, saddr, daddr, sport, dport, pid, kind, family,
+                direction, error, reason, sk_err, comm
+            }
         };
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("layout.c");
@@ -348,21 +383,14 @@ int main(void) {
   for (unsigned i = 0; i < sizeof c / sizeof c[0]; i++) printf("connect.%u %llu\n", i, c[i]);
   for (unsigned i = 0; i < sizeof r / sizeof r[0]; i++) printf("rtt.%u %llu\n", i, r[i]);
   for (unsigned i = 0; i < sizeof d / sizeof d[0]; i++) printf("duration.%u %llu\n", i, d[i]);
-  S(ns_peer_key) O(ns_peer_key, addr) O(ns_peer_key, port) O(ns_peer_key, direction) O(ns_peer_key, family)
-  S(ns_peer_stats) O(ns_peer_stats, connect_sum_ns) O(ns_peer_stats, rtt_hist) O(ns_peer_stats, rtt_sum_us)
-  O(ns_peer_stats, duration_hist) O(ns_peer_stats, duration_sum_ns) O(ns_peer_stats, connect_errors)
-  O(ns_peer_stats, resets_sent) O(ns_peer_stats, resets_received) O(ns_peer_stats, retransmits)
-  O(ns_peer_stats, bytes_sent) O(ns_peer_stats, bytes_received) O(ns_peer_stats, active) O(ns_peer_stats, last_seen_ns)
-  S(ns_sock) O(ns_sock, established_ns) O(ns_sock, rtt_last_ns) O(ns_sock, key) O(ns_sock, pid) O(ns_sock, flags) O(ns_sock, comm) S(ns_sock_tags)
-  S(ns_event) O(ns_event, cgroup_id) O(ns_event, latency_ns) O(ns_event, saddr) O(ns_event, daddr)
-  O(ns_event, sport) O(ns_event, dport) O(ns_event, pid) O(ns_event, kind) O(ns_event, family)
-  O(ns_event, direction) O(ns_event, error) O(ns_event, reason) O(ns_event, sk_err) O(ns_event, comm)
+  STRUCTS
   printf("ERR_SLOTS %d\nRST_SLOTS %d\nSTATE_SLOTS %d\nDROP_SLOTS %d\nCNT_SLOTS %d\nSOCK_WAYS %d\n", NS_ERR_SLOTS, NS_RST_REASON_SLOTS, NS_TCP_STATE_SLOTS, NS_DROP_SLOTS, NS_CNT_SLOTS, NS_SOCK_WAYS);
   printf("EV %d %d %d %d\n", NS_EV_CONNECT_FAILED, NS_EV_CONNECT_SLOW, NS_EV_RESET_SENT, NS_EV_RESET_RECEIVED);
   printf("CNT %d %d %d %d %d %d %d\n", NS_CNT_SOCK_MAP_FULL, NS_CNT_PEER_OVERFLOW, NS_CNT_OTHER_MAP_FULL, NS_CNT_EVENTS_RATE_LIMITED, NS_CNT_EVENTS_LOST, NS_CNT_RTT_SAMPLES, NS_CNT_EVENTS_SENT);
   return 0;
 }
-"#;
+"#
+        .replace("STRUCTS", &structs_c);
         std::fs::write(&src, prog).unwrap();
         let st = std::process::Command::new(cc)
             .arg(format!("-I{include}"))
@@ -392,84 +420,9 @@ int main(void) {
         for (i, b) in DURATION_BOUNDS_NS.iter().enumerate() {
             put(&format!("duration.{i}"), *b as usize);
         }
-        put("ns_peer_key", size_of::<PeerKey>());
-        put("ns_peer_key.addr", offset_of!(PeerKey, addr));
-        put("ns_peer_key.port", offset_of!(PeerKey, port));
-        put("ns_peer_key.direction", offset_of!(PeerKey, direction));
-        put("ns_peer_key.family", offset_of!(PeerKey, family));
-        put("ns_peer_stats", size_of::<PeerStats>());
-        put(
-            "ns_peer_stats.connect_sum_ns",
-            offset_of!(PeerStats, connect_sum_ns),
-        );
-        put("ns_peer_stats.rtt_hist", offset_of!(PeerStats, rtt_hist));
-        put(
-            "ns_peer_stats.rtt_sum_us",
-            offset_of!(PeerStats, rtt_sum_us),
-        );
-        put(
-            "ns_peer_stats.duration_hist",
-            offset_of!(PeerStats, duration_hist),
-        );
-        put(
-            "ns_peer_stats.duration_sum_ns",
-            offset_of!(PeerStats, duration_sum_ns),
-        );
-        put(
-            "ns_peer_stats.connect_errors",
-            offset_of!(PeerStats, connect_errors),
-        );
-        put(
-            "ns_peer_stats.resets_sent",
-            offset_of!(PeerStats, resets_sent),
-        );
-        put(
-            "ns_peer_stats.resets_received",
-            offset_of!(PeerStats, resets_received),
-        );
-        put(
-            "ns_peer_stats.retransmits",
-            offset_of!(PeerStats, retransmits),
-        );
-        put(
-            "ns_peer_stats.bytes_sent",
-            offset_of!(PeerStats, bytes_sent),
-        );
-        put(
-            "ns_peer_stats.bytes_received",
-            offset_of!(PeerStats, bytes_received),
-        );
-        put("ns_peer_stats.active", offset_of!(PeerStats, active));
-        put(
-            "ns_peer_stats.last_seen_ns",
-            offset_of!(PeerStats, last_seen_ns),
-        );
-        put("ns_sock", size_of::<SockState>());
-        put(
-            "ns_sock.established_ns",
-            offset_of!(SockState, established_ns),
-        );
-        put("ns_sock.rtt_last_ns", offset_of!(SockState, rtt_last_ns));
-        put("ns_sock.key", offset_of!(SockState, key));
-        put("ns_sock.pid", offset_of!(SockState, pid));
-        put("ns_sock.flags", offset_of!(SockState, flags));
-        put("ns_sock.comm", offset_of!(SockState, comm));
-        put("ns_sock_tags", size_of::<SockTags>());
-        put("ns_event", size_of::<Event>());
-        put("ns_event.cgroup_id", offset_of!(Event, cgroup_id));
-        put("ns_event.latency_ns", offset_of!(Event, latency_ns));
-        put("ns_event.saddr", offset_of!(Event, saddr));
-        put("ns_event.daddr", offset_of!(Event, daddr));
-        put("ns_event.sport", offset_of!(Event, sport));
-        put("ns_event.dport", offset_of!(Event, dport));
-        put("ns_event.pid", offset_of!(Event, pid));
-        put("ns_event.kind", offset_of!(Event, kind));
-        put("ns_event.family", offset_of!(Event, family));
-        put("ns_event.direction", offset_of!(Event, direction));
-        put("ns_event.error", offset_of!(Event, error));
-        put("ns_event.reason", offset_of!(Event, reason));
-        put("ns_event.sk_err", offset_of!(Event, sk_err));
-        put("ns_event.comm", offset_of!(Event, comm));
+        for (k, v) in &structs_rust {
+            put(k, *v);
+        }
         put("ERR_SLOTS", ERR_SLOTS);
         put("RST_SLOTS", RST_REASON_SLOTS);
         put("STATE_SLOTS", TCP_STATE_SLOTS);
