@@ -1,5 +1,6 @@
-//! Loki exporter against a receiver that decodes the push schema, plus fault injection:
-//! outage and recovery, 429 + Retry-After, 400, a slow backend, and kill -9 with the WAL.
+//! Loki exporter against a receiver that decodes with Loki's official push.proto (vendored
+//! in tests/proto), plus fault injection: outage and recovery, 429 + Retry-After, 400, a
+//! slow backend, and kill -9 with the WAL.
 
 mod common;
 
@@ -92,6 +93,26 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(t0.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The receiver itself: it must accept what the upstream schema allows and refuse field
+/// numbers it does not define, and the client-forbidden `EntryAdapter.parsed`.
+#[test]
+fn receiver_accepts_upstream_fields_and_refuses_others() {
+    let snappy = |raw: &[u8]| snap::raw::Encoder::new().compress_vec(raw).unwrap();
+    // PushRequest{streams: [StreamAdapter{entries: [EntryAdapter{line: "x"}]}]}
+    let ok = [0x0a, 0x05, 0x12, 0x03, 0x12, 0x01, b'x'];
+    let streams = common::decode_push(&snappy(&ok)).expect("valid push");
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0].entries[0].line, "x");
+    // The same plus PushRequest field 9 (varint 1), which upstream does not define.
+    let unknown = [0x0a, 0x05, 0x12, 0x03, 0x12, 0x01, b'x', 0x48, 0x01];
+    let err = common::decode_push(&snappy(&unknown)).unwrap_err();
+    assert!(err.contains("field number 9"), "{err}");
+    // EntryAdapter.parsed (field 4) = [LabelPairAdapter{name: "a"}]
+    let parsed = [0x0a, 0x07, 0x12, 0x05, 0x22, 0x03, 0x0a, 0x01, b'a'];
+    let err = common::decode_push(&snappy(&parsed)).unwrap_err();
+    assert!(err.contains("parsed"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

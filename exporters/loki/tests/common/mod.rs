@@ -1,7 +1,9 @@
-//! A Loki push receiver for tests: decodes snappy + protobuf with the push schema
-//! (`tests/loki_push.proto`, compiled at run time by protox and decoded dynamically by
-//! prost-reflect, independently of the exporter's prost types), records every request, and
-//! can be told to fail, delay, or go down (stop listening) and come back on the same port.
+//! A Loki push receiver for tests: decodes snappy + protobuf with Loki's official push
+//! schema (`tests/proto/pkg/push/push.proto`, vendored verbatim from grafana/loki with its
+//! `gogoproto/gogo.proto` import, see `tests/proto/README.md`; compiled at run time by protox
+//! and decoded dynamically by prost-reflect, independently of the exporter's prost types),
+//! rejects any field the schema does not define, records every request, and can be told to
+//! fail, delay, or go down (stop listening) and come back on the same port.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -12,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
@@ -61,12 +63,14 @@ struct Shared(Arc<Mutex<State0>>);
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+        // The include root under which the upstream `import` lines resolve unchanged;
+        // protox supplies google/protobuf/{timestamp,descriptor}.proto itself.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto");
         protox::Compiler::new([dir])
             .expect("protox compiler")
             .include_imports(true)
-            .open_file("loki_push.proto")
-            .expect("compiling loki_push.proto")
+            .open_file("pkg/push/push.proto")
+            .expect("compiling the vendored pkg/push/push.proto")
             .descriptor_pool()
     })
 }
@@ -74,6 +78,20 @@ fn pool() -> &'static DescriptorPool {
 fn field<'a>(m: &'a DynamicMessage, name: &str) -> std::borrow::Cow<'a, Value> {
     m.get_field_by_name(name)
         .unwrap_or_else(|| panic!("no field {name}"))
+}
+
+/// A field number the upstream schema does not define means we put something on the wire
+/// that Loki would silently ignore: refuse it.
+fn no_unknown_fields(m: &DynamicMessage) -> Result<(), String> {
+    match m.unknown_fields().next() {
+        None => Ok(()),
+        Some(u) => Err(format!(
+            "{}: field number {} ({:?}) is not in the upstream schema",
+            m.descriptor().full_name(),
+            u.number(),
+            u.wire_type()
+        )),
+    }
 }
 
 /// Decodes a snappy-compressed `logproto.PushRequest` with the schema.
@@ -85,20 +103,29 @@ pub fn decode_push(body: &[u8]) -> Result<Vec<Stream>, String> {
         .get_message_by_name("logproto.PushRequest")
         .ok_or("no PushRequest in schema")?;
     let msg = DynamicMessage::decode(desc, raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    no_unknown_fields(&msg)?;
     let mut out = vec![];
     for s in field(&msg, "streams").as_list().unwrap_or(&[]) {
         let s = s.as_message().ok_or("stream is not a message")?;
+        no_unknown_fields(s)?;
         let labels = field(s, "labels").as_str().unwrap_or_default().to_string();
         let mut entries = vec![];
         for e in field(s, "entries").as_list().unwrap_or(&[]) {
             let e = e.as_message().ok_or("entry is not a message")?;
+            no_unknown_fields(e)?;
+            // Upstream: "This field shouldn't be used by clients to push data to Loki."
+            if e.has_field_by_name("parsed") {
+                return Err("EntryAdapter.parsed is set; clients must not send it".into());
+            }
             let ts = field(e, "timestamp");
             let ts = ts.as_message().ok_or("timestamp")?;
+            no_unknown_fields(ts)?;
             let secs = field(ts, "seconds").as_i64().unwrap_or(0);
             let nanos = field(ts, "nanos").as_i32().unwrap_or(0);
             let mut metadata = vec![];
             for p in field(e, "structuredMetadata").as_list().unwrap_or(&[]) {
                 let p = p.as_message().ok_or("label pair")?;
+                no_unknown_fields(p)?;
                 metadata.push((
                     field(p, "name").as_str().unwrap_or_default().to_string(),
                     field(p, "value").as_str().unwrap_or_default().to_string(),
