@@ -224,8 +224,34 @@ impl ProfilerService {
             return;
         }
         if !self.cfg.continuous {
-            self.status.set_state(ComponentState::Ok, None);
             self.status.set_detail("continuous", "disabled");
+            // Learn at start-up, not at the first node-wide request, whether eBPF sampling
+            // works here: load the sampler once with a filter that matches no process
+            // (1 Hz, dropped at once). Off the caller's thread: loading takes tens of ms.
+            let svc = self.clone();
+            let r = std::thread::Builder::new()
+                .name("ns-profiler-check".into())
+                .spawn(move || {
+                    let span = tracing::info_span!("profiler", mode = "startup_check");
+                    let _e = span.enter();
+                    let r = EbpfSampler::start(1, &Filter::Pids(Vec::new()));
+                    svc.note_ebpf(&r);
+                    match r {
+                        Ok(_) => svc.status.set_state(ComponentState::Ok, None),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "eBPF profiling unavailable: node-wide profiles will answer 503; \
+                             self-profiling falls back to SIGPROF"
+                        ),
+                    }
+                });
+            if let Err(e) = r {
+                self.status.failure(
+                    ComponentState::Failed,
+                    format!("spawning the profiler check thread: {e}"),
+                    None,
+                );
+            }
             return;
         }
         let svc = self.clone();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nodescope_model::signal::Signal;
+use nodescope_model::status::ComponentState;
 use nodescope_profiler::ProfilingConfig;
 use nodescope_testsupport::{require_root, require_tool};
 use prost::Message;
@@ -220,4 +221,98 @@ async fn cgroup_and_container_targets_filter_in_bpf() {
     ))
     .await;
     assert_eq!(r.status(), 404);
+}
+
+/// Polls the profiler's status until `pred` holds (5 s at most); returns the last one.
+fn wait_status(
+    h: &Harness,
+    pred: impl Fn(&nodescope_model::status::ComponentStatus) -> bool,
+) -> nodescope_model::status::ComponentStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = h
+            .status
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == "profiler")
+            .expect("profiler status");
+        if pred(&st) || Instant::now() > deadline {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With continuous profiling off, the start-up check loads the sampler once and reports
+/// the profiler Ok (as root) — before any profile is requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_reports_ok_as_root() {
+    if !require_root("startup_check_reports_ok_as_root") {
+        return;
+    }
+    let h = serve(on_demand_only()).await;
+    h.svc.spawn(CancellationToken::new());
+    let st = wait_status(&h, |s| s.state == ComponentState::Ok);
+    assert_eq!(st.state, ComponentState::Ok, "{st:?}");
+    assert_eq!(h.svc.ebpf_error(), None);
+}
+
+const CHILD_ENV: &str = "NODESCOPE_PROFILER_UNPRIVILEGED_CHILD";
+
+/// Not root: the same test binary re-run as uid 65534 with no capabilities. The start-up
+/// check reports the profiler degraded with the reason, without any request.
+#[test]
+fn startup_check_reports_degraded_when_not_permitted() {
+    const T: &str = "startup_check_reports_degraded_when_not_permitted";
+    if !require_root(T) {
+        return;
+    }
+    let Some(setpriv) = require_tool(T, "setpriv", &["/usr/bin/setpriv"]) else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "unprivileged_startup_check_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .env_remove(nodescope_testsupport::STRICT_ENV)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("UNPRIVILEGED CHILD OK"),
+        "child did not run:\n{stdout}\n{stderr}"
+    );
+}
+
+/// Runs only when spawned by `startup_check_reports_degraded_when_not_permitted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_startup_check_child() {
+    if std::env::var(CHILD_ENV).is_err() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_ne!(unsafe { libc::geteuid() }, 0, "child must not be root");
+    let h = serve(on_demand_only()).await;
+    h.svc.spawn(CancellationToken::new());
+    let st = wait_status(&h, |s| s.state == ComponentState::Degraded);
+    assert_eq!(st.state, ComponentState::Degraded, "{st:?}");
+    let reason = st.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("eBPF sampler unavailable"), "{st:?}");
+    assert!(h.svc.ebpf_error().is_some());
+    println!("UNPRIVILEGED CHILD OK: {reason}");
 }
