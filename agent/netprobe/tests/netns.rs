@@ -687,35 +687,10 @@ const CHILD_ENV: &str = "NODESCOPE_NETPROBE_UNPRIVILEGED_CHILD";
 /// and the collector still answers (nodescope_probe_up=0), without panicking.
 #[test]
 fn unprivileged_build_reports_probes_down() {
-    if !require("unprivileged_build_reports_probes_down", &["setpriv"]) {
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "unprivileged_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .env_remove(nodescope_testsupport::STRICT_ENV)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("UNPRIVILEGED CHILD OK"),
-        "child did not run:\n{stdout}\n{stderr}"
+    nodescope_testsupport::run_unprivileged_child(
+        "unprivileged_build_reports_probes_down",
+        "unprivileged_child",
+        CHILD_ENV,
     );
 }
 
@@ -742,7 +717,8 @@ fn unprivileged_child() {
     assert_eq!(up.len(), 5);
     assert!(up.iter().all(|(_, v)| **v == Value::Number(0.0)));
     println!(
-        "UNPRIVILEGED CHILD OK: {}",
+        "{}: {}",
+        nodescope_testsupport::CHILD_OK,
         st.last_error.as_deref().unwrap_or("")
     );
 }

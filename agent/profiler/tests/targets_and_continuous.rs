@@ -263,39 +263,10 @@ const CHILD_ENV: &str = "NODESCOPE_PROFILER_UNPRIVILEGED_CHILD";
 /// check reports the profiler degraded with the reason, without any request.
 #[test]
 fn startup_check_reports_degraded_when_not_permitted() {
-    const T: &str = "startup_check_reports_degraded_when_not_permitted";
-    if !require_root(T) {
-        return;
-    }
-    let Some(setpriv) = require_tool(T, "setpriv", &["/usr/bin/setpriv"]) else {
-        return;
-    };
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(setpriv)
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "unprivileged_startup_check_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .env_remove(nodescope_testsupport::STRICT_ENV)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("UNPRIVILEGED CHILD OK"),
-        "child did not run:\n{stdout}\n{stderr}"
+    nodescope_testsupport::run_unprivileged_child(
+        "startup_check_reports_degraded_when_not_permitted",
+        "unprivileged_startup_check_child",
+        CHILD_ENV,
     );
 }
 
@@ -314,5 +285,5 @@ async fn unprivileged_startup_check_child() {
     let reason = st.last_error.clone().unwrap_or_default();
     assert!(reason.contains("eBPF sampler unavailable"), "{st:?}");
     assert!(h.svc.ebpf_error().is_some());
-    println!("UNPRIVILEGED CHILD OK: {reason}");
+    println!("{}: {reason}", nodescope_testsupport::CHILD_OK);
 }

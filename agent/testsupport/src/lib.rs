@@ -70,3 +70,47 @@ pub fn workspace_root() -> PathBuf {
         .map(PathBuf::from)
         .expect("testsupport lives two levels below the workspace root")
 }
+
+/// What a child test prints on success; `run_unprivileged_child` looks for it.
+pub const CHILD_OK: &str = "UNPRIVILEGED CHILD OK";
+
+/// Re-runs the current test binary as uid/gid 65534 with no capabilities (`setpriv`),
+/// running only the test `child_test` with `child_env=1` set, and asserts that the child
+/// succeeded and printed [`CHILD_OK`]. The child test must return early unless `child_env`
+/// is set, check it is not root, and print `CHILD_OK` when its assertions passed. Needs
+/// root (to drop to 65534) and `setpriv`; returns false (skipped / failed in strict mode)
+/// when either is missing.
+pub fn run_unprivileged_child(test: &str, child_test: &str, child_env: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    let Some(setpriv) = require_tool(test, "setpriv", &["/usr/bin/setpriv"]) else {
+        return false;
+    };
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(child_env, "1")
+        .env_remove(STRICT_ENV)
+        .output()
+        .expect("running setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{test}: child failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(CHILD_OK),
+        "{test}: child {child_test} did not run:\n{stdout}\n{stderr}"
+    );
+    true
+}
