@@ -298,6 +298,19 @@ fn attrs(l: &Labels) -> Vec<KeyValue> {
     l.iter().map(|(k, v)| kv(k, v)).collect()
 }
 
+/// Data points of one OTLP metric.
+fn data_points(m: &metrics_pb::Metric) -> usize {
+    use metrics_pb::metric::Data;
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -406,12 +419,11 @@ impl OtlpEncoder {
         }
     }
 
+    /// The request for the batch's metrics and its number of OTLP data points.
     pub fn metrics_request(&self, batch: &[Signal]) -> (ExportMetricsServiceRequest, u32) {
         let mut metrics: Vec<metrics_pb::Metric> = Vec::new();
-        let mut items = 0u32;
         for s in batch {
             let Signal::Metrics(b) = s else { continue };
-            items += b.point_count() as u32;
             let ts = nanos(b.timestamp);
             let mapped = match self.names {
                 MetricNames::Otel => semconv::to_semconv(&b.families),
@@ -421,6 +433,10 @@ impl OtlpEncoder {
                 metrics.push(self.metric(m, ts));
             }
         }
+        // Items are counted in OTLP data points as encoded (the name map derives some, e.g.
+        // `system.memory.usage{state="used"}`), the unit a receiver's `rejected_data_points`
+        // is in, so sent + rejected add up.
+        let items = metrics.iter().map(data_points).sum::<usize>() as u32;
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![metrics_pb::ResourceMetrics {
                 resource: Some(self.resource.clone()),
@@ -658,7 +674,7 @@ impl Transport for OtlpTransport {
                 let h = resp.headers().clone();
                 let body = resp.bytes().await.unwrap_or_default();
                 http::classify(NAME, status, &h, &body, RetryPolicy::Otlp)?;
-                Ok(partial(is_logs, &body))
+                Ok(partial(is_logs, p.items, &body))
             }
             OtlpTransport::Grpc {
                 endpoint,
@@ -679,8 +695,9 @@ impl Transport for OtlpTransport {
                         body,
                     )
                     .await?;
-                    Ok(r.partial_success
-                        .map_or(0, |p| p.rejected_log_records.max(0) as u64))
+                    Ok(r.partial_success.map_or(0, |ps| {
+                        partial_success("logs", p.items, ps.rejected_log_records, &ps.error_message)
+                    }))
                 } else {
                     let r: ExportMetricsServiceResponse = Self::grpc(
                         channel,
@@ -690,8 +707,14 @@ impl Transport for OtlpTransport {
                         body,
                     )
                     .await?;
-                    Ok(r.partial_success
-                        .map_or(0, |p| p.rejected_data_points.max(0) as u64))
+                    Ok(r.partial_success.map_or(0, |ps| {
+                        partial_success(
+                            "metrics",
+                            p.items,
+                            ps.rejected_data_points,
+                            &ps.error_message,
+                        )
+                    }))
                 }
             }
         }
@@ -702,22 +725,54 @@ impl Transport for OtlpTransport {
     }
 }
 
+/// Handles a receiver's `partial_success` (OTLP: the request succeeded, so it is never
+/// retried): logs it once at warn and returns the number of rejected items, which the
+/// delivery engine counts in `nodescope_exporter_dropped_total{reason="rejected"}`. A
+/// message with nothing rejected is a warning from the receiver and is logged too.
+fn partial_success(signal: &'static str, items: u32, rejected: i64, error_message: &str) -> u64 {
+    let rejected = u64::try_from(rejected).unwrap_or(0);
+    if rejected > 0 {
+        tracing::warn!(
+            signal,
+            rejected,
+            items,
+            error_message,
+            "OTLP receiver rejected part of a batch (partial success); not retrying"
+        );
+    } else if !error_message.is_empty() {
+        tracing::warn!(
+            signal,
+            items,
+            error_message,
+            "OTLP receiver accepted the batch with a warning"
+        );
+    }
+    rejected
+}
+
 /// Rejected items reported by an HTTP response body's partial success (0 if none).
-fn partial(is_logs: bool, body: &[u8]) -> u64 {
+fn partial(is_logs: bool, items: u32, body: &[u8]) -> u64 {
     if body.is_empty() {
         return 0;
     }
-    if is_logs {
-        ExportLogsServiceResponse::decode(body)
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map_or(0, |p| p.rejected_log_records.max(0) as u64)
+    let decoded = if is_logs {
+        ExportLogsServiceResponse::decode(body).map(|r| {
+            r.partial_success.map_or(0, |ps| {
+                partial_success("logs", items, ps.rejected_log_records, &ps.error_message)
+            })
+        })
     } else {
-        ExportMetricsServiceResponse::decode(body)
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map_or(0, |p| p.rejected_data_points.max(0) as u64)
-    }
+        ExportMetricsServiceResponse::decode(body).map(|r| {
+            r.partial_success.map_or(0, |ps| {
+                partial_success("metrics", items, ps.rejected_data_points, &ps.error_message)
+            })
+        })
+    };
+    decoded.unwrap_or_else(|e| {
+        // The request succeeded (2xx); only the optional partial-success report is lost.
+        tracing::debug!(error = %e, bytes = body.len(), "cannot decode the OTLP response body");
+        0
+    })
 }
 
 #[cfg(test)]
@@ -775,6 +830,53 @@ mod tests {
             classify_status(&s),
             ExportError::Retryable { retry_after: Some(d), .. } if d == Duration::from_secs(4)
         ));
+    }
+
+    #[test]
+    fn http_partial_success_body() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+        let m = |rejected, msg: &str| {
+            ExportMetricsServiceResponse {
+                partial_success: Some(ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected,
+                    error_message: msg.into(),
+                }),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(partial(false, 10, &m(3, "bad unit")), 3);
+        // A message with nothing rejected is a warning, not a rejection.
+        assert_eq!(partial(false, 10, &m(0, "deprecated attribute")), 0);
+        assert_eq!(partial(false, 10, &m(-5, "")), 0);
+        let l = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 2,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(partial(true, 4, &l), 2);
+        // Empty (full success) and undecodable bodies reject nothing.
+        assert_eq!(partial(true, 4, &[]), 0);
+        assert_eq!(partial(true, 4, b"{\"partialSuccess\":{}}"), 0);
+    }
+
+    #[test]
+    fn metric_items_are_otlp_data_points() {
+        let e = OtlpEncoder::new(&Resource::default(), MetricNames::Otel, false);
+        let sig = [Signal::Metrics(Arc::new(MetricBatch {
+            source: "t".into(),
+            timestamp: UNIX_EPOCH + Duration::from_secs(5),
+            families: vec![
+                MetricFamily::single("node_memory_MemTotal_bytes", "", MetricType::Gauge, 8.0),
+                MetricFamily::single("node_memory_MemFree_bytes", "", MetricType::Gauge, 3.0),
+            ],
+        }))];
+        // limit, usage{free}, derived usage{used}
+        assert_eq!(e.metrics_request(&sig).1, 3);
+        let e = OtlpEncoder::new(&Resource::default(), MetricNames::Prometheus, false);
+        assert_eq!(e.metrics_request(&sig).1, 2);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The OTLP exporter against a receiver built from the official OTLP protos (PyPI
 //! `opentelemetry-proto` + `grpcio`, tests/otlp_receiver.py): gRPC and HTTP/protobuf,
-//! gzip, headers, mutual TLS; names, attributes and values are checked on the decoded
-//! requests.
+//! gzip (also checked on the gRPC wire), headers, mutual TLS, partial success; names,
+//! attributes and values are checked on the decoded requests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nodescope_delivery::ExporterContext;
@@ -18,7 +18,10 @@ use serde_json::Value as J;
 
 struct Receiver {
     child: Child,
+    /// Decoded requests (and the READY line).
     lines: mpsc::Receiver<String>,
+    /// gRPC messages as seen on the wire by the receiver's HTTP/2 tap (plaintext only).
+    wire: mpsc::Receiver<J>,
     grpc_port: u16,
     http_port: u16,
 }
@@ -31,7 +34,7 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    fn start(test: &str, tls: Option<&std::path::Path>) -> Option<Receiver> {
+    fn start(test: &str, tls: Option<&std::path::Path>, extra: &[&str]) -> Option<Receiver> {
         let py = nodescope_testsupport::require_tool(test, "python3", &[])?;
         let ok = Command::new(&py)
             .args([
@@ -50,7 +53,8 @@ impl Receiver {
         let mut cmd = Command::new(py);
         cmd.arg(script)
             .args(["--grpc-port", &grpc_port.to_string()])
-            .args(["--http-port", &http_port.to_string()]);
+            .args(["--http-port", &http_port.to_string()])
+            .args(extra);
         if let Some(d) = tls {
             cmd.arg("--cert").arg(d.join("server.pem"));
             cmd.arg("--key").arg(d.join("server.key"));
@@ -63,9 +67,14 @@ impl Receiver {
             .expect("starting otlp_receiver.py");
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let (wire_tx, wire_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
+                let sent = match serde_json::from_str::<J>(&l) {
+                    Ok(v) if v["transport"] == "grpc-wire" => wire_tx.send(v).is_ok(),
+                    _ => tx.send(l).is_ok(),
+                };
+                if !sent {
                     break;
                 }
             }
@@ -77,9 +86,28 @@ impl Receiver {
         Some(Receiver {
             child,
             lines: rx,
+            wire: wire_rx,
             grpc_port,
             http_port,
         })
+    }
+
+    /// The next `n` gRPC messages the wire tap saw.
+    fn wire(&self, n: usize) -> Vec<J> {
+        (0..n)
+            .map(|_| {
+                self.wire
+                    .recv_timeout(Duration::from_secs(20))
+                    .expect("a gRPC message on the wire")
+            })
+            .collect()
+    }
+
+    /// Fails if the receiver gets another request within `wait`.
+    fn expect_no_more_requests(&self, wait: Duration) {
+        if let Ok(l) = self.lines.recv_timeout(wait) {
+            panic!("the exporter sent another request: {l}");
+        }
     }
 
     fn requests(&self, n: usize) -> Vec<J> {
@@ -160,12 +188,16 @@ fn signals(ts: SystemTime) -> Vec<Signal> {
 }
 
 async fn export(cfg: OtlpConfig, ctx: &ExporterContext, ts: SystemTime) {
+    export_signals(cfg, ctx, signals(ts)).await
+}
+
+async fn export_signals(cfg: OtlpConfig, ctx: &ExporterContext, sigs: Vec<Signal>) {
     let mut issues = nodescope_model::config::Issues::default();
     cfg.validate("exporters.otlp", &mut issues);
     assert!(issues.is_empty(), "{:?}", issues.list);
     let e = cfg.build(ctx).unwrap();
     let (txq, rxq) = tokio::sync::mpsc::channel(8);
-    for s in signals(ts) {
+    for s in sigs {
         txq.send(s).await.unwrap();
     }
     drop(txq);
@@ -302,7 +334,7 @@ fn base_cfg(protocol: Protocol, endpoint: String) -> OtlpConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_receiver_decodes_grpc_and_http() {
-    let Some(rcv) = Receiver::start("official_receiver_decodes_grpc_and_http", None) else {
+    let Some(rcv) = Receiver::start("official_receiver_decodes_grpc_and_http", None, &[]) else {
         return;
     };
     let ts = SystemTime::now();
@@ -318,9 +350,26 @@ async fn official_receiver_decodes_grpc_and_http() {
     )
     .await;
     let reqs = rcv.requests(2);
-    // (grpcio hides grpc-encoding from the servicer; the gzip path is exercised here, and
-    // decoding proves tonic's compressed frames are valid)
     check(&reqs, "grpc", ts);
+    // grpcio hides grpc-encoding from the servicer; the receiver's tap reads the gRPC
+    // length prefix on the wire: Compressed-Flag set and a gzip member as the message.
+    for w in rcv.wire(2) {
+        assert_eq!(w["compressed"], true, "{w}");
+        assert_eq!(w["gzip"], true, "{w}");
+    }
+    // gRPC, uncompressed
+    let mut c = base_cfg(
+        Protocol::Grpc,
+        format!("http://127.0.0.1:{}", rcv.grpc_port),
+    );
+    c.compression = Compression::None;
+    export(c, &ctx, ts).await;
+    let reqs = rcv.requests(2);
+    check(&reqs, "grpc", ts);
+    for w in rcv.wire(2) {
+        assert_eq!(w["compressed"], false, "{w}");
+        assert_eq!(w["gzip"], false, "{w}");
+    }
     // HTTP/protobuf, gzip
     export(
         base_cfg(
@@ -352,8 +401,8 @@ async fn official_receiver_decodes_grpc_and_http() {
         .into_iter()
         .find(|f| f.name == "nodescope_exporter_sent_total")
         .unwrap();
-    // 3 exports x (6 points + 1 log line)
-    assert_eq!(sent.points[0].value, nodescope_model::Value::Number(21.0));
+    // 4 exports x (6 points + 1 log line)
+    assert_eq!(sent.points[0].value, nodescope_model::Value::Number(28.0));
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
@@ -435,7 +484,7 @@ async fn grpc_with_mutual_tls() {
             ],
         );
     }
-    let Some(rcv) = Receiver::start(test, Some(p)) else {
+    let Some(rcv) = Receiver::start(test, Some(p), &[]) else {
         return;
     };
     let ts = SystemTime::now();
@@ -450,4 +499,195 @@ async fn grpc_with_mutual_tls() {
     export(c, &ctx, ts).await;
     let reqs = rcv.requests(2);
     check(&reqs, "grpc", ts);
+}
+
+/// Warn-level events of this test binary, as JSON lines (one global subscriber: the
+/// exporter logs from the runtime's worker threads).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured() -> &'static Captured {
+    static C: OnceLock<Captured> = OnceLock::new();
+    C.get_or_init(|| {
+        let c = Captured::default();
+        let w = c.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || w.clone())
+            .try_init()
+            .expect("installing the test's log capture");
+        c
+    })
+}
+
+/// Captured events whose `error_message` field is `msg`.
+fn events_with_error_message(msg: &str) -> Vec<J> {
+    let buf = captured().0.lock().unwrap().clone();
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<J>(l).ok())
+        .filter(|e| e["fields"]["error_message"] == msg)
+        .collect()
+}
+
+fn self_metric(ctx: &ExporterContext, name: &str, reason: Option<&str>) -> f64 {
+    let fams = ctx.self_metrics.collect();
+    let f = fams
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} is not registered"));
+    let p = f
+        .points
+        .iter()
+        .find(|p| {
+            p.labels.iter().any(|(k, v)| k == "exporter" && v == "otlp")
+                && reason.is_none_or(|r| p.labels.iter().any(|(k, v)| k == "reason" && v == r))
+        })
+        .unwrap_or_else(|| panic!("{name}{{exporter=otlp,reason={reason:?}}} missing"));
+    match p.value {
+        nodescope_model::Value::Number(n) => n,
+        nodescope_model::Value::Histogram(_) => panic!("{name} is a histogram"),
+    }
+}
+
+/// The usual signals plus two memory families (the OTel name map derives a third data
+/// point, `system.memory.usage{state="used"}`, so OTLP data points != model points) and
+/// three log records.
+fn partial_signals(ts: SystemTime) -> Vec<Signal> {
+    let mut out = Vec::new();
+    for s in signals(ts) {
+        match s {
+            Signal::Metrics(b) => {
+                let mut b = (*b).clone();
+                b.families.push(MetricFamily::single(
+                    "node_memory_MemTotal_bytes",
+                    "total",
+                    MetricType::Gauge,
+                    8e9,
+                ));
+                b.families.push(MetricFamily::single(
+                    "node_memory_MemFree_bytes",
+                    "free",
+                    MetricType::Gauge,
+                    3e9,
+                ));
+                out.push(Signal::Metrics(Arc::new(b)));
+            }
+            Signal::Logs(l) => {
+                let mut l = (*l).clone();
+                for i in 0..2 {
+                    let mut r = l[0].clone();
+                    r.body = format!("record {i}");
+                    l.push(r);
+                }
+                out.push(Signal::Logs(Arc::new(l)));
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A receiver answering every export with a partial success: the exporter must not resend,
+/// must count exactly the rejected items as dropped (and the rest as sent, in OTLP data
+/// points), and must log the receiver's error_message once per response at warn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_success_is_counted_logged_and_not_retried() {
+    let test = "partial_success_is_counted_logged_and_not_retried";
+    let msg = "nodescope-test: points with unit \"furlong\" are not accepted";
+    let Some(rcv) = Receiver::start(
+        test,
+        None,
+        &[
+            "--reject-points",
+            "2",
+            "--reject-logs",
+            "1",
+            "--reject-message",
+            msg,
+        ],
+    ) else {
+        return;
+    };
+    captured();
+    let ts = SystemTime::now();
+    for (protocol, transport, port) in [
+        (Protocol::HttpProtobuf, "http", rcv.http_port),
+        (Protocol::Grpc, "grpc", rcv.grpc_port),
+    ] {
+        let ctx = ctx();
+        let mut c = base_cfg(protocol, format!("http://127.0.0.1:{port}"));
+        // A resend (the bug this guards against) would come quickly.
+        c.retry.initial_backoff = Duration::from_millis(50);
+        c.retry.max_backoff = Duration::from_millis(200);
+        export_signals(c, &ctx, partial_signals(ts)).await;
+        let reqs = rcv.requests(2);
+        let get = |signal: &str| {
+            reqs.iter()
+                .find(|r| r["signal"] == signal)
+                .unwrap_or_else(|| panic!("{signal} request missing: {reqs:?}"))
+                .clone()
+        };
+        let (m, l) = (get("metrics"), get("logs"));
+        for r in [&m, &l] {
+            assert_eq!(r["transport"], transport);
+        }
+        // Counted by the receiver on the decoded request: cpu 2, network 2, load 1,
+        // histogram 1, memory limit/free/used 3.
+        assert_eq!(m["items"], 9, "{transport}");
+        assert_eq!(m["rejected"], 2, "{transport}");
+        assert_eq!(l["items"], 3, "{transport}");
+        assert_eq!(l["rejected"], 1, "{transport}");
+        // The exporter finished (queue drained, sender stopped): nothing is resent later.
+        rcv.expect_no_more_requests(Duration::from_millis(1500));
+        if protocol == Protocol::Grpc {
+            assert_eq!(rcv.wire(2).len(), 2);
+        }
+
+        let sent = self_metric(&ctx, "nodescope_exporter_sent_total", None);
+        assert_eq!(sent, (9.0 - 2.0) + (3.0 - 1.0), "{transport}: sent_total");
+        let rejected = self_metric(&ctx, "nodescope_exporter_dropped_total", Some("rejected"));
+        assert_eq!(
+            rejected, 3.0,
+            "{transport}: dropped_total{{reason=rejected}}"
+        );
+        for reason in [
+            "memory_limit",
+            "wal_full",
+            "retries_exhausted",
+            "shutdown",
+            "encode",
+        ] {
+            let n = self_metric(&ctx, "nodescope_exporter_dropped_total", Some(reason));
+            assert_eq!(n, 0.0, "{transport}: dropped_total{{reason={reason}}}");
+        }
+        for name in [
+            "nodescope_exporter_failed_total",
+            "nodescope_exporter_retries_total",
+        ] {
+            assert_eq!(self_metric(&ctx, name, None), 0.0, "{transport}: {name}");
+        }
+
+        for (signal, rejected, items) in [("metrics", 2, 9), ("logs", 1, 3)] {
+            let em = format!("{msg} ({transport} {signal})");
+            let ev = events_with_error_message(&em);
+            assert_eq!(ev.len(), 1, "one warning per response for {em:?}: {ev:?}");
+            let e = &ev[0];
+            assert_eq!(e["level"], "WARN", "{e}");
+            assert_eq!(e["fields"]["signal"], signal, "{e}");
+            assert_eq!(e["fields"]["rejected"], rejected, "{e}");
+            assert_eq!(e["fields"]["items"], items, "{e}");
+        }
+    }
 }
