@@ -17,7 +17,102 @@
 # measured window is the steady state and holds two continuous-profile emissions.
 #
 # Usage: scripts/bench-profiling.sh [ROUNDS=10] [MEASURE_SECS=30] [WARMUP_SECS=16]
+#
+# Peak-RSS mode (symbolizing huge binaries):
+#   scripts/bench-profiling.sh peak-rss [ROUNDS=10] [SECS=47] [OTHER_CONTINUOUS_BENCH]
+# keeps both cores busy with processes that map huge binaries: a dev-profile build of
+# examples/busy_target (~100 MB, full DWARF, CPU spread over many crates) and a loop of
+# `rustc -O` compiles of a generated file (librustc_driver ~150 MB, libLLVM ~200 MB, symbol
+# tables only). Each round starts a fresh continuous profiler (19 Hz, 15 s interval, so
+# SECS=47 holds three symbolization passes, the first one opening every binary) for each
+# variant, in rotated order: `debug_info=1` (default `debug_info_max_binary_mb`), one
+# variant per value in the environment variable PEAK_RSS_MAX_MB (e.g. "8 65536"),
+# `debug_info=0` and, when given, another build of continuous_bench (e.g. the code before
+# a change) with `debug_info=1`. Per round it prints VmHWM, the highest RssFile/RssAnon
+# seen (polled at 10 Hz) and the counters.
 set -euo pipefail
+if [ "${1:-}" = peak-rss ]; then
+	ROUNDS=${2:-10}
+	SECS=${3:-47}
+	OTHER=${4:-}
+	cd "$(dirname "$0")/.."
+	[ "$(id -u)" = 0 ] || { echo "bench-profiling: needs root (eBPF)" >&2; exit 1; }
+	cargo build --release -q -p nodescope-profiler --example continuous_bench
+	cargo build -q -p nodescope-profiler --example busy_target
+	TD=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+	WORK=$(mktemp -d)
+	trap 'rm -rf "$WORK"' EXIT
+	python3 - "$TD" "$WORK" "$ROUNDS" "$SECS" "$OTHER" "${PEAK_RSS_MAX_MB:-}" <<'PY'
+import os, signal, statistics, subprocess, sys, time
+td, work, rounds, secs, other = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+max_mbs = sys.argv[6].split()
+# A Rust file that takes rustc -O some seconds: the compiler runs in librustc_driver/libLLVM.
+with open(f"{work}/big.rs", "w") as f:
+    f.write("use std::collections::HashMap;\n")
+    for i in range(400):
+        f.write(f"#[inline(never)] pub fn f{i}(v: &[u64], m: &mut HashMap<u64, String>) -> u64 {{ let mut a = {i}u64; "
+                f"for (j, x) in v.iter().enumerate() {{ a = a.wrapping_mul(31).wrapping_add(*x ^ j as u64); "
+                f"if a % 7 == {i % 7} {{ m.insert(a, format!(\"{{}}-{{}}\", a, j)); }} }} "
+                f"let s: Vec<String> = m.values().filter(|s| s.len() > {i % 5}).cloned().collect(); "
+                f"a + s.iter().map(|x| x.len() as u64).sum::<u64>() }}\n")
+    f.write("fn main() { let mut m = HashMap::new(); let v: Vec<u64> = (0..100).collect(); let mut t = 0;\n")
+    for i in range(400):
+        f.write(f" t += f{i}(&v, &mut m);\n")
+    f.write(' println!("{}", t); }\n')
+loop = subprocess.Popen(["bash", "-c", f"while :; do rustc -O -C codegen-units=1 {work}/big.rs -o {work}/big 2>/dev/null; done"],
+                        start_new_session=True)
+busy = subprocess.Popen([f"{td}/debug/examples/busy_target"], stdout=subprocess.DEVNULL)
+time.sleep(2)
+
+def status(pid):
+    d = {}
+    with open(f"/proc/{pid}/status") as f:
+        for l in f:
+            k, _, v = l.partition(":")
+            if k in ("VmHWM", "RssFile", "RssAnon"):
+                d[k] = int(v.split()[0]) / 1024
+    return d
+
+cb = f"{td}/release/examples/continuous_bench"
+variants = [("dwarf", [cb, "--debug-info", "1"])]
+variants += [(f"dwarf-max{m}", [cb, "--debug-info", "1", "--debug-info-max-mb", m]) for m in max_mbs]
+variants.append(("nodwarf", [cb, "--debug-info", "0"]))
+if other:
+    variants.append(("other-dwarf", [other, "--debug-info", "1"]))
+res = {v[0]: [] for v in variants}
+try:
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for name, cmd in order:
+            p = subprocess.Popen(cmd + ["--hz", "19", "--interval", "15"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            t0, mf, ma = time.monotonic(), 0.0, 0.0
+            while time.monotonic() - t0 < secs:
+                d = status(p.pid)
+                mf, ma = max(mf, d["RssFile"]), max(ma, d["RssAnon"])
+                time.sleep(0.1)
+            hwm = status(p.pid)["VmHWM"]
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=60)
+            ctr = {l.split("{")[0]: l.split()[-1] for l in out.splitlines()}
+            res[name].append(hwm)
+            print(f"round {r+1}/{rounds} {name:14s} VmHWM={hwm:6.1f} MB  max RssFile={mf:6.1f}  max RssAnon={ma:5.1f}  "
+                  f"samples={ctr.get('nodescope_profiler_samples_total', '?')} misses={ctr.get('nodescope_symbolizer_cache_misses_total', '?')} "
+                  f"debuginfo_skipped={ctr.get('nodescope_profiler_debuginfo_skipped_total', '-')} unmaps={ctr.get('nodescope_symbolizer_unmaps_total', '-')}",
+                  flush=True)
+finally:
+    os.killpg(loop.pid, signal.SIGKILL)
+    loop.wait()
+    busy.kill()
+    busy.wait()
+print()
+print("| variant | VmHWM median (MB) | VmHWM max (MB) | rounds |")
+print("|---|---|---|---|")
+for name, v in res.items():
+    print(f"| {name} | {statistics.median(v):.1f} | {max(v):.1f} | {len(v)} |")
+PY
+	exit 0
+fi
 ROUNDS=${1:-10}
 MEASURE=${2:-30}
 WARMUP=${3:-16}

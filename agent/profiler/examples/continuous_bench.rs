@@ -2,7 +2,8 @@
 //! `ProfilerService::spawn`), with a pipeline stand-in that consumes the emitted profiles,
 //! until SIGTERM/SIGINT or `--seconds`. Used by scripts/bench-profiling.sh.
 //!
-//! Usage: continuous_bench [--hz N] [--interval SECS] [--seconds SECS]
+//! Usage: continuous_bench [--hz N] [--interval SECS] [--seconds SECS] [--debug-info 0|1]
+//!        [--debug-info-max-mb MB]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,12 +29,15 @@ async fn main() {
     let interval = arg("--interval", 15);
     let seconds = arg("--seconds", 0);
     let debug_info = arg("--debug-info", 1) != 0;
+    let defaults = ProfilingConfig::default();
+    let debug_info_max_binary_mb = arg("--debug-info-max-mb", defaults.debug_info_max_binary_mb);
     let cfg = ProfilingConfig {
         continuous: true,
         hz,
         interval_secs: interval,
         debug_info,
-        ..Default::default()
+        debug_info_max_binary_mb,
+        ..defaults
     };
     let mut issues = nodescope_model::config::Issues::default();
     cfg.validate("profiling", &mut issues);

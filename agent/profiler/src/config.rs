@@ -16,6 +16,9 @@ use crate::service::ProfilerService;
 /// Hard ceiling for any configured frequency (the brief's cap is 499 Hz by default).
 pub const HZ_CEILING: u32 = 1000;
 
+/// Upper bound of `debug_info_max_binary_mb` (64 GiB: anything larger is a typo).
+pub const MAX_DEBUG_INFO_MB: u64 = 65_536;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfilingConfig {
@@ -56,6 +59,10 @@ pub struct ProfilingConfig {
     /// Also read DWARF and separate debug files (`.gnu_debuglink`, `/usr/lib/debug/.build-id`):
     /// better names and inlined frames, more memory while symbolizing.
     pub debug_info: bool,
+    /// With `debug_info`, a binary whose DWARF (uncompressed, in the file plus its separate
+    /// debug file) exceeds this many MiB is symbolized from ELF symbol tables only: names
+    /// kept, no inlined frames. Bounds the memory blazesym maps for one binary.
+    pub debug_info_max_binary_mb: u64,
 }
 
 impl Default for ProfilingConfig {
@@ -80,6 +87,7 @@ impl Default for ProfilingConfig {
             max_processes: 4096,
             process_retention_secs: 600,
             debug_info: true,
+            debug_info_max_binary_mb: crate::symbolize::DEFAULT_DEBUG_INFO_MAX_MB,
         }
     }
 }
@@ -202,6 +210,14 @@ impl ProfilingConfig {
             );
         }
         issues.check(
+            (1..=MAX_DEBUG_INFO_MB).contains(&self.debug_info_max_binary_mb),
+            k("debug_info_max_binary_mb"),
+            format!(
+                "must be between 1 and {MAX_DEBUG_INFO_MB} (MiB), got {}",
+                self.debug_info_max_binary_mb
+            ),
+        );
+        issues.check(
             self.process_retention_secs >= 1,
             k("process_retention_secs"),
             "must be at least 1",
@@ -237,6 +253,7 @@ mod tests {
             max_concurrent: 0,
             drain_interval_ms: 5,
             max_binaries: 0,
+            debug_info_max_binary_mb: 0,
             ..Default::default()
         };
         let mut i = Issues::default();
@@ -251,6 +268,7 @@ mod tests {
             "profiling.max_concurrent",
             "profiling.drain_interval_ms",
             "profiling.max_binaries",
+            "profiling.debug_info_max_binary_mb",
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
@@ -262,6 +280,21 @@ mod tests {
         assert_eq!(ok.hz, 49);
         assert!(!ok.continuous);
         assert_eq!(ok.interval_secs, 15);
+        let c: ProfilingConfig = toml::from_str("debug_info_max_binary_mb = 8").unwrap();
+        assert_eq!(c.debug_info_max_binary_mb, 8);
+        let mut i = Issues::default();
+        c.validate("profiling", &mut i);
+        assert!(i.is_empty(), "{:?}", i.list);
+        let c = ProfilingConfig {
+            debug_info_max_binary_mb: MAX_DEBUG_INFO_MB + 1,
+            ..Default::default()
+        };
+        let mut i = Issues::default();
+        c.validate("profiling", &mut i);
+        assert!(i
+            .list
+            .iter()
+            .any(|x| x.key == "profiling.debug_info_max_binary_mb" && x.reason.contains("65536")));
         let err = toml::from_str::<ProfilingConfig>("hzz = 3").unwrap_err();
         assert!(err.to_string().contains("hzz"));
         let err = toml::from_str::<ProfilingConfig>("unwind = \"dwarf\"").unwrap_err();

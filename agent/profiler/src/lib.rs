@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod debugsize;
 pub mod http;
 pub mod kallsyms;
 pub mod metrics;

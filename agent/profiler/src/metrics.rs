@@ -26,6 +26,8 @@ pub struct ProfilerMetrics {
     pub profiles_emitted: Counter,
     pub profiles_dropped: Counter,
     pub quality_labels_folded: Counter,
+    pub debuginfo_skipped: Counter,
+    pub symbolizer_unmaps: Counter,
     quality: std::sync::Arc<Mutex<QualityState>>,
 }
 
@@ -106,6 +108,16 @@ impl ProfilerMetrics {
             quality_labels_folded: m.counter(
                 "nodescope_profiler_quality_binaries_folded_total",
                 "Unwind-quality observations folded into binary=\"other\" because the label bound was reached.",
+                &[],
+            ),
+            debuginfo_skipped: m.counter(
+                "nodescope_profiler_debuginfo_skipped_total",
+                "Binaries opened for symbolization whose DWARF (with their separate debug file) exceeded profiling.debug_info_max_binary_mb; they are symbolized from ELF symbol tables only (names kept, no inlined frames).",
+                &[],
+            ),
+            symbolizer_unmaps: m.counter(
+                "nodescope_symbolizer_unmaps_total",
+                "Times the blazesym symbolizer was dropped inside a symbolization pass (unmapping the files it parsed) because the agent's file-backed RSS, plus what the next binary is expected to map, exceeded 48 MiB.",
                 &[],
             ),
             quality: Default::default(),

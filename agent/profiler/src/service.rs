@@ -150,6 +150,7 @@ impl ProfilerService {
             max_processes: cfg.max_processes,
             process_retention: Duration::from_secs(cfg.process_retention_secs),
             debug_info: cfg.debug_info,
+            debug_info_max_bytes: cfg.debug_info_max_binary_mb << 20,
         };
         let symbolizer = Arc::new(Symbolizer::new(
             ctx.host_proc.clone(),

@@ -11,10 +11,16 @@
 //!   with blazesym (ELF symtab/dynsym, DWARF, `.gnu_debuglink` and `.build-id` debug
 //!   files, Rust and C++ demangling), so a process that exits before its profile is
 //!   built still symbolizes.
+//! * Memory bound: a binary whose DWARF (in the file plus its separate debug file) exceeds
+//!   [`SymbolizerLimits::debug_info_max_bytes`] is symbolized from ELF symbol tables only
+//!   ([`crate::debugsize`]); misses are resolved in one blazesym batch per binary, and the
+//!   blazesym symbolizer is dropped (unmapping what it parsed) right after any binary that
+//!   leaves the agent's file-backed RSS above 48 MiB, so the peak of a pass is bounded by
+//!   about that plus one binary, not the sum of every binary in the pass.
 //! * Unwind quality: per binary, the share of user stacks of depth <= 2 that do not end
 //!   in a known entry point (`_start`, `__libc_start_main`, `clone`, ...).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -27,6 +33,7 @@ use blazesym::symbolize::{Input, Symbolized};
 use nodescope_model::workload::{cgroup_path_from_proc, classify_cgroup_path, Workload};
 use parking_lot::Mutex;
 
+use crate::debugsize::{self, DebugFootprint, DwarfDecision};
 use crate::kallsyms::KernelSymbols;
 use crate::metrics::ProfilerMetrics;
 use crate::procmaps::{executable_mappings, MapLine};
@@ -46,6 +53,9 @@ pub struct SymbolizerLimits {
     /// Consult DWARF and separate debug files (debug links, `.build-id`), not only the
     /// ELF symbol tables.
     pub debug_info: bool,
+    /// A binary whose DWARF (uncompressed, in the file plus its separate debug file) is
+    /// larger than this is symbolized from ELF symbol tables only (and counted).
+    pub debug_info_max_bytes: u64,
 }
 
 impl Default for SymbolizerLimits {
@@ -56,9 +66,14 @@ impl Default for SymbolizerLimits {
             max_processes: 4096,
             process_retention: Duration::from_secs(600),
             debug_info: true,
+            debug_info_max_bytes: DEFAULT_DEBUG_INFO_MAX_MB << 20,
         }
     }
 }
+
+/// Default of `profiling.debug_info_max_binary_mb` (see docs/bench/profiling.md for the
+/// measurements behind it).
+pub const DEFAULT_DEBUG_INFO_MAX_MB: u64 = 16;
 
 /// Names of user-space functions where a complete stack normally ends.
 pub const ENTRY_POINTS: &[&str] = &[
@@ -145,11 +160,42 @@ impl WorkloadInfo {
     }
 }
 
+/// How a binary's addresses are symbolized (decided once, when it is opened).
+enum SymPlan {
+    /// blazesym with DWARF and separate debug files.
+    Dwarf,
+    /// ELF symbol tables of the binary only.
+    Symtab,
+    /// The binary is stripped and its debug data too large for DWARF: the `.symtab` of its
+    /// separate debug file, looked up by virtual address (from the binary's `PT_LOAD`s).
+    DebugFileSymtab {
+        _file: File,
+        fd_path: PathBuf,
+        binary: DebugFootprint,
+    },
+}
+
+impl SymPlan {
+    fn name(&self) -> &'static str {
+        match self {
+            SymPlan::Dwarf => "dwarf",
+            SymPlan::Symtab => "symtab",
+            SymPlan::DebugFileSymtab { .. } => "debug_file_symtab",
+        }
+    }
+}
+
+type Names = Arc<[Arc<str>]>;
+
 struct Binary {
     display: String,
     build_id: Option<String>,
     _file: File,
     fd_path: PathBuf,
+    plan: SymPlan,
+    /// What symbolizing it is expected to map (bytes): symbol tables, plus DWARF when
+    /// `plan` is [`SymPlan::Dwarf`]; 0 when unknown.
+    est_bytes: u64,
     cache: Mutex<HashMap<u64, Arc<[Arc<str>]>>>,
     last_used: Mutex<Instant>,
 }
@@ -159,6 +205,7 @@ impl std::fmt::Debug for Binary {
         f.debug_struct("Binary")
             .field("display", &self.display)
             .field("build_id", &self.build_id)
+            .field("plan", &self.plan.name())
             .finish()
     }
 }
@@ -185,6 +232,12 @@ impl ProcSnapshot {
         let idx = self.mappings.partition_point(|m| m.line.start <= addr);
         let m = self.mappings.get(idx.checked_sub(1)?)?;
         (addr < m.line.end).then_some(m)
+    }
+
+    /// The binary mapped at `addr` and the file offset `addr` corresponds to.
+    fn binary_offset(&self, addr: u64) -> Option<(&Arc<Binary>, u64)> {
+        let m = self.find(addr)?;
+        Some((m.binary.as_ref()?, addr - m.line.start + m.line.offset))
     }
 }
 
@@ -213,6 +266,9 @@ struct BlazeSlot {
     generation: u64,
     created: Instant,
     sym: blazesym::symbolize::Symbolizer,
+    /// Binaries (`Arc<Binary>` addresses; stable while `generation` is unchanged) this
+    /// symbolizer has parsed: their pages are already counted in the RSS.
+    parsed: HashSet<usize>,
 }
 
 thread_local! {
@@ -447,11 +503,14 @@ impl Symbolizer {
             }
         }
         let display = path.to_string();
+        let (plan, est_bytes) = self.plan_for(&file, &fd_path, build_id.as_deref(), &display);
         let b = Arc::new(Binary {
             display,
             build_id,
             _file: file,
             fd_path,
+            plan,
+            est_bytes,
             cache: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -460,65 +519,143 @@ impl Symbolizer {
         Some(b)
     }
 
+    /// Decides how `file` (just opened, reachable as `fd_path`) will be symbolized: with
+    /// DWARF unless `debug_info` is off or its debug data exceeds the limit. Only headers
+    /// are read ([`debugsize::footprint`]); a file whose headers cannot be read gets the
+    /// symbol tables only (blazesym would fail on it anyway, and nothing large is mapped).
+    fn plan_for(
+        &self,
+        file: &File,
+        fd_path: &Path,
+        build_id: Option<&str>,
+        label: &str,
+    ) -> (SymPlan, u64) {
+        let fp = match debugsize::footprint(file) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(binary = label, error = %e, "ELF headers unreadable; symbol tables only");
+                return (SymPlan::Symtab, 0);
+            }
+        };
+        if !self.limits.debug_info {
+            return (SymPlan::Symtab, fp.symtab_bytes);
+        }
+        // The separate debug file blazesym would follow (the first candidate that opens).
+        let linker = std::fs::read_link(fd_path).unwrap_or_else(|_| PathBuf::from(label));
+        let separate = fp.debuglink.as_ref().and_then(|link| {
+            debugsize::debug_file_candidates(&self.debug_dirs, build_id, link, &linker)
+                .into_iter()
+                .find_map(|p| File::open(&p).ok())
+        });
+        let separate_fp = separate.as_ref().map(|f| {
+            debugsize::footprint(f).unwrap_or_else(|_| DebugFootprint {
+                // Unreadable headers: count the whole file.
+                dwarf_bytes: f.metadata().map(|m| m.size()).unwrap_or(u64::MAX),
+                ..Default::default()
+            })
+        });
+        let total = fp
+            .dwarf_bytes
+            .saturating_add(separate_fp.as_ref().map_or(0, |s| s.dwarf_bytes));
+        match debugsize::decide(true, total, self.limits.debug_info_max_bytes) {
+            DwarfDecision::Use => (SymPlan::Dwarf, fp.symtab_bytes.saturating_add(total)),
+            DwarfDecision::Disabled => (SymPlan::Symtab, fp.symtab_bytes),
+            DwarfDecision::TooLarge => {
+                self.metrics.debuginfo_skipped.inc();
+                tracing::info!(
+                    binary = label,
+                    debug_mb = total >> 20,
+                    limit_mb = self.limits.debug_info_max_bytes >> 20,
+                    "debug info over the limit; symbolizing from ELF symbol tables only"
+                );
+                match (fp.has_symtab, separate, separate_fp) {
+                    (false, Some(f), Some(sfp)) if sfp.has_symtab => (
+                        SymPlan::DebugFileSymtab {
+                            fd_path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+                            _file: f,
+                            binary: fp,
+                        },
+                        sfp.symtab_bytes,
+                    ),
+                    _ => (SymPlan::Symtab, fp.symtab_bytes),
+                }
+            }
+        }
+    }
+
     /// blazesym's `Symbolizer` is neither `Send` nor `Sync`: it lives in a per-thread
     /// [`BlazeSlot`] and is created lazily, only when our own per-binary cache misses. It
     /// reads files through `/proc/self/fd/<n>` (descriptors we hold), with auto-reload on
     /// so a reused descriptor number is never confused with the file it had before.
-    fn blaze<'a>(
-        &self,
-        cell: &'a std::cell::OnceCell<blazesym::symbolize::Symbolizer>,
-    ) -> &'a blazesym::symbolize::Symbolizer {
-        cell.get_or_init(|| {
-            blazesym::symbolize::Symbolizer::builder()
-                .enable_code_info(false)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .enable_auto_reload(true)
-                .set_debug_dirs(Some(&self.debug_dirs))
-                .build()
-        })
+    fn new_blaze(&self) -> blazesym::symbolize::Symbolizer {
+        blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .enable_auto_reload(true)
+            .set_debug_dirs(Some(&self.debug_dirs))
+            .build()
     }
 
-    fn binary_names(
+    /// Symbolizes the file offsets `offs` of `b` in one blazesym call, following the
+    /// binary's [`SymPlan`]. One result per offset, in order.
+    fn symbolize_batch(
         &self,
-        blaze: &std::cell::OnceCell<blazesym::symbolize::Symbolizer>,
+        blaze: &mut Option<blazesym::symbolize::Symbolizer>,
         b: &Binary,
-        file_offset: u64,
-    ) -> Option<Arc<[Arc<str>]>> {
-        *b.last_used.lock() = Instant::now();
-        if let Some(n) = b.cache.lock().get(&file_offset) {
-            self.metrics.cache_hits.inc();
-            return Some(n.clone());
-        }
-        self.metrics.cache_misses.inc();
-        let mut elf = Elf::new(&b.fd_path);
-        elf.debug_syms = self.limits.debug_info;
-        let src = Source::Elf(elf);
-        let names: Option<Arc<[Arc<str>]>> = match self
-            .blaze(blaze)
-            .symbolize_single(&src, Input::FileOffset(file_offset))
-        {
-            Ok(Symbolized::Sym(sym)) => {
-                let mut v: Vec<Arc<str>> = sym
-                    .inlined
+        offs: &[u64],
+    ) -> Vec<Option<Names>> {
+        let sym = blaze.get_or_insert_with(|| self.new_blaze());
+        let result = match &b.plan {
+            SymPlan::Dwarf | SymPlan::Symtab => {
+                let mut elf = Elf::new(&b.fd_path);
+                elf.debug_syms = matches!(b.plan, SymPlan::Dwarf);
+                sym.symbolize(&Source::Elf(elf), Input::FileOffset(offs))
+            }
+            SymPlan::DebugFileSymtab {
+                fd_path, binary, ..
+            } => {
+                let vaddrs: Vec<Option<u64>> = offs
                     .iter()
-                    .rev()
-                    .map(|f| Arc::from(f.name.as_ref()))
+                    .map(|&o| binary.file_offset_to_vaddr(o))
                     .collect();
-                v.push(Arc::from(sym.name.as_ref()));
-                Some(v.into())
+                let known: Vec<u64> = vaddrs.iter().flatten().copied().collect();
+                let mut elf = Elf::new(fd_path);
+                elf.debug_syms = false;
+                sym.symbolize(&Source::Elf(elf), Input::VirtOffset(&known))
+                    .map(|r| {
+                        let mut r = r.into_iter();
+                        vaddrs
+                            .iter()
+                            .map(|v| match v {
+                                Some(_) => r.next().unwrap_or(Symbolized::Unknown(
+                                    blazesym::symbolize::Reason::Unsupported,
+                                )),
+                                None => Symbolized::Unknown(
+                                    blazesym::symbolize::Reason::InvalidFileOffset,
+                                ),
+                            })
+                            .collect()
+                    })
             }
-            _ => None,
         };
-        if let Some(n) = &names {
-            let mut c = b.cache.lock();
-            if c.len() >= self.limits.max_symbols_per_binary {
-                c.clear();
-                self.metrics.cache_evictions.inc();
+        match result {
+            Ok(v) => v.iter().map(names_of).collect(),
+            Err(e) => {
+                tracing::debug!(binary = %b.display, error = %e, "symbolization failed");
+                vec![None; offs.len()]
             }
-            c.insert(file_offset, n.clone());
         }
-        names
+    }
+
+    /// Stores `names` in `b`'s bounded cache (cleared and counted when full).
+    fn cache_names(&self, b: &Binary, file_offset: u64, names: &Names) {
+        let mut c = b.cache.lock();
+        if c.len() >= self.limits.max_symbols_per_binary {
+            c.clear();
+            self.metrics.cache_evictions.inc();
+        }
+        c.insert(file_offset, names.clone());
     }
 
     fn proc_for(&self, pid: u32, addrs: &[u64]) -> Option<Arc<ProcSnapshot>> {
@@ -575,22 +712,21 @@ impl Symbolizer {
             build_id: None,
             has_functions: table.is_some(),
         });
-        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-        let blaze = std::cell::OnceCell::new();
-        let mut created = Instant::now();
-        if let Some(slot) = BLAZE.with(|b| b.borrow_mut().take()) {
-            if slot.owner == self.id
-                && slot.generation == generation
-                && slot.created.elapsed() < BLAZE_MAX_AGE
-            {
-                created = slot.created;
-                let _ = blaze.set(slot.sym);
-            }
-        }
+        let snaps: Vec<Option<Arc<ProcSnapshot>>> = samples
+            .iter()
+            .map(|s| {
+                if s.key.user.is_empty() || s.key.pid == 0 {
+                    None
+                } else {
+                    self.proc_for(s.key.pid, &s.key.user)
+                }
+            })
+            .collect();
+        let names = self.user_names(samples, &snaps);
         let mut frame_intern: HashMap<(u32, u64, bool), Arc<ResolvedFrame>> = HashMap::new();
         let mut quality: HashMap<String, (u64, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(samples.len());
-        for s in samples {
+        for (s, snap) in samples.iter().zip(snaps) {
             let k = &s.key;
             let mut frames = Vec::with_capacity(k.kernel.len() + k.user.len());
             for &a in k.kernel.iter() {
@@ -600,18 +736,11 @@ impl Symbolizer {
                     .clone();
                 frames.push(f);
             }
-            let snap = if k.user.is_empty() || k.pid == 0 {
-                None
-            } else {
-                self.proc_for(k.pid, &k.user)
-            };
             for (i, &a) in k.user.iter().enumerate() {
-                // Return addresses point after the call; look up the call instruction.
-                let lookup = if i == 0 { a } else { a.saturating_sub(1) };
                 let f = frame_intern
                     .entry((k.pid, a, false))
                     .or_insert_with(|| {
-                        Arc::new(self.user_frame(&blaze, snap.as_deref(), a, lookup))
+                        Arc::new(user_frame(snap.as_deref(), a, user_lookup(i, a), &names))
                     })
                     .clone();
                 frames.push(f);
@@ -646,54 +775,192 @@ impl Symbolizer {
         for (bin, (total, trunc)) in quality {
             self.metrics.observe_unwind(&bin, total, trunc);
         }
-        drop(frame_intern);
-        let keep = rss_file_kb().is_none_or(|kb| kb <= BLAZE_KEEP_MAX_RSS_FILE_KB);
-        if let Some(sym) = blaze.into_inner().filter(|_| keep) {
+        out
+    }
+
+    /// Names of every distinct user frame of the pass, keyed by (binary, file offset).
+    /// Cache hits are taken first; the misses are grouped per binary and each binary is
+    /// symbolized in one blazesym batch. Before each binary, if the agent's file-backed
+    /// RSS plus what that binary is expected to map exceeds [`BLAZE_KEEP_MAX_RSS_FILE_KB`],
+    /// and after it, if the RSS alone does, the blazesym symbolizer is dropped, which
+    /// unmaps every file it parsed: the file-backed peak of a pass is about
+    /// max(that bound, base + one binary), not the sum over the binaries of the pass.
+    fn user_names(
+        &self,
+        samples: &[RawSample],
+        snaps: &[Option<Arc<ProcSnapshot>>],
+    ) -> HashMap<(usize, u64), Option<Names>> {
+        let mut names: HashMap<(usize, u64), Option<Names>> = HashMap::new();
+        let mut pending: HashMap<usize, (Arc<Binary>, Vec<u64>)> = HashMap::new();
+        let mut seen: HashSet<(u32, u64)> = HashSet::new();
+        for (s, snap) in samples.iter().zip(snaps) {
+            let Some(snap) = snap else { continue };
+            for (i, &a) in s.key.user.iter().enumerate() {
+                if !seen.insert((s.key.pid, a)) {
+                    continue;
+                }
+                let Some((b, off)) = snap.binary_offset(user_lookup(i, a)) else {
+                    continue;
+                };
+                *b.last_used.lock() = Instant::now();
+                let key = (Arc::as_ptr(b) as usize, off);
+                if names.contains_key(&key) {
+                    // Same binary and offset through another pid (or already pending).
+                    self.metrics.cache_hits.inc();
+                    continue;
+                }
+                let cached = b.cache.lock().get(&off).cloned();
+                if let Some(n) = cached {
+                    self.metrics.cache_hits.inc();
+                    names.insert(key, Some(n));
+                } else {
+                    self.metrics.cache_misses.inc();
+                    names.insert(key, None);
+                    pending
+                        .entry(key.0)
+                        .or_insert_with(|| (b.clone(), Vec::new()))
+                        .1
+                        .push(off);
+                }
+            }
+        }
+        if pending.is_empty() {
+            return names;
+        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let mut blaze = None;
+        let mut created = Instant::now();
+        let mut parsed = HashSet::new();
+        if let Some(slot) = BLAZE.with(|b| b.borrow_mut().take()) {
+            if slot.owner == self.id
+                && slot.generation == generation
+                && slot.created.elapsed() < BLAZE_MAX_AGE
+            {
+                created = slot.created;
+                blaze = Some(slot.sym);
+                parsed = slot.parsed;
+            }
+        }
+        let mut over = false;
+        for (ptr, (b, offs)) in pending {
+            // Unmap what earlier binaries left mapped when this one would take the agent's
+            // file-backed RSS over the bound.
+            if blaze.is_some()
+                && !parsed.contains(&ptr)
+                && rss_file_kb().is_some_and(|kb| {
+                    kb.saturating_add(b.est_bytes >> 10) > BLAZE_KEEP_MAX_RSS_FILE_KB
+                })
+            {
+                blaze = None;
+                parsed.clear();
+                created = Instant::now();
+                self.metrics.symbolizer_unmaps.inc();
+            }
+            let resolved = self.symbolize_batch(&mut blaze, &b, &offs);
+            parsed.insert(ptr);
+            for (off, n) in offs.into_iter().zip(resolved) {
+                if let Some(n) = &n {
+                    self.cache_names(&b, off, n);
+                }
+                names.insert((ptr, off), n);
+            }
+            over = rss_file_kb().is_some_and(|kb| kb > BLAZE_KEEP_MAX_RSS_FILE_KB);
+            if over {
+                blaze = None;
+                parsed.clear();
+                created = Instant::now();
+                self.metrics.symbolizer_unmaps.inc();
+            }
+        }
+        if let Some(sym) = blaze.filter(|_| !over) {
             BLAZE.with(|b| {
                 *b.borrow_mut() = Some(BlazeSlot {
                     owner: self.id,
                     generation,
                     created,
                     sym,
+                    parsed,
                 })
             });
         }
-        out
+        names
     }
+}
 
-    fn user_frame(
-        &self,
-        blaze: &std::cell::OnceCell<blazesym::symbolize::Symbolizer>,
-        snap: Option<&ProcSnapshot>,
-        addr: u64,
-        lookup: u64,
-    ) -> ResolvedFrame {
-        let Some(m) = snap.and_then(|s| s.find(lookup)) else {
-            return ResolvedFrame {
-                address: addr,
-                mapping: None,
-                names: vec![Arc::from(format!("[unknown] {addr:#x}"))].into(),
-                kernel: false,
-            };
-        };
-        let file_offset = lookup - m.line.start + m.line.offset;
-        let names = m
-            .binary
-            .as_ref()
-            .and_then(|b| self.binary_names(blaze, b, file_offset))
-            .unwrap_or_else(|| {
-                vec![Arc::from(format!(
-                    "[unknown] {}+{file_offset:#x}",
-                    binary_label(&m.line.path)
-                ))]
-                .into()
-            });
-        ResolvedFrame {
-            address: addr,
-            mapping: Some(m.info.clone()),
-            names,
-            kernel: false,
+/// Return addresses point after the call; look up the call instruction (not for the leaf).
+fn user_lookup(i: usize, a: u64) -> u64 {
+    if i == 0 {
+        a
+    } else {
+        a.saturating_sub(1)
+    }
+}
+
+fn names_of(s: &Symbolized) -> Option<Names> {
+    match s {
+        Symbolized::Sym(sym) => {
+            let mut v: Vec<Arc<str>> = sym
+                .inlined
+                .iter()
+                .rev()
+                .map(|f| Arc::from(f.name.as_ref()))
+                .collect();
+            v.push(Arc::from(sym.name.as_ref()));
+            Some(v.into())
         }
+        _ => None,
+    }
+}
+
+fn user_frame(
+    snap: Option<&ProcSnapshot>,
+    addr: u64,
+    lookup: u64,
+    names: &HashMap<(usize, u64), Option<Names>>,
+) -> ResolvedFrame {
+    let Some(m) = snap.and_then(|s| s.find(lookup)) else {
+        return ResolvedFrame {
+            address: addr,
+            mapping: None,
+            names: vec![Arc::from(format!("[unknown] {addr:#x}"))].into(),
+            kernel: false,
+        };
+    };
+    let file_offset = lookup - m.line.start + m.line.offset;
+    let names = m
+        .binary
+        .as_ref()
+        .and_then(|b| {
+            names
+                .get(&(Arc::as_ptr(b) as usize, file_offset))
+                .cloned()
+                .flatten()
+        })
+        .unwrap_or_else(|| {
+            vec![Arc::from(format!(
+                "[unknown] {}+{file_offset:#x}",
+                binary_label(&m.line.path)
+            ))]
+            .into()
+        });
+    ResolvedFrame {
+        address: addr,
+        mapping: Some(m.info.clone()),
+        names,
+        kernel: false,
+    }
+}
+
+#[cfg(test)]
+impl Symbolizer {
+    /// The plan of the first cached binary whose path ends with `suffix`.
+    fn plan_of(&self, suffix: &str) -> Option<&'static str> {
+        self.binaries
+            .lock()
+            .by_key
+            .values()
+            .find(|b| b.display.ends_with(suffix))
+            .map(|b| b.plan.name())
     }
 }
 
@@ -865,27 +1132,93 @@ mod tests {
             .unwrap();
         let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).unwrap();
         let pid = child.id();
-        let m = ProfilerMetrics::new(&SelfMetrics::new());
-        let s = Symbolizer::new(PathBuf::from("/proc"), SymbolizerLimits::default(), m);
-        s.observe(pid);
-        let r = s.resolve(&[RawSample {
+        // With DWARF (limit not reached) and with the debug data over the limit: then the
+        // stripped binary is symbolized from its debug file's `.symtab`, and still named.
+        let runs: Vec<_> = [(u64::MAX, "dwarf", 0), (0, "debug_file_symtab", 1)]
+            .into_iter()
+            .map(|(max, plan, skipped)| {
+                let m = ProfilerMetrics::new(&SelfMetrics::new());
+                let limits = SymbolizerLimits {
+                    debug_info_max_bytes: max,
+                    ..Default::default()
+                };
+                let s = Symbolizer::new(PathBuf::from("/proc"), limits, m.clone());
+                s.observe(pid);
+                (s, m, plan, skipped)
+            })
+            .collect();
+        child.wait().unwrap();
+        for (s, m, plan, skipped) in runs {
+            let r = s.resolve(&[RawSample {
+                key: StackKey {
+                    pid,
+                    tid: pid,
+                    cgroup_id: 0,
+                    comm: "d".into(),
+                    kernel: Arc::from(Vec::new()),
+                    user: vec![addr + 2].into(),
+                },
+                count: 1,
+            }]);
+            assert_eq!(
+                r[0].frames[0].outer_name(),
+                "debuglinked_fn",
+                "{plan}: {:?}",
+                r[0].frames[0]
+            );
+            assert_eq!(s.plan_of("/d"), Some(plan));
+            // Every binary of the snapshot is planned (libc & co. may carry some DWARF).
+            let n = m.debuginfo_skipped.get();
+            assert!((skipped..=skipped * 10).contains(&n), "{plan}: {n}");
+        }
+    }
+
+    /// Our own test binary (debug profile, full DWARF): symbolized with DWARF when the
+    /// limit allows, from `.symtab` otherwise (counted), and named the same either way;
+    /// `debug_info = false` is not counted as skipped.
+    #[test]
+    fn debug_info_limit_keeps_names() {
+        let addr = marker_function_for_symbolizer_test() + 1;
+        let pid = std::process::id();
+        let sample = RawSample {
             key: StackKey {
                 pid,
                 tid: pid,
                 cgroup_id: 0,
-                comm: "d".into(),
+                comm: "t".into(),
                 kernel: Arc::from(Vec::new()),
-                user: vec![addr + 2].into(),
+                user: vec![addr].into(),
             },
             count: 1,
-        }]);
-        child.wait().unwrap();
-        assert_eq!(
-            r[0].frames[0].outer_name(),
-            "debuglinked_fn",
-            "{:?}",
-            r[0].frames[0]
-        );
+        };
+        for (debug_info, max, plan, skipped) in [
+            (true, u64::MAX, "dwarf", 0),
+            (true, 1 << 20, "symtab", 1),
+            (false, 0, "symtab", 0),
+        ] {
+            let m = ProfilerMetrics::new(&SelfMetrics::new());
+            let limits = SymbolizerLimits {
+                debug_info,
+                debug_info_max_bytes: max,
+                ..Default::default()
+            };
+            let s = Symbolizer::new(PathBuf::from("/proc"), limits, m.clone());
+            let r = s.resolve(std::slice::from_ref(&sample));
+            let f = &r[0].frames[0];
+            assert!(
+                f.outer_name()
+                    .contains("marker_function_for_symbolizer_test"),
+                "{plan}: {:?}",
+                f.names
+            );
+            let exe = std::fs::read_link("/proc/self/exe").unwrap();
+            let exe = exe.to_string_lossy();
+            let name = exe.rsplit('/').next().unwrap();
+            assert_eq!(s.plan_of(&format!("/{name}")), Some(plan));
+            // Every binary of the snapshot is planned (libc & co. may carry some DWARF).
+            let n = m.debuginfo_skipped.get();
+            assert!((skipped..=skipped * 10).contains(&n), "{plan}: {n}");
+        }
     }
 
     #[test]
