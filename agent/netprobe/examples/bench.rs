@@ -154,6 +154,14 @@ fn main() {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
     println!("kernel.bpf_stats_enabled during the rounds: {stats_sysctl}");
+    // Other load on this 2-vCPU machine changes the baseline cost of a connection (the
+    // vCPUs share caches and may be hyperthread siblings): say what it was.
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    println!("load average before the rounds: {}", loadavg());
     // Warm-up (page cache, TCP memory, code paths).
     connect_loop(connects / 4);
     bulk(mib / 4);
@@ -237,6 +245,7 @@ fn main() {
     };
     let (pc, pb) = (paired(&c_on, &c_off), paired(&b_on, &b_off));
     let (pcc, pbc) = (paired(&cc_on, &cc_off), paired(&bc_on, &bc_off));
+    println!("load average after the rounds: {}", loadavg());
     let mc_on = median(&mut c_on);
     let mc_off = median(&mut c_off);
     let mb_on = median(&mut b_on);
