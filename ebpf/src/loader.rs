@@ -5,8 +5,8 @@
 //!   neither; classic tracepoints need tracefs for the tracepoint id.
 //! * [`load`] parses a committed CO-RE object, relocates it against the running kernel's
 //!   BTF (`/sys/kernel/btf/vmlinux`) and creates its maps. Programs are loaded (verified)
-//!   one by one with [`load_raw_tracepoint`] / [`load_tracepoint`] / [`load_program_error`],
-//!   so one program refused by the verifier does not take the others down.
+//!   one by one ([`load_btf_tracepoint`], or [`program_as`] then the program type's own
+//!   load), so one program refused by the verifier does not take the others down.
 //! * Every failure is a [`LoadError`] naming the object/program/hook and the reason; the
 //!   verifier log is kept (bounded to [`MAX_VERIFIER_LOG`] bytes, tail kept) so the
 //!   status endpoint can show it.
@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{ProgramError, RawTracePoint, TracePoint};
+use aya::programs::ProgramError;
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 
 /// Where the kernel exposes its own BTF.
@@ -388,10 +388,11 @@ pub fn kernel_btf() -> Result<Btf, LoadError> {
 }
 
 /// Parses `bytes` (a CO-RE object), relocates it against the kernel's BTF and creates its
-/// maps. Programs are not loaded yet: use [`load_raw_tracepoint`] and friends so each one
-/// fails (or works) on its own.
+/// maps. Programs are not loaded yet: load each one on its own (see [`program_as`]) so
+/// each fails (or works) on its own.
 pub fn load(object_name: &str, bytes: &[u8]) -> Result<Ebpf, LoadError> {
-    load_with(object_name, bytes, &LoadOptions::default())
+    let btf = kernel_btf()?;
+    load_object(object_name, bytes, &LoadOptions::default(), &btf, false)
 }
 
 /// Per-load overrides: map sizes (configurable bounds) and `volatile const` globals.
@@ -403,16 +404,21 @@ pub struct LoadOptions<'a> {
     pub globals_u64: &'a [(&'a str, u64)],
 }
 
-/// Like [`load`], with map sizes and tunables overridden.
-pub fn load_with(
+/// Parses, relocates against `btf` and creates the maps, with `opts` applied;
+/// `allow_unsupported_maps` admits map types aya has no typed wrapper for.
+fn load_object(
     object_name: &str,
     bytes: &[u8],
     opts: &LoadOptions<'_>,
+    btf: &Btf,
+    allow_unsupported_maps: bool,
 ) -> Result<Ebpf, LoadError> {
     raise_memlock_rlimit();
-    let btf = kernel_btf()?;
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(&btf));
+    loader.btf(Some(btf));
+    if allow_unsupported_maps {
+        loader.allow_unsupported_maps();
+    }
     for (name, n) in opts.max_entries {
         loader.set_max_entries(name, *n);
     }
@@ -433,53 +439,23 @@ fn valid_hook(program: &str, hook: &str) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Loads (verifies) the raw-tracepoint program `program` and attaches it to the raw
-/// tracepoint `hook` (e.g. `inet_sock_set_state`). Needs no tracefs.
-pub fn load_raw_tracepoint(
-    ebpf: &mut Ebpf,
+/// The program `program` of `object` as its concrete type `T` (`BtfTracePoint`,
+/// `PerfEvent`, ...), or an error naming what is missing or mismatched.
+pub fn program_as<'a, T>(
+    ebpf: &'a mut Ebpf,
     object: &str,
     program: &str,
-    hook: &str,
-) -> Result<(), LoadError> {
-    valid_hook(program, hook)?;
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
+) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(program)
         .ok_or_else(|| LoadError::ProgramMissing {
             object: object.into(),
             program: program.into(),
         })?
         .try_into()
-        .map_err(|e: ProgramError| program_error(program, e))?;
-    prog.load().map_err(|e| program_error(program, e))?;
-    prog.attach(hook)
-        .map_err(|e| attach_error(program, hook, e))?;
-    Ok(())
-}
-
-/// Loads the classic tracepoint program `program` and attaches it to `category:name`.
-/// Mounts tracefs first when needed (and permitted).
-pub fn load_tracepoint(
-    ebpf: &mut Ebpf,
-    object: &str,
-    program: &str,
-    category: &str,
-    name: &str,
-) -> Result<(), LoadError> {
-    valid_hook(program, category)?;
-    valid_hook(program, name)?;
-    ensure_tracefs()?;
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| LoadError::ProgramMissing {
-            object: object.into(),
-            program: program.into(),
-        })?
-        .try_into()
-        .map_err(|e: ProgramError| program_error(program, e))?;
-    prog.load().map_err(|e| program_error(program, e))?;
-    prog.attach(category, name)
-        .map_err(|e| attach_error(program, &format!("{category}:{name}"), e))?;
-    Ok(())
+        .map_err(|e: ProgramError| program_error(program, e))
 }
 
 /// Takes a map out of the object, or names the missing map.
@@ -490,26 +466,17 @@ pub fn take_map(ebpf: &mut Ebpf, object: &str, map: &str) -> Result<aya::maps::M
     })
 }
 
-/// Like [`load_with`], with an already parsed kernel BTF (parse it once with [`kernel_btf`]
-/// and reuse it for [`load_btf_tracepoint`]), and with map types that aya has no typed
-/// wrapper for (e.g. `BPF_MAP_TYPE_SK_STORAGE`, used only from BPF) allowed.
+/// Like [`load`], with map sizes and tunables overridden, an already parsed kernel BTF
+/// (parse it once with [`kernel_btf`] and reuse it for [`load_btf_tracepoint`]), and map
+/// types that aya has no typed wrapper for (e.g. `BPF_MAP_TYPE_SK_STORAGE`, used only
+/// from BPF) allowed.
 pub fn load_with_btf(
     object_name: &str,
     bytes: &[u8],
     opts: &LoadOptions<'_>,
     btf: &Btf,
 ) -> Result<Ebpf, LoadError> {
-    raise_memlock_rlimit();
-    let mut loader = EbpfLoader::new();
-    loader.btf(Some(btf));
-    loader.allow_unsupported_maps();
-    for (name, n) in opts.max_entries {
-        loader.set_max_entries(name, *n);
-    }
-    for (name, v) in opts.globals_u64 {
-        loader.set_global(name, v, true);
-    }
-    loader.load(bytes).map_err(|e| ebpf_error(object_name, e))
+    load_object(object_name, bytes, opts, btf, true)
 }
 
 /// Loads (verifies) the BTF-typed raw tracepoint program `program` (`SEC("tp_btf/...")`)
@@ -523,14 +490,7 @@ pub fn load_btf_tracepoint(
     btf: &Btf,
 ) -> Result<(), LoadError> {
     valid_hook(program, hook)?;
-    let prog: &mut aya::programs::BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| LoadError::ProgramMissing {
-            object: object.into(),
-            program: program.into(),
-        })?
-        .try_into()
-        .map_err(|e: ProgramError| program_error(program, e))?;
+    let prog: &mut aya::programs::BtfTracePoint = program_as(ebpf, object, program)?;
     prog.load(hook, btf).map_err(|e| match e {
         ProgramError::Btf(b) => LoadError::Attach {
             program: program.into(),

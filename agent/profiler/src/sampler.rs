@@ -124,14 +124,7 @@ impl std::fmt::Debug for EbpfSampler {
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
-    Ok(ebpf
-        .program_mut(obj::PROGRAM)
-        .ok_or_else(|| LoadError::ProgramMissing {
-            object: obj::OBJECT_NAME.into(),
-            program: obj::PROGRAM.into(),
-        })?
-        .try_into()
-        .map_err(|e| loader::program_error(obj::PROGRAM, e))?)
+    Ok(loader::program_as(ebpf, obj::OBJECT_NAME, obj::PROGRAM)?)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SamplerError>
