@@ -982,6 +982,23 @@ mod tests {
         marker_function_for_symbolizer_test as *const () as usize as u64
     }
 
+    /// A sample of this process whose only user frame is inside
+    /// `marker_function_for_symbolizer_test`.
+    fn own_sample(count: u64) -> RawSample {
+        let pid = std::process::id();
+        RawSample {
+            key: StackKey {
+                pid,
+                tid: pid,
+                cgroup_id: 0,
+                comm: "t".into(),
+                kernel: Arc::from(Vec::new()),
+                user: vec![marker_function_for_symbolizer_test() + 1].into(),
+            },
+            count,
+        }
+    }
+
     #[test]
     fn symbolizes_own_function_and_counts_cache() {
         let m = ProfilerMetrics::new(&SelfMetrics::new());
@@ -990,19 +1007,7 @@ mod tests {
             SymbolizerLimits::default(),
             m.clone(),
         );
-        let addr = marker_function_for_symbolizer_test() + 1;
-        let pid = std::process::id();
-        let sample = RawSample {
-            key: StackKey {
-                pid,
-                tid: pid,
-                cgroup_id: 0,
-                comm: "t".into(),
-                kernel: Arc::from(Vec::new()),
-                user: vec![addr].into(),
-            },
-            count: 3,
-        };
+        let sample = own_sample(3);
         let r = s.resolve(std::slice::from_ref(&sample));
         assert_eq!(r.len(), 1);
         let f = &r[0].frames[0];
@@ -1178,19 +1183,7 @@ mod tests {
     /// `debug_info = false` is not counted as skipped.
     #[test]
     fn debug_info_limit_keeps_names() {
-        let addr = marker_function_for_symbolizer_test() + 1;
-        let pid = std::process::id();
-        let sample = RawSample {
-            key: StackKey {
-                pid,
-                tid: pid,
-                cgroup_id: 0,
-                comm: "t".into(),
-                kernel: Arc::from(Vec::new()),
-                user: vec![addr].into(),
-            },
-            count: 1,
-        };
+        let sample = own_sample(1);
         for (debug_info, max, plan, skipped) in [
             (true, u64::MAX, "dwarf", 0),
             (true, 1 << 20, "symtab", 1),
