@@ -599,6 +599,19 @@ impl Symbolizer {
 
     /// Symbolizes the file offsets `offs` of `b` in one blazesym call, following the
     /// binary's [`SymPlan`]. One result per offset, in order.
+    /// Drops the blazesym symbolizer (unmapping everything it parsed), counted.
+    fn unmap(
+        &self,
+        blaze: &mut Option<blazesym::symbolize::Symbolizer>,
+        parsed: &mut HashSet<usize>,
+        created: &mut Instant,
+    ) {
+        *blaze = None;
+        parsed.clear();
+        *created = Instant::now();
+        self.metrics.symbolizer_unmaps.inc();
+    }
+
     fn symbolize_batch(
         &self,
         blaze: &mut Option<blazesym::symbolize::Symbolizer>,
@@ -842,19 +855,19 @@ impl Symbolizer {
             }
         }
         let mut over = false;
+        // The agent's RssFile as last read; nothing maps files between the reading after
+        // one binary and the check before the next, so that check reuses it.
+        let mut rss_kb: Option<Option<u64>> = None;
         for (ptr, (b, offs)) in pending {
             // Unmap what earlier binaries left mapped when this one would take the agent's
             // file-backed RSS over the bound.
-            if blaze.is_some()
+            let unmap_first = blaze.is_some()
                 && !parsed.contains(&ptr)
-                && rss_file_kb().is_some_and(|kb| {
+                && rss_kb.get_or_insert_with(rss_file_kb).is_some_and(|kb| {
                     kb.saturating_add(b.est_bytes >> 10) > BLAZE_KEEP_MAX_RSS_FILE_KB
-                })
-            {
-                blaze = None;
-                parsed.clear();
-                created = Instant::now();
-                self.metrics.symbolizer_unmaps.inc();
+                });
+            if unmap_first {
+                self.unmap(&mut blaze, &mut parsed, &mut created);
             }
             let resolved = self.symbolize_batch(&mut blaze, &b, &offs);
             parsed.insert(ptr);
@@ -864,12 +877,11 @@ impl Symbolizer {
                 }
                 names.insert((ptr, off), n);
             }
-            over = rss_file_kb().is_some_and(|kb| kb > BLAZE_KEEP_MAX_RSS_FILE_KB);
+            let kb = rss_file_kb();
+            rss_kb = Some(kb);
+            over = kb.is_some_and(|kb| kb > BLAZE_KEEP_MAX_RSS_FILE_KB);
             if over {
-                blaze = None;
-                parsed.clear();
-                created = Instant::now();
-                self.metrics.symbolizer_unmaps.inc();
+                self.unmap(&mut blaze, &mut parsed, &mut created);
             }
         }
         if let Some(sym) = blaze.filter(|_| !over) {
