@@ -185,13 +185,16 @@ pub async fn run(config: Config) -> Result<()> {
         )));
     }
 
+    // Handlers installed before the agent reports ready: a SIGTERM right after /readyz
+    // answers 200 must start the flush, not kill the process (the default action).
+    let signalled = shutdown_signal();
     state.ready.store(true, Ordering::Release);
     info!(collectors = state.collectors.len(), "nodescope ready");
 
     let server_shutdown = shutdown.clone();
     let signal_state = state.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         info!("shutdown requested; flushing");
         signal_state.ready.store(false, Ordering::Release);
         server_shutdown.cancel();
@@ -306,18 +309,30 @@ async fn periodic_collection(
     }
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on the
+/// first of those signals. (tokio's `ctrl_c()` would install its handler only when first
+/// polled.)
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot install SIGTERM handler; only Ctrl-C will stop the agent");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind)
+            .map_err(|e| warn!(error = %e, signal = name, "cannot install a signal handler"))
+            .ok()
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let term = install(SignalKind::terminate(), "SIGTERM");
+    let int = install(SignalKind::interrupt(), "SIGINT");
+    async move {
+        async fn recv(s: Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(term) => {}
+            _ = recv(int) => {}
+        }
     }
 }
