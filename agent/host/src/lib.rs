@@ -11,9 +11,10 @@
 //! collector it mirrors (`cpu`, `meminfo`, `filesystem`, ...) and emits node_exporter 1.5's
 //! metric names, types, help strings and labels. See `docs/host-metrics.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod collectors;
+mod component;
 mod config;
 mod filter;
 mod util;
@@ -42,38 +43,7 @@ pub mod parse {
     pub use crate::collectors::vmstat::parse_vmstat;
 }
 
-/// Where the host's `/proc`, `/sys` and `/` are visible to the agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPaths {
-    pub proc: PathBuf,
-    pub sys: PathBuf,
-    pub root: PathBuf,
-}
-
-impl HostPaths {
-    /// `/` gives `/proc`, `/sys`, `/`; any other root `R` gives `R/proc`, `R/sys`, `R/root`
-    /// (the layout of the kube-prometheus node-exporter DaemonSet's host mounts).
-    pub fn from_root(host_root: &Path) -> Self {
-        if host_root == Path::new("/") || host_root.as_os_str().is_empty() {
-            return HostPaths {
-                proc: PathBuf::from("/proc"),
-                sys: PathBuf::from("/sys"),
-                root: PathBuf::from("/"),
-            };
-        }
-        HostPaths {
-            proc: host_root.join("proc"),
-            sys: host_root.join("sys"),
-            root: host_root.join("root"),
-        }
-    }
-}
-
-impl Default for HostPaths {
-    fn default() -> Self {
-        HostPaths::from_root(Path::new("/"))
-    }
-}
+pub use nodescope_model::host::HostPaths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -129,6 +99,7 @@ pub fn check_host_root(paths: &HostPaths) -> Result<(), HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn host_paths_from_root() {

@@ -14,6 +14,7 @@
 
 mod cache;
 mod client;
+mod component;
 
 use std::path::PathBuf;
 use std::time::Duration;

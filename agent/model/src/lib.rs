@@ -9,6 +9,8 @@ pub mod collector;
 pub mod config;
 pub mod exporter;
 pub mod feeds;
+pub mod host;
+pub mod lane;
 pub mod logs;
 pub mod metrics;
 pub mod profile;

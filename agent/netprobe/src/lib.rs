@@ -11,6 +11,7 @@
 //! See docs/network.md for hooks, map bounds, labels and degradation.
 
 pub mod aggregate;
+mod component;
 pub mod config;
 pub mod events;
 pub mod probe;

@@ -392,13 +392,17 @@ impl NetProbe {
         })
     }
 
-    /// Starts the ring-buffer reader (events -> log records through the emitter). Call
-    /// once inside a tokio runtime; later calls (or no probes loaded) return None.
-    pub fn spawn(&self, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    /// The ring-buffer reader (events -> log records through the emitter), to run on the
+    /// runtime until `shutdown`. Call once inside a tokio runtime (the ring buffer is
+    /// registered with it); later calls (or no probes loaded) return None.
+    pub fn event_task(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         if tokio::runtime::Handle::try_current().is_err() {
             self.inner.status.set_detail(
                 "events",
-                "spawn() called outside a tokio runtime; events not read",
+                "event_task() called outside a tokio runtime; events not read",
             );
             return None;
         }
@@ -416,9 +420,13 @@ impl NetProbe {
                     return None;
                 }
             };
-        Some(tokio::spawn(
-            event_loop(inner, afd, shutdown).instrument(tracing::info_span!("netprobe_events")),
-        ))
+        Some(event_loop(inner, afd, shutdown).instrument(tracing::info_span!("netprobe_events")))
+    }
+
+    /// Spawns [`NetProbe::event_task`] on the current runtime (tests and embedders; the
+    /// agent runs it as a component task and joins it at shutdown).
+    pub fn spawn(&self, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        self.event_task(shutdown).map(tokio::spawn)
     }
 
     /// `GET /api/v1/network/connections[?limit=N]`.

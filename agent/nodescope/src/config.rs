@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nodescope_component::{AgentSettings, Component, ValidateContext};
 use nodescope_exporter_loki::LokiConfig;
 use nodescope_exporter_otlp::OtlpConfig;
 use nodescope_exporter_pyroscope::PyroscopeConfig;
@@ -131,6 +132,17 @@ fn render(issues: &[ConfigIssue]) -> String {
 /// Bound on the remove-and-retry loop that finds every deserialization error.
 const MAX_SCHEMA_ERRORS: usize = 64;
 
+/// What validation checks besides the file itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checks {
+    /// Also what `run` depends on: the host root, token and TLS files, WAL directories.
+    /// `run` and `nodescope validate` use this, so what `validate` accepts, `run` starts.
+    Environment,
+    /// Syntax, types and values only (`nodescope validate --offline`: a config checked on a
+    /// machine other than the node it is for).
+    Offline,
+}
+
 /// Which settings came from the environment (their errors name the variable).
 #[derive(Debug, Default, Clone, Copy)]
 struct FromEnv {
@@ -146,6 +158,7 @@ impl Config {
     pub fn load(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
+        checks: Checks,
     ) -> Result<Config, ConfigError> {
         match path {
             Some(path) => {
@@ -153,16 +166,16 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                Config::parse_with_env(&text, &path.display().to_string(), env)
+                Config::parse_with_env(&text, &path.display().to_string(), env, checks)
             }
-            None => Config::parse_with_env(DEFAULT_CONFIG, "embedded default config", env),
+            None => Config::parse_with_env(DEFAULT_CONFIG, "embedded default config", env, checks),
         }
     }
 
     /// Parses and validates (no environment overrides).
     #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Config::parse_with_env(text, origin, |_| None)
+        Config::parse_with_env(text, origin, |_| None, Checks::Offline)
     }
 
     /// Parses, applies the environment overrides, validates. Schema errors (unknown key,
@@ -173,6 +186,7 @@ impl Config {
         text: &str,
         origin: &str,
         env: impl Fn(&str) -> Option<String>,
+        checks: Checks,
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.to_string(),
@@ -199,7 +213,7 @@ impl Config {
             }
         };
         let from_env = config.override_from_env(env);
-        config.validate(from_env, &mut issues);
+        config.validate(from_env, checks, &mut issues);
         if issues.is_empty() {
             Ok(config)
         } else {
@@ -231,7 +245,7 @@ impl Config {
         from
     }
 
-    fn validate(&self, from_env: FromEnv, issues: &mut Issues) {
+    fn validate(&self, from_env: FromEnv, checks: Checks, issues: &mut Issues) {
         let a = &self.agent;
         let listen_key = if from_env.listen {
             ENV_LISTEN
@@ -282,10 +296,6 @@ impl Config {
         if let Some(n) = &a.node_name {
             issues.check(!n.trim().is_empty(), "agent.node_name", "must not be empty");
         }
-        self.host.validate("host", issues);
-        self.network.validate("network", issues);
-        self.profiling.validate("profiling", issues);
-        self.kubernetes.validate("kubernetes", issues);
         self.http.security.validate("http.security", issues);
         if let Ok(addr) = self.agent.listen.parse::<SocketAddr>() {
             self.http.security.validate_for_listen(
@@ -294,18 +304,58 @@ impl Config {
                 issues,
             );
         }
+        // What `run` reads before serving (token file, TLS material) is read here too, so
+        // that what `validate` accepts, `run` starts.
+        let sec = &self.http.security;
+        let environment = checks == Checks::Environment;
+        if environment && (sec.token_file.is_some() || sec.tls.is_some()) {
+            if let Err(e) = sec.build() {
+                issues.push("http.security", e.to_string());
+            }
+        }
+        let ctx = ValidateContext {
+            agent: self.agent_settings(),
+            host_root_key: root_key,
+            environment,
+        };
+        for c in self.components() {
+            if c.enabled() || c.validate_when_disabled() {
+                c.validate(&ctx, issues);
+            }
+        }
+    }
+
+    /// Every component of the agent, in build order: exporters first (so producers know
+    /// which signals are wanted), then Kubernetes (the pod lookup), then the producers.
+    /// `app.rs` builds this list; `validate` checks it.
+    pub fn components(&self) -> Vec<&dyn Component> {
         let e = &self.exporters;
-        if e.otlp.enabled {
-            e.otlp.validate("exporters.otlp", issues);
-        }
-        if e.loki.enabled {
-            e.loki.validate("exporters.loki", issues);
-        }
-        if e.remote_write.enabled {
-            e.remote_write.validate("exporters.remote_write", issues);
-        }
-        if e.pyroscope.enabled {
-            e.pyroscope.validate("exporters.pyroscope", issues);
+        vec![
+            &e.otlp,
+            &e.loki,
+            &e.remote_write,
+            &e.pyroscope,
+            &self.kubernetes,
+            &self.host,
+            &self.network,
+            &self.profiling,
+        ]
+    }
+
+    /// `[agent]` as every component sees it (after the environment overrides).
+    pub fn agent_settings(&self) -> AgentSettings {
+        let a = &self.agent;
+        AgentSettings {
+            listen: self.listen_addr(),
+            host_root: a.host_root.clone(),
+            collect_interval: a.collect_interval,
+            collector_timeout: a.collector_timeout,
+            shutdown_timeout: a.shutdown_timeout,
+            queue_capacity: a.queue_capacity,
+            node_name: a
+                .node_name
+                .clone()
+                .or_else(|| std::env::var(ENV_NODE_NAME).ok().filter(|s| !s.is_empty())),
         }
     }
 
@@ -454,24 +504,38 @@ queue_capacity = 1
 
     #[test]
     fn env_overrides_listen_and_root() {
-        let c = Config::load(None, |k| match k {
-            ENV_LISTEN => Some("127.0.0.2:9999".into()),
-            ENV_HOST_ROOT => Some("/host".into()),
-            _ => None,
-        })
+        let c = Config::load(
+            None,
+            |k| match k {
+                ENV_LISTEN => Some("127.0.0.2:9999".into()),
+                ENV_HOST_ROOT => Some("/host".into()),
+                _ => None,
+            },
+            Checks::Offline,
+        )
         .unwrap();
         assert_eq!(c.listen_addr().port(), 9999);
         assert_eq!(c.agent.host_root, PathBuf::from("/host"));
-        let err =
-            Config::load(None, |k| (k == ENV_LISTEN).then(|| "nope".to_string())).unwrap_err();
+        let err = Config::load(
+            None,
+            |k| (k == ENV_LISTEN).then(|| "nope".to_string()),
+            Checks::Offline,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(ENV_LISTEN), "{err}");
-        let err =
-            Config::load(None, |k| (k == ENV_HOST_ROOT).then(|| "host".to_string())).unwrap_err();
+        let err = Config::load(
+            None,
+            |k| (k == ENV_HOST_ROOT).then(|| "host".to_string()),
+            Checks::Offline,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(ENV_HOST_ROOT), "{err}");
         // Off loopback without credentials, /debug and /api would be unreachable: refused.
-        let err = Config::load(None, |k| {
-            (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string())
-        })
+        let err = Config::load(
+            None,
+            |k| (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string()),
+            Checks::Offline,
+        )
         .unwrap_err();
         assert!(
             err.to_string().contains("http.security.token_file"),
@@ -488,19 +552,59 @@ queue_capacity = 1
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[agent]\nlisten = \"0.0.0.0:9780\"\n").unwrap();
-        let err = Config::load(Some(&path), |_| None).unwrap_err();
+        let err = Config::load(Some(&path), |_| None, Checks::Offline).unwrap_err();
         assert!(err.to_string().contains("http.security"), "{err}");
-        let c = Config::load(Some(&path), |k| {
-            (k == ENV_LISTEN).then(|| "127.0.0.1:9781".to_string())
-        })
+        let c = Config::load(
+            Some(&path),
+            |k| (k == ENV_LISTEN).then(|| "127.0.0.1:9781".to_string()),
+            Checks::Offline,
+        )
         .unwrap();
         assert_eq!(c.listen_addr().port(), 9781);
         std::fs::write(&path, "[agent]\nlisten = \"127.0.0.1:9780\"\n").unwrap();
-        let err = Config::load(Some(&path), |k| {
-            (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string())
-        })
+        let err = Config::load(
+            Some(&path),
+            |k| (k == ENV_LISTEN).then(|| "0.0.0.0:9780".to_string()),
+            Checks::Offline,
+        )
         .unwrap_err();
         assert!(err.to_string().contains("http.security"), "{err}");
+    }
+
+    /// Issue 16 item 6: what `validate` accepts, `run` starts. A missing host root, token
+    /// file, or a WAL directory that cannot be created are reported by validation (with
+    /// their keys), not first by `run`.
+    #[test]
+    fn environment_checks_catch_what_run_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let text = format!(
+            "[agent]\nhost_root = \"{root}\"\n[http.security]\ntoken_file = \"{tok}\"\n\
+             [exporters.loki]\nenabled = true\nendpoint = \"http://127.0.0.1:1/loki/api/v1/push\"\n\
+             [exporters.loki.wal]\nenabled = true\ndir = \"{wal}\"\n",
+            root = dir.path().join("no-such-root").display(),
+            tok = dir.path().join("no-such-token").display(),
+            wal = file.join("wal").display(),
+        );
+        assert!(Config::parse_with_env(&text, "t.toml", |_| None, Checks::Offline).is_ok());
+        let err =
+            Config::parse_with_env(&text, "t.toml", |_| None, Checks::Environment).unwrap_err();
+        let ConfigError::Invalid { issues, .. } = &err else {
+            panic!("{err}");
+        };
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        for k in ["agent.host_root", "http.security", "exporters.loki.wal.dir"] {
+            assert!(keys.contains(&k), "{k} missing in {err}");
+        }
+        // The environment variable is named when it set the root.
+        let err = Config::load(
+            None,
+            |k| (k == ENV_HOST_ROOT).then(|| "/no/such/host".to_string()),
+            Checks::Environment,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(ENV_HOST_ROOT), "{err}");
     }
 
     proptest::proptest! {

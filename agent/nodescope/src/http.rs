@@ -1,7 +1,7 @@
 //! The agent's HTTP API: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`, plus the
 //! routers that other components contribute (network connections, pprof).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,20 +20,46 @@ use crate::runner::CollectorSet;
 use crate::selfstats::{ProcessStats, VERSION};
 
 pub struct AppState {
-    pub collectors: Arc<CollectorSet>,
+    pub collectors: CollectorSet,
     pub self_metrics: SelfMetrics,
     pub process: ProcessStats,
     pub status: StatusRegistry,
     pub ready: AtomicBool,
     pub started: Instant,
-    /// Serialises scrapes: concurrent scrapers wait and then collect fresh values,
-    /// instead of stacking up runs of the same collectors.
-    pub scrape_lock: tokio::sync::Mutex<usize>,
+    /// Size of the last /metrics body, to allocate the next one at once. (Concurrent
+    /// scrapes share each collector's run: see the runner.)
+    pub last_body_len: AtomicUsize,
     pub scrapes: Counter,
     pub scrape_duration: Gauge,
 }
 
 impl AppState {
+    pub fn new(
+        collectors: CollectorSet,
+        self_metrics: &SelfMetrics,
+        status: &StatusRegistry,
+    ) -> Self {
+        AppState {
+            collectors,
+            process: ProcessStats::register(self_metrics),
+            scrapes: self_metrics.counter(
+                "nodescope_scrapes_total",
+                "Scrapes of /metrics served.",
+                &[],
+            ),
+            scrape_duration: self_metrics.gauge(
+                "nodescope_scrape_duration_seconds",
+                "Duration of the last /metrics scrape, collection and encoding included.",
+                &[],
+            ),
+            self_metrics: self_metrics.clone(),
+            status: status.clone(),
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            last_body_len: AtomicUsize::new(64 * 1024),
+        }
+    }
+
     /// Everything the agent reports about itself, as families.
     pub fn self_families(&self) -> Vec<MetricFamily> {
         self.process.refresh();
@@ -73,12 +99,11 @@ async fn index() -> impl IntoResponse {
 
 async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let mut last_len = st.scrape_lock.lock().await;
     let started = Instant::now();
     let batches = st.collectors.collect_all().await;
     st.scrapes.inc();
     let self_fams = st.self_families();
-    let mut body = String::with_capacity(*last_len + 4096);
+    let mut body = String::with_capacity(st.last_body_len.load(Ordering::Relaxed) + 4096);
     encode(
         batches
             .iter()
@@ -87,7 +112,7 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         format,
         &mut body,
     );
-    *last_len = body.len();
+    st.last_body_len.store(body.len(), Ordering::Relaxed);
     st.scrape_duration.set(started.elapsed().as_secs_f64());
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }

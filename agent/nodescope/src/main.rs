@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use config::{Config, LogFormat};
+use config::{Checks, Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -34,10 +34,15 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and print every problem found.
+    /// Check a configuration file and print every problem found: syntax, types and values,
+    /// and what `run` depends on (the host root, token and TLS files, WAL directories).
     Validate {
         /// The TOML file to check.
         file: PathBuf,
+        /// Check the file alone, not the files and directories it refers to (for a config
+        /// checked on another machine than the node it is for).
+        #[arg(long)]
+        offline: bool,
     },
     /// Profile a process, a container or the whole node through the local agent's HTTP
     /// API and write the result (pprof, SVG flame graph or folded stacks) to a file.
@@ -47,18 +52,27 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { file } => validate(&file),
+        Command::Validate { file, offline } => validate(&file, offline),
         Command::Run { config } => run(config),
         Command::Profile(args) => profile(&args),
     }
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
-    Config::load(path.map(PathBuf::as_path), |k| std::env::var(k).ok())
+fn load(path: Option<&PathBuf>, checks: Checks) -> Result<Config, config::ConfigError> {
+    Config::load(
+        path.map(PathBuf::as_path),
+        |k| std::env::var(k).ok(),
+        checks,
+    )
 }
 
-fn validate(file: &PathBuf) -> ExitCode {
-    match load(Some(file)) {
+fn validate(file: &PathBuf, offline: bool) -> ExitCode {
+    let checks = if offline {
+        Checks::Offline
+    } else {
+        Checks::Environment
+    };
+    match load(Some(file), checks) {
         Ok(_) => {
             println!("{}: configuration is valid", file.display());
             ExitCode::SUCCESS
@@ -105,7 +119,7 @@ fn init_logging(c: &Config) {
 }
 
 fn run(config_path: Option<PathBuf>) -> ExitCode {
-    let config = match load(config_path.as_ref()) {
+    let config = match load(config_path.as_ref(), Checks::Environment) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -129,8 +143,25 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
     match rt.block_on(app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `context: cause: cause`, leaving out a cause whose text the message before it already
+/// contains (library errors often quote their source, e.g. "reading /x: No such file").
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -27,27 +27,55 @@ struct Route {
     status: StatusHandle,
 }
 
+/// The pipeline's bounded intake, created before any component so producers can hold an
+/// [`Emitter`] while they are built; [`Pipeline::start`] then routes it to the exporters.
+pub struct Intake {
+    emitter: Emitter,
+    rx: mpsc::Receiver<Signal>,
+    dropped: Arc<AtomicU64>,
+    capacity: usize,
+}
+
+impl Intake {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Signal>(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        Intake {
+            emitter: Emitter::new(tx, dropped.clone()),
+            rx,
+            dropped,
+            capacity,
+        }
+    }
+
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+}
+
 pub struct Pipeline {
     emitter: Emitter,
-    /// Per signal kind (metrics, logs, profiles): does any exporter take it?
-    wanted: [bool; 3],
     fanout: JoinHandle<()>,
     exporters: Vec<(String, JoinHandle<()>)>,
 }
 
 impl Pipeline {
-    /// Starts the fan-out and one task per exporter.
+    /// Starts the fan-out and one task per exporter. Each exporter queue holds as many
+    /// signals as the intake.
     pub fn start(
+        intake: Intake,
         exporters: Vec<Box<dyn Exporter>>,
-        capacity: usize,
         flush_timeout: Duration,
         metrics: &SelfMetrics,
         status: &StatusRegistry,
         shutdown: CancellationToken,
     ) -> Pipeline {
-        let (intake_tx, intake_rx) = mpsc::channel::<Signal>(capacity);
-        let intake_dropped = Arc::new(AtomicU64::new(0));
-        let emitter = Emitter::new(intake_tx.clone(), intake_dropped.clone());
+        let Intake {
+            emitter,
+            rx: intake_rx,
+            dropped: intake_dropped,
+            capacity,
+        } = intake;
         let intake_status = status.register("intake", ComponentKind::Pipeline);
         intake_status.set_state(ComponentState::Ok, None);
 
@@ -83,7 +111,6 @@ impl Pipeline {
             let queue = ExporterQueue { rx, flush_timeout };
             tasks.push((name, tokio::spawn(exporter.run(queue).instrument(span))));
         }
-        let wanted = SignalKind::ALL.map(|k| routes.iter().any(|r| r.accepts[k.index()]));
         let unrouted = SignalKind::ALL.map(|k| {
             metrics.counter(
                 "nodescope_pipeline_unrouted_total",
@@ -109,8 +136,6 @@ impl Pipeline {
             "Signals dropped because a pipeline queue was full (drop-newest policy).",
             &[("queue", "intake")],
         );
-        // The fan-out owns no sender: it must not keep the intake open by itself.
-        drop(intake_tx);
         let fanout = tokio::spawn(
             fan_out(
                 intake_rx,
@@ -126,20 +151,9 @@ impl Pipeline {
         );
         Pipeline {
             emitter,
-            wanted,
             fanout,
             exporters: tasks,
         }
-    }
-
-    pub fn emitter(&self) -> Emitter {
-        self.emitter.clone()
-    }
-
-    /// Whether any exporter consumes `kind` (if none takes metrics, periodic collection
-    /// is skipped; if none takes profiles, continuous profiling is).
-    pub fn wants(&self, kind: SignalKind) -> bool {
-        self.wanted[kind.index()]
     }
 
     /// Waits for the fan-out to drain (it stops when `shutdown` fires) and for every
@@ -287,7 +301,10 @@ mod tests {
         let metrics = SelfMetrics::new();
         let status = StatusRegistry::default();
         let shutdown = CancellationToken::new();
+        let intake = Intake::new(16);
+        let e = intake.emitter();
         let p = Pipeline::start(
+            intake,
             vec![
                 Box::new(Sink {
                     got: got.clone(),
@@ -298,13 +315,11 @@ mod tests {
                     stalled: true,
                 }),
             ],
-            16,
             Duration::from_secs(1),
             &metrics,
             &status,
             shutdown.clone(),
         );
-        let e = p.emitter();
         let mut sent = 0;
         for _ in 0..200 {
             if e.emit(batch()) {

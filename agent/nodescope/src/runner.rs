@@ -1,31 +1,48 @@
-//! Runs collectors under a timeout, never two runs of the same collector at once.
+//! Runs collectors under a timeout, never two runs of the same collector at once, and
+//! shares one collection between every caller that asks at the same time.
 //!
-//! A scrape hands all collectors to one blocking *lane* (a `spawn_blocking` thread) that
-//! runs them one after another and reports each result as it finishes. One thread
-//! hand-off per scrape instead of one per collector: on a 2-core node the context
-//! switches of a fan-out cost more CPU than reading `/proc` itself. Isolation is kept:
-//! the async side waits at most `timeout` for each result; when a collector overruns,
-//! the lane is abandoned (it exits once that collector returns), the collector is
-//! reported `stuck` and skipped by later scrapes until it returns, and the collectors
-//! that had not run yet continue on a fresh lane. A hung NFS mount can neither hang a
-//! scrape nor pile up threads (at most one blocked thread per stuck collector).
+//! A collection hands its collectors to one [`Lane`] (a dedicated thread, one hand-off per
+//! collection) that runs them one after another; each collector may take at most the
+//! collector timeout *from its own start*. When one overruns, the lane is abandoned (its
+//! thread exits once that collector returns), the collector is reported `stuck` and
+//! skipped until it returns, and the collectors after it continue on a fresh lane. A hung
+//! NFS mount can neither hang a scrape nor pile up threads.
+//!
+//! Callers (a Prometheus scrape, the push ticker, the flight recorder at 1 s) may overlap.
+//! A collector already running for another caller is not started again and not marked
+//! stuck: the second caller waits for that run (up to the time left of its timeout) and
+//! shares its result.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use nodescope_model::lane::{ItemOutcome, Lane};
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{
-    CollectError, Collector, ComponentKind, ComponentState, MetricBatch, MetricFamily,
-    StatusHandle, StatusRegistry,
+    CollectError, Collector, ComponentKind, ComponentState, MetricBatch, StatusHandle,
+    StatusRegistry,
 };
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::watch;
 use tracing::{debug, warn};
+
+/// Upper bound on lane threads blocked in collectors that never returned; past it new
+/// collections skip the remaining collectors (reported) instead of starting threads.
+const MAX_BLOCKED_LANES: usize = 8;
+
+type RunResult = Result<Arc<MetricBatch>, CollectError>;
 
 struct Slot {
     collector: Arc<dyn Collector>,
+    /// Claimed by the collection that runs it, until the collector returns.
     running: AtomicBool,
+    /// When the current run started on its lane (None while queued).
+    started: Mutex<Option<Instant>>,
+    /// The last finished run: its batch (None when it failed) and generation.
+    last: Mutex<Option<Arc<MetricBatch>>>,
+    /// Bumped when a run finishes; waiters on a running collector watch it.
+    generation: watch::Sender<u64>,
     status: StatusHandle,
     success: Gauge,
     duration: Gauge,
@@ -36,6 +53,7 @@ struct Slot {
 pub struct CollectorSet {
     slots: Arc<Vec<Slot>>,
     timeout: Duration,
+    lane: Lane,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,13 +63,10 @@ pub enum RunOutcome {
     Failed,
     TimedOut,
     SkippedStuck,
+    /// Ran for another caller at the same time; its result was shared.
+    Shared,
+    NotRun,
 }
-
-type LaneResult = (
-    usize,
-    std::thread::Result<Result<Vec<MetricFamily>, CollectError>>,
-    Duration,
-);
 
 impl CollectorSet {
     pub fn new(
@@ -66,6 +81,9 @@ impl CollectorSet {
                 let name = collector.name();
                 Slot {
                     running: AtomicBool::new(false),
+                    started: Mutex::new(None),
+                    last: Mutex::new(None),
+                    generation: watch::channel(0).0,
                     status: status.register(name, ComponentKind::Collector),
                     success: metrics.gauge(
                         "nodescope_collector_success",
@@ -89,6 +107,7 @@ impl CollectorSet {
         CollectorSet {
             slots: Arc::new(slots),
             timeout,
+            lane: Lane::new("collect", MAX_BLOCKED_LANES),
         }
     }
 
@@ -96,148 +115,192 @@ impl CollectorSet {
         self.slots.len()
     }
 
-    /// Runs every collector; returns the batches of those that succeeded, in
-    /// registration order, with each collector's outcome.
-    pub async fn collect_all(&self) -> Vec<MetricBatch> {
-        self.collect_with_outcomes()
+    /// Runs every collector; returns the batches of those that succeeded, in registration
+    /// order.
+    pub async fn collect_all(&self) -> Vec<Arc<MetricBatch>> {
+        self.collect(|_| true).await
+    }
+
+    /// Runs the collectors whose name `which` accepts.
+    pub async fn collect(&self, which: impl Fn(&str) -> bool) -> Vec<Arc<MetricBatch>> {
+        self.collect_with_outcomes(which)
             .await
             .into_iter()
             .filter_map(|(_, b)| b)
             .collect()
     }
 
-    async fn collect_with_outcomes(&self) -> Vec<(RunOutcome, Option<MetricBatch>)> {
-        let mut results: Vec<Option<(RunOutcome, Option<MetricBatch>)>> =
-            (0..self.slots.len()).map(|_| None).collect();
-        let mut pending: Vec<usize> = Vec::with_capacity(self.slots.len());
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.running.load(Ordering::Acquire) {
-                results[i] = Some((skip_stuck(slot), None));
+    async fn collect_with_outcomes(
+        &self,
+        which: impl Fn(&str) -> bool,
+    ) -> Vec<(RunOutcome, Option<Arc<MetricBatch>>)> {
+        let chosen: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| which(self.slots[i].collector.name()))
+            .collect();
+        let mut results: Vec<Option<(RunOutcome, Option<Arc<MetricBatch>>)>> =
+            (0..chosen.len()).map(|_| None).collect();
+        // Claim what is idle; watch what another collection is running.
+        let mut mine: Vec<usize> = Vec::new();
+        let mut mine_pos: Vec<usize> = Vec::new();
+        let mut theirs: Vec<(usize, usize, watch::Receiver<u64>)> = Vec::new();
+        for (pos, &i) in chosen.iter().enumerate() {
+            let slot = &self.slots[i];
+            let rx = slot.generation.subscribe();
+            if slot.running.swap(true, Ordering::AcqRel) {
+                theirs.push((pos, i, rx));
             } else {
-                pending.push(i);
+                mine.push(i);
+                mine_pos.push(pos);
             }
         }
-        while !pending.is_empty() {
-            let (tx, mut rx) = mpsc::channel::<LaneResult>(pending.len());
-            let abandoned = Arc::new(AtomicBool::new(false));
-            let current = Arc::new(AtomicUsize::new(usize::MAX));
-            let lane = {
-                let slots = self.slots.clone();
-                let order = pending.clone();
-                let abandoned = abandoned.clone();
-                let current = current.clone();
-                move || run_lane(&slots, &order, &abandoned, &current, &tx)
-            };
-            tokio::task::spawn_blocking(lane);
-            loop {
-                match tokio::time::timeout(self.timeout, rx.recv()).await {
-                    Ok(Some((i, r, elapsed))) => {
-                        pending.retain(|&p| p != i);
-                        results[i] = Some(self.record(i, r, elapsed));
-                    }
-                    // The lane finished (or skipped the rest as already running).
-                    Ok(None) => {
-                        for i in pending.drain(..) {
-                            results[i] = Some((skip_stuck(&self.slots[i]), None));
-                        }
-                        break;
-                    }
-                    Err(_) => {
-                        abandoned.store(true, Ordering::Release);
-                        // Results that raced with the timeout still count.
-                        while let Ok((i, r, elapsed)) = rx.try_recv() {
-                            pending.retain(|&p| p != i);
-                            results[i] = Some(self.record(i, r, elapsed));
-                        }
-                        let i = current.load(Ordering::Acquire);
-                        if let Some(pos) = pending.iter().position(|&p| p == i) {
-                            pending.remove(pos);
-                            results[i] = Some((self.timed_out(i), None));
-                        }
-                        break;
-                    }
-                }
+        if !mine.is_empty() {
+            let slots = self.slots.clone();
+            let outcomes = self
+                .lane
+                .run(mine.clone(), self.timeout, move |&i| run_one(&slots[i]))
+                .await;
+            for ((&i, &pos), outcome) in mine.iter().zip(&mine_pos).zip(outcomes) {
+                results[pos] = Some(self.record(i, outcome));
             }
+        }
+        for (pos, i, mut rx) in theirs {
+            results[pos] = Some(self.share(i, &mut rx).await);
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or((RunOutcome::SkippedStuck, None)))
+            .map(|r| r.unwrap_or((RunOutcome::NotRun, None)))
             .collect()
     }
 
-    fn timed_out(&self, i: usize) -> RunOutcome {
+    /// Waits for another collection's run of slot `i` (at most until that run's timeout)
+    /// and shares its result.
+    async fn share(
+        &self,
+        i: usize,
+        rx: &mut watch::Receiver<u64>,
+    ) -> (RunOutcome, Option<Arc<MetricBatch>>) {
         let slot = &self.slots[i];
-        let name = slot.collector.name();
-        slot.success.set(0.0);
-        slot.timeouts.inc();
-        slot.duration.set(self.timeout.as_secs_f64());
-        warn!(
-            collector = name,
-            timeout_ms = self.timeout.as_millis() as u64,
-            "collector timed out"
-        );
-        slot.status.failure(
-            ComponentState::Stuck,
-            format!(
-                "timed out after {:?}; further runs skipped until it returns",
-                self.timeout
-            ),
-            Some(self.timeout),
-        );
-        RunOutcome::TimedOut
+        loop {
+            if !slot.running.load(Ordering::Acquire) {
+                // Finished between the claim and now.
+                return (RunOutcome::Shared, slot.last.lock().clone());
+            }
+            let started = *slot.started.lock();
+            let deadline = match started {
+                Some(t) => t + self.timeout,
+                // Queued on the other lane: give it a full timeout once it starts.
+                None => Instant::now() + self.timeout,
+            };
+            if Instant::now() >= deadline {
+                return (skip_stuck(slot), None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(Duration::from_millis(250)), rx.changed()).await {
+                Ok(Ok(())) => return (RunOutcome::Shared, slot.last.lock().clone()),
+                Ok(Err(_)) => return (RunOutcome::NotRun, None),
+                // Re-check: it may have started (new deadline) or be stuck.
+                Err(_) => continue,
+            }
+        }
     }
 
     fn record(
         &self,
         i: usize,
-        r: std::thread::Result<Result<Vec<MetricFamily>, CollectError>>,
-        elapsed: Duration,
-    ) -> (RunOutcome, Option<MetricBatch>) {
+        outcome: ItemOutcome<(RunResult, Duration)>,
+    ) -> (RunOutcome, Option<Arc<MetricBatch>>) {
         let slot = &self.slots[i];
         let name = slot.collector.name();
-        slot.duration.set(elapsed.as_secs_f64());
-        match r {
-            Ok(Ok(families)) => {
-                slot.success.set(1.0);
-                slot.status.success(elapsed);
-                (
-                    RunOutcome::Ok,
-                    Some(MetricBatch {
-                        source: name.into(),
-                        timestamp: SystemTime::now(),
-                        families,
-                    }),
-                )
-            }
-            Ok(Err(e)) => {
-                slot.success.set(0.0);
-                let (state, outcome) = match e {
-                    CollectError::Unavailable { .. } => {
-                        (ComponentState::Unavailable, RunOutcome::Unavailable)
+        match outcome {
+            ItemOutcome::Done((r, elapsed)) => {
+                slot.duration.set(elapsed.as_secs_f64());
+                match r {
+                    Ok(batch) => {
+                        slot.success.set(1.0);
+                        slot.status.success(elapsed);
+                        (RunOutcome::Ok, Some(batch))
                     }
-                    _ => (ComponentState::Failed, RunOutcome::Failed),
-                };
-                if outcome == RunOutcome::Failed {
-                    warn!(collector = name, error = %e, "collector failed");
-                } else {
-                    debug!(collector = name, error = %e, "collector source unavailable");
+                    Err(e) => {
+                        slot.success.set(0.0);
+                        let (state, outcome) = match e {
+                            CollectError::Unavailable { .. } => {
+                                (ComponentState::Unavailable, RunOutcome::Unavailable)
+                            }
+                            _ => (ComponentState::Failed, RunOutcome::Failed),
+                        };
+                        if outcome == RunOutcome::Failed {
+                            warn!(collector = name, error = %e, "collector failed");
+                        } else {
+                            debug!(collector = name, error = %e, "collector source unavailable");
+                        }
+                        slot.status.failure(state, e.to_string(), Some(elapsed));
+                        (outcome, None)
+                    }
                 }
-                slot.status.failure(state, e.to_string(), Some(elapsed));
-                (outcome, None)
             }
-            Err(_) => {
+            ItemOutcome::Panicked => {
                 // A panic inside a collector is a bug; keep the agent alive and say so.
                 slot.success.set(0.0);
                 warn!(collector = name, "collector panicked");
-                slot.status.failure(
-                    ComponentState::Failed,
-                    "collector panicked".into(),
-                    Some(elapsed),
-                );
+                slot.status
+                    .failure(ComponentState::Failed, "collector panicked".into(), None);
                 (RunOutcome::Failed, None)
+            }
+            ItemOutcome::TimedOut => {
+                slot.success.set(0.0);
+                slot.timeouts.inc();
+                slot.duration.set(self.timeout.as_secs_f64());
+                warn!(
+                    collector = name,
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "collector timed out"
+                );
+                slot.status.failure(
+                    ComponentState::Stuck,
+                    format!(
+                        "timed out after {:?}; further runs skipped until it returns",
+                        self.timeout
+                    ),
+                    Some(self.timeout),
+                );
+                (RunOutcome::TimedOut, None)
+            }
+            ItemOutcome::NotRun(reason) => {
+                // Never claimed by a lane thread: release it for the next collection.
+                slot.running.store(false, Ordering::Release);
+                slot.success.set(0.0);
+                slot.status.set_state(
+                    ComponentState::Degraded,
+                    Some(format!("not run: {}", reason.as_str())),
+                );
+                (RunOutcome::NotRun, None)
             }
         }
     }
+}
+
+/// Body of one lane item: runs the collector, publishes the result for sharing, releases
+/// the claim (even when the caller abandoned the lane long ago).
+fn run_one(slot: &Slot) -> (RunResult, Duration) {
+    let _span = tracing::debug_span!("collector", collector = slot.collector.name()).entered();
+    let started = Instant::now();
+    *slot.started.lock() = Some(started);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.collector.collect()));
+    let elapsed = started.elapsed();
+    let r: RunResult = match r {
+        Ok(Ok(families)) => Ok(Arc::new(MetricBatch {
+            source: slot.collector.name().into(),
+            timestamp: SystemTime::now(),
+            families,
+        })),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(CollectError::Other("collector panicked".into())),
+    };
+    *slot.last.lock() = r.as_ref().ok().cloned();
+    *slot.started.lock() = None;
+    slot.running.store(false, Ordering::Release);
+    slot.generation.send_modify(|g| *g += 1);
+    (r, elapsed)
 }
 
 fn skip_stuck(slot: &Slot) -> RunOutcome {
@@ -249,37 +312,11 @@ fn skip_stuck(slot: &Slot) -> RunOutcome {
     RunOutcome::SkippedStuck
 }
 
-/// Body of one blocking lane: runs `order` sequentially until done or abandoned.
-fn run_lane(
-    slots: &[Slot],
-    order: &[usize],
-    abandoned: &AtomicBool,
-    current: &AtomicUsize,
-    tx: &mpsc::Sender<LaneResult>,
-) {
-    for &i in order {
-        if abandoned.load(Ordering::Acquire) {
-            return;
-        }
-        let slot = &slots[i];
-        if slot.running.swap(true, Ordering::AcqRel) {
-            continue;
-        }
-        current.store(i, Ordering::Release);
-        let _span = tracing::debug_span!("collector", collector = slot.collector.name()).entered();
-        let started = Instant::now();
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| slot.collector.collect()));
-        slot.running.store(false, Ordering::Release);
-        if tx.blocking_send((i, r, started.elapsed())).is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use nodescope_model::{MetricFamily, MetricType};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
     struct Fixed;
@@ -333,6 +370,24 @@ mod tests {
         }
     }
 
+    /// Takes a while and counts its runs.
+    struct Slow(AtomicUsize, Duration);
+    impl Collector for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.1);
+            Ok(vec![MetricFamily::single(
+                "node_slow",
+                "s",
+                MetricType::Gauge,
+                2.0,
+            )])
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hung_collector_never_hangs_the_scrape() {
         let (release, rx) = mpsc::channel();
@@ -352,7 +407,7 @@ mod tests {
             &metrics,
         );
         let t = Instant::now();
-        let out = set.collect_with_outcomes().await;
+        let out = set.collect_with_outcomes(|_| true).await;
         assert!(t.elapsed() < Duration::from_secs(5));
         let outcomes: Vec<&RunOutcome> = out.iter().map(|(o, _)| o).collect();
         // The collectors queued behind the hung one still ran, on a fresh lane.
@@ -368,7 +423,7 @@ mod tests {
         assert_eq!(out[2].1.as_ref().unwrap().source, "fixed");
 
         // Next scrape while the first run is still blocked: skipped, not stacked up.
-        let out = set.collect_with_outcomes().await;
+        let out = set.collect_with_outcomes(|_| true).await;
         assert_eq!(out[0].0, RunOutcome::SkippedStuck);
         assert_eq!(out[2].0, RunOutcome::Ok);
         let snap = status.snapshot();
@@ -387,7 +442,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         release.send(()).unwrap();
-        let out = set.collect_with_outcomes().await;
+        let out = set.collect_with_outcomes(|_| true).await;
         assert_eq!(out[0].0, RunOutcome::Ok);
         let fams = metrics.collect();
         let success = fams
@@ -403,5 +458,67 @@ mod tests {
             timeouts.points[0].value,
             nodescope_model::Value::Number(1.0)
         );
+    }
+
+    /// Issue 16 item 15: a push collection overlapping a scrape must not mark the busy
+    /// collector stuck (success 0, series dropped): the second caller shares the run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_collections_share_one_run() {
+        let status = StatusRegistry::default();
+        let metrics = SelfMetrics::new();
+        let slow = Arc::new(Slow(AtomicUsize::new(0), Duration::from_millis(300)));
+        let set = Arc::new(CollectorSet::new(
+            vec![slow.clone(), Arc::new(Fixed)],
+            Duration::from_secs(2),
+            &status,
+            &metrics,
+        ));
+        let a = {
+            let set = set.clone();
+            tokio::spawn(async move { set.collect_with_outcomes(|_| true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = set.collect_with_outcomes(|_| true).await;
+        let a = a.await.unwrap();
+        assert_eq!(slow.0.load(Ordering::SeqCst), 1, "one run served both");
+        assert_eq!(a[0].0, RunOutcome::Ok);
+        assert_eq!(b[0].0, RunOutcome::Shared);
+        assert_eq!(
+            a[0].1.as_ref().unwrap().families,
+            b[0].1.as_ref().unwrap().families
+        );
+        assert_eq!(status.snapshot()[0].state, ComponentState::Ok);
+        // A filtered collection runs only what it asks for.
+        let only = set.collect(|n| n == "fixed").await;
+        assert_eq!(only.len(), 1);
+        assert_eq!(slow.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// Issue 16 item 15: with tokio's blocking pool saturated, a collection still finishes
+    /// (the lane is a dedicated thread, and the timeout counts from the collector's start).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_blocking_pool_cannot_stall_a_collection() {
+        let status = StatusRegistry::default();
+        let metrics = SelfMetrics::new();
+        let set = CollectorSet::new(
+            vec![Arc::new(Fixed)],
+            Duration::from_millis(200),
+            &status,
+            &metrics,
+        );
+        // Occupy far more blocking threads than a test runtime allows to run at once.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for _ in 0..600 {
+            let rx = rx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = rx.lock().recv_timeout(Duration::from_secs(3));
+            });
+        }
+        let t = Instant::now();
+        let out = set.collect_with_outcomes(|_| true).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(out[0].0, RunOutcome::Ok);
+        drop(tx);
     }
 }

@@ -10,10 +10,19 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn run_validate(toml: &str) -> (bool, String) {
+    run_validate_with(toml, &[])
+}
+
+fn run_validate_with(toml: &str, flags: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
     std::fs::write(&f, toml).unwrap();
-    let out = Command::new(BIN).arg("validate").arg(&f).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("validate")
+        .args(flags)
+        .arg(&f)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
@@ -22,11 +31,54 @@ fn run_validate(toml: &str) -> (bool, String) {
 
 #[test]
 fn validate_accepts_the_documented_example() {
-    let (ok, out) = run_validate(
-        "[agent]\nlisten = \"0.0.0.0:9780\"\nhost_root = \"/host\"\ncollector_timeout = \"2s\"\n\n[host]\nenabled = true\n\n[http.security]\ntoken_file = \"/etc/nodescope/token\"\n",
-    );
+    // A DaemonSet's config checked off the node: --offline leaves out /host and the token.
+    let example = "[agent]\nlisten = \"0.0.0.0:9780\"\nhost_root = \"/host\"\ncollector_timeout = \"2s\"\n\n[host]\nenabled = true\n\n[http.security]\ntoken_file = \"/etc/nodescope/token\"\n";
+    let (ok, out) = run_validate_with(example, &["--offline"]);
     assert!(ok, "{out}");
     assert!(out.contains("configuration is valid"));
+    // On this machine there is no /host and no token: plain validate says so, like run.
+    let (ok, out) = run_validate(example);
+    assert!(!ok, "{out}");
+    assert!(out.contains("agent.host_root"), "{out}");
+    assert!(out.contains("http.security"), "{out}");
+}
+
+/// Issue 16 item 6: what `validate` accepts, `run` starts, and `run`'s error names the key
+/// and does not repeat the OS error.
+#[test]
+fn run_refuses_what_validate_refuses_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("missing-token");
+    let toml = format!(
+        "[agent]\nlisten = \"127.0.0.1:{}\"\n[http.security]\ntoken_file = \"{}\"\n",
+        free_port(),
+        token.display()
+    );
+    let (ok, vout) = run_validate(&toml);
+    assert!(!ok, "{vout}");
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, &toml).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http.security"), "{err}");
+    assert!(err.contains("missing-token"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the OS error once: {err}"
+    );
+    // The same problem, reported the same way by both commands.
+    let line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("missing-token"))
+            .map(|l| l.trim().trim_start_matches("- ").to_string())
+    };
+    assert_eq!(line(&vout), line(&err), "validate: {vout}\nrun: {err}");
 }
 
 #[test]
@@ -58,8 +110,9 @@ fn shipped_config_files_validate() {
     for f in files {
         // Outside a pod: NODE_NAME and the in-cluster service address are resolved at run
         // time, not by `validate`, so a DaemonSet's config checks anywhere.
+        // --offline: they are written for a node (its /host mounts, its token Secret).
         let out = Command::new(BIN)
-            .arg("validate")
+            .args(["validate", "--offline"])
             .arg(&f)
             .env_remove("NODE_NAME")
             .env_remove("KUBERNETES_SERVICE_HOST")

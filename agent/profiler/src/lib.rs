@@ -7,6 +7,7 @@
 //! See docs/profiling.md.
 
 pub mod cli;
+mod component;
 pub mod config;
 pub mod debugsize;
 pub mod http;

@@ -46,6 +46,9 @@ pub enum ProfileError {
     Internal(String),
 }
 
+/// The profiler's background loop, run on its own thread (see [`ProfilerService::background`]).
+pub type BackgroundJob = Box<dyn FnOnce() + Send + 'static>;
+
 /// A finished on-demand profile.
 #[derive(Debug)]
 pub struct Rendered {
@@ -218,21 +221,25 @@ impl ProfilerService {
         }
     }
 
-    /// Starts the continuous profiler (if configured) on a dedicated thread; it stops when
-    /// `shutdown` is cancelled, emitting what it has.
-    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) {
+    /// The profiler's background work, to run on a dedicated thread until `shutdown` is
+    /// cancelled: the continuous profiler (emitting what it has when it stops) or, with
+    /// continuous profiling off, a one-off start-up check of eBPF sampling so that the
+    /// status is true before the first node-wide request. `None` when profiling is off.
+    pub fn background(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Option<(&'static str, BackgroundJob)> {
         if !self.cfg.enabled {
-            return;
+            return None;
         }
+        let svc = self.clone();
         if !self.cfg.continuous {
             self.status.set_detail("continuous", "disabled");
-            // Learn at start-up, not at the first node-wide request, whether eBPF sampling
-            // works here: load the sampler once with a filter that matches no process
-            // (1 Hz, dropped at once). Off the caller's thread: loading takes tens of ms.
-            let svc = self.clone();
-            let r = std::thread::Builder::new()
-                .name("ns-profiler-check".into())
-                .spawn(move || {
+            // Load the sampler once with a filter that matches no process (1 Hz, dropped at
+            // once). Off the caller's thread: loading takes tens of ms.
+            return Some((
+                "profiler-check",
+                Box::new(move || {
                     let span = tracing::info_span!("profiler", mode = "startup_check");
                     let _e = span.enter();
                     let r = EbpfSampler::start(1, &Filter::Pids(Vec::new()));
@@ -245,30 +252,39 @@ impl ProfilerService {
                              self-profiling falls back to SIGPROF"
                         ),
                     }
-                });
-            if let Err(e) = r {
-                self.status.failure(
-                    ComponentState::Failed,
-                    format!("spawning the profiler check thread: {e}"),
-                    None,
-                );
-            }
-            return;
+                }),
+            ));
         }
-        let svc = self.clone();
-        let r = std::thread::Builder::new()
-            .name("ns-profiler".into())
-            .spawn(move || {
+        Some((
+            "profiler",
+            Box::new(move || {
                 let span = tracing::info_span!("profiler", mode = "continuous");
                 let _e = span.enter();
                 svc.continuous_loop(&shutdown);
-            });
-        if let Err(e) = r {
-            self.status.failure(
-                ComponentState::Failed,
-                format!("spawning the profiler thread: {e}"),
-                None,
-            );
+            }),
+        ))
+    }
+
+    /// Starts [`ProfilerService::background`] on its own thread (tests and embedders; the
+    /// agent runs it as a component task and joins it at shutdown).
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let (name, job) = self.background(shutdown)?;
+        match std::thread::Builder::new()
+            .name(format!("ns-{name}"))
+            .spawn(job)
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.status.failure(
+                    ComponentState::Failed,
+                    format!("spawning the profiler thread: {e}"),
+                    None,
+                );
+                None
+            }
         }
     }
 

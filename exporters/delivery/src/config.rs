@@ -200,6 +200,65 @@ impl WalConfig {
             "must be greater than 0 when fsync = \"interval\"",
         );
     }
+
+    /// The environment part of validation: the WAL directory exists as a writable directory
+    /// or can be created (`run` would fail to open the WAL otherwise).
+    pub fn check_environment(&self, prefix: &str, issues: &mut Issues) {
+        if self.enabled && self.dir.is_absolute() {
+            if let Err(reason) = creatable_dir(&self.dir) {
+                issues.push(format!("{prefix}.dir"), reason);
+            }
+        }
+    }
+}
+
+/// Checks, without creating anything, that `dir` exists as a writable directory or could be
+/// created: its nearest existing ancestor is a directory the agent may write to (a
+/// read-only filesystem or a file in the way is caught here, not when the WAL opens).
+pub fn creatable_dir(dir: &std::path::Path) -> Result<(), String> {
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(format!(
+                    "{} cannot be created: {} is not a directory",
+                    dir.display(),
+                    probe.display()
+                ))
+            }
+            // Missing, or a file in the way further up (ENOTDIR): look at the parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match probe.parent() {
+                    Some(p) => probe = p,
+                    None => return Err(format!("{}: no existing ancestor", dir.display())),
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", probe.display())),
+        }
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: path contains a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let what = if probe == dir {
+            "is not writable"
+        } else {
+            "cannot be created"
+        };
+        return Err(format!(
+            "{} {what} ({}: {e})",
+            dir.display(),
+            probe.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Everything the batching/retry/WAL engine needs.
@@ -355,5 +414,29 @@ pub fn validate_endpoint(endpoint: &str, key: &str, issues: &mut Issues) {
             issues.check(u.host().is_some(), key, "has no host");
         }
         Err(e) => issues.push(key, format!("{endpoint:?} is not a URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_dir_must_be_creatable() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(creatable_dir(&t.path().join("a/b/c")).is_ok());
+        let file = t.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = creatable_dir(&file.join("wal")).unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
+        let mut issues = Issues::default();
+        WalConfig {
+            enabled: true,
+            dir: file.join("wal"),
+            ..Default::default()
+        }
+        .check_environment("exporters.loki.wal", &mut issues);
+        assert_eq!(issues.list.len(), 1);
+        assert_eq!(issues.list[0].key, "exporters.loki.wal.dir");
     }
 }

@@ -665,3 +665,49 @@ impl<E: Encoder, T: Transport> Exporter for PushExporter<E, T> {
         s.delivery.run(queue, s.encoder, s.transport).await
     }
 }
+
+impl From<&nodescope_component::BuildContext> for ExporterContext {
+    fn from(ctx: &nodescope_component::BuildContext) -> Self {
+        ExporterContext {
+            resource: ctx.resource.clone(),
+            self_metrics: ctx.self_metrics.clone(),
+            status: ctx.status.clone(),
+        }
+    }
+}
+
+/// Implements [`nodescope_component::Component`] for an exporter's `*Config`, which must
+/// have `enabled` and `wal` fields, `validate(&self, prefix, &mut Issues)` and
+/// `build(&self, &ExporterContext) -> Result<Box<dyn Exporter>, E>`.
+#[macro_export]
+macro_rules! exporter_component {
+    ($config:ty, $key:literal) => {
+        impl nodescope_component::Component for $config {
+            fn key(&self) -> &'static str {
+                $key
+            }
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn validate(
+                &self,
+                ctx: &nodescope_component::ValidateContext,
+                issues: &mut nodescope_model::config::Issues,
+            ) {
+                <$config>::validate(self, $key, issues);
+                if ctx.environment {
+                    self.wal.check_environment(concat!($key, ".wal"), issues);
+                }
+            }
+            fn build(
+                &self,
+                ctx: &nodescope_component::BuildContext,
+            ) -> Result<nodescope_component::Parts, nodescope_component::BuildError> {
+                let exporter = <$config>::build(self, &$crate::ExporterContext::from(ctx))
+                    .map_err(|e| nodescope_component::BuildError::new($key, e))?;
+                tracing::info!(exporter = exporter.name(), "exporter enabled");
+                Ok(nodescope_component::Parts::default().with_exporter(exporter))
+            }
+        }
+    };
+}

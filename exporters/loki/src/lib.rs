@@ -484,3 +484,5 @@ mod tests {
         }
     }
 }
+
+nodescope_delivery::exporter_component!(LokiConfig, "exporters.loki");

@@ -895,3 +895,5 @@ mod tests {
         assert!(toml::from_str::<OtlpConfig>("protocol = \"udp\"").is_err());
     }
 }
+
+nodescope_delivery::exporter_component!(OtlpConfig, "exporters.otlp");

@@ -329,3 +329,5 @@ mod tests {
         }
     }
 }
+
+nodescope_delivery::exporter_component!(PyroscopeConfig, "exporters.pyroscope");

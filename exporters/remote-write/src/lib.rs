@@ -431,3 +431,5 @@ mod tests {
         assert!(toml::from_str::<RemoteWriteConfig>("endpont = \"x\"").is_err());
     }
 }
+
+nodescope_delivery::exporter_component!(RemoteWriteConfig, "exporters.remote_write");
