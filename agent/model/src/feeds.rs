@@ -82,3 +82,31 @@ pub trait ProfilerControl: Send + Sync + 'static {
     /// The rate in force now (0 when continuous profiling is off).
     fn current_hz(&self) -> u32;
 }
+
+/// Receives every log record / event that enters the pipeline (network events, kernel log
+/// lines), whether or not an exporter takes logs: the flight recorder's events ring. Called
+/// on the pipeline's fan-out task: must not block; bounds itself.
+pub trait EventSink: Send + Sync + 'static {
+    fn offer(&self, records: &Arc<Vec<crate::LogRecord>>);
+}
+
+/// The agent's collectors, for components that sample them on their own schedule (the
+/// flight recorder: host collectors every second, the rest every 10 s). A collection that
+/// overlaps a scrape shares each collector's run; every run is under the collector
+/// timeout. Provided by the agent once all components are built.
+#[async_trait::async_trait]
+pub trait MetricsSource: Send + Sync + 'static {
+    /// Names of the collectors (`cpu`, `meminfo`, `network`, ...).
+    fn collector_names(&self) -> Vec<&'static str>;
+    /// Runs the named collectors (unknown names are ignored) and returns the batches of
+    /// those that succeeded.
+    async fn collect(&self, names: &[&str]) -> Vec<Arc<crate::MetricBatch>>;
+}
+
+/// Renders the self-contained `index.html` of an incident bundle (the web UI with the
+/// bundle's data inlined, opening from `file://` with no network request). Provided by
+/// the UI component; the recorder looks it up when it writes a bundle.
+pub trait BundleRenderer: Send + Sync + 'static {
+    /// `data_json` is the bundle's data document (see docs/incidents.md).
+    fn index_html(&self, data_json: &str) -> Vec<u8>;
+}

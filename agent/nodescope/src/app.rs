@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use nodescope_component::{BuildContext, CancellationToken, Parts, RunningTask, Task};
+use nodescope_model::feeds::{EventSink, MetricsSource};
 use nodescope_model::host::HostPaths;
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{Services, Signal, SignalKind, StatusRegistry};
@@ -67,17 +68,20 @@ pub async fn run(config: Config) -> Result<()> {
     let pipeline = Pipeline::start(
         intake,
         all.exporters,
+        ctx.services.get::<dyn EventSink>(),
         agent.shutdown_timeout,
         &self_metrics,
         &status,
         shutdown.clone(),
     );
-    let collectors = CollectorSet::new(
+    let collectors = Arc::new(CollectorSet::new(
         all.collectors,
         agent.collector_timeout,
         &status,
         &self_metrics,
-    );
+    ));
+    ctx.services
+        .provide::<dyn MetricsSource>(collectors.clone());
     let state = Arc::new(AppState::new(collectors, &self_metrics, &status));
     let mut app = http::router(state.clone());
     if let Some(r) = all.router {

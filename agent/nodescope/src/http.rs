@@ -20,7 +20,7 @@ use crate::runner::CollectorSet;
 use crate::selfstats::{ProcessStats, VERSION};
 
 pub struct AppState {
-    pub collectors: CollectorSet,
+    pub collectors: Arc<CollectorSet>,
     pub self_metrics: SelfMetrics,
     pub process: ProcessStats,
     pub status: StatusRegistry,
@@ -35,7 +35,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        collectors: CollectorSet,
+        collectors: Arc<CollectorSet>,
         self_metrics: &SelfMetrics,
         status: &StatusRegistry,
     ) -> Self {

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodescope_model::feeds::EventSink;
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{
     ComponentKind, ComponentState, Emitter, Exporter, ExporterQueue, Signal, SignalKind,
@@ -65,6 +66,7 @@ impl Pipeline {
     pub fn start(
         intake: Intake,
         exporters: Vec<Box<dyn Exporter>>,
+        events: Option<Arc<dyn EventSink>>,
         flush_timeout: Duration,
         metrics: &SelfMetrics,
         status: &StatusRegistry,
@@ -140,6 +142,7 @@ impl Pipeline {
             fan_out(
                 intake_rx,
                 routes,
+                events,
                 unrouted,
                 shutdown,
                 intake_depth,
@@ -180,6 +183,7 @@ impl Pipeline {
 async fn fan_out(
     mut intake: mpsc::Receiver<Signal>,
     routes: Vec<Route>,
+    events: Option<Arc<dyn EventSink>>,
     unrouted: [Counter; 3],
     shutdown: CancellationToken,
     intake_depth: Gauge,
@@ -188,6 +192,10 @@ async fn fan_out(
     intake_status: StatusHandle,
 ) {
     let route = |s: Signal| {
+        // The flight recorder sees every event, whether or not an exporter takes logs.
+        if let (Some(sink), Signal::Logs(records)) = (&events, &s) {
+            sink.offer(records);
+        }
         let k = s.kind().index();
         if !routes.iter().any(|r| r.accepts[k]) {
             unrouted[k].inc();
@@ -315,6 +323,7 @@ mod tests {
                     stalled: true,
                 }),
             ],
+            None,
             Duration::from_secs(1),
             &metrics,
             &status,

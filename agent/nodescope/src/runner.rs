@@ -303,6 +303,18 @@ fn run_one(slot: &Slot) -> (RunResult, Duration) {
     (r, elapsed)
 }
 
+/// The collectors as a service for components that collect on their own schedule.
+#[async_trait::async_trait]
+impl nodescope_model::feeds::MetricsSource for CollectorSet {
+    fn collector_names(&self) -> Vec<&'static str> {
+        self.slots.iter().map(|s| s.collector.name()).collect()
+    }
+
+    async fn collect(&self, names: &[&str]) -> Vec<Arc<MetricBatch>> {
+        CollectorSet::collect(self, |n| names.contains(&n)).await
+    }
+}
+
 fn skip_stuck(slot: &Slot) -> RunOutcome {
     slot.success.set(0.0);
     slot.status.set_state(
