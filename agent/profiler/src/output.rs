@@ -3,21 +3,18 @@
 //! flame graph (inferno).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use prost::Message;
+use nodescope_model::feeds::Frame;
+use nodescope_pprof::{proto, Label, Location, Mapping, MappingId, ProfileBuilder};
 
-use crate::proto;
 use crate::symbolize::{MappingInfo, ResolvedFrame, ResolvedSample};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("compressing the profile: {0}")]
-    Gzip(#[source] std::io::Error),
+    #[error("building the profile: {0}")]
+    Pprof(#[from] nodescope_pprof::PprofError),
     #[error("rendering the flame graph: {0}")]
     FlameGraph(String),
 }
@@ -63,206 +60,101 @@ pub struct ProfileMeta {
     pub comments: Vec<String>,
 }
 
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
+fn pprof_mapping(m: &MappingInfo) -> Mapping {
+    Mapping {
+        start: m.start,
+        limit: m.limit,
+        file_offset: m.file_offset,
+        filename: Arc::from(m.filename.as_str()),
+        build_id: m.build_id.as_deref().map(Arc::from),
+        has_functions: m.has_functions,
+        has_filenames: false,
+        has_line_numbers: false,
+        has_inline_frames: m.has_functions && m.pid != 0,
+    }
 }
 
-impl Strings {
-    fn new() -> Self {
-        let mut s = Strings {
-            table: Vec::new(),
-            index: HashMap::new(),
-        };
-        s.get("");
-        s
-    }
-    fn get(&mut self, v: &str) -> i64 {
-        if let Some(&i) = self.index.get(v) {
-            return i;
-        }
-        let i = self.table.len() as i64;
-        self.table.push(v.to_string());
-        self.index.insert(v.to_string(), i);
-        i
-    }
+/// The model frames of a resolved frame (innermost inlined function first).
+fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
+    let module: Arc<str> = f
+        .mapping
+        .as_ref()
+        .map(|m| Arc::from(m.filename.as_str()))
+        .unwrap_or_else(|| Arc::from("[unknown]"));
+    f.names
+        .iter()
+        .map(|n| Frame {
+            function: n.clone(),
+            module: module.clone(),
+            file: None,
+            line: 0,
+            address: f.address,
+            kernel: f.kernel,
+        })
+        .collect()
 }
 
 /// Builds the pprof message (uncompressed) from symbolized samples.
 pub fn build_pprof(samples: &[ResolvedSample], meta: &ProfileMeta) -> proto::Profile {
     let hz = meta.hz.max(1) as i64;
     let period = 1_000_000_000i64 / hz;
-    let mut st = Strings::new();
-    let sample_type = vec![
-        proto::ValueType {
-            r#type: st.get("samples"),
-            unit: st.get("count"),
-        },
-        proto::ValueType {
-            r#type: st.get("cpu"),
-            unit: st.get("nanoseconds"),
-        },
-    ];
-    let period_type = proto::ValueType {
-        r#type: st.get("cpu"),
-        unit: st.get("nanoseconds"),
-    };
-    let k_pid = st.get("pid");
-    let k_tid = st.get("tid");
-    let k_comm = st.get("comm");
-    let k_workload = st.get("workload");
-
-    let mut mappings: Vec<proto::Mapping> = Vec::new();
-    let mut mapping_ids: HashMap<*const MappingInfo, u64> = HashMap::new();
-    let mut locations: Vec<proto::Location> = Vec::new();
-    let mut location_ids: HashMap<*const ResolvedFrame, u64> = HashMap::new();
-    let mut functions: Vec<proto::Function> = Vec::new();
-    let mut function_ids: HashMap<Arc<str>, u64> = HashMap::new();
-    let mut out_samples = Vec::with_capacity(samples.len());
-    // Keep the Arcs alive while their pointers key the maps.
+    let mut b = ProfileBuilder::new(
+        &[("samples", "count"), ("cpu", "nanoseconds")],
+        ("cpu", "nanoseconds"),
+        period,
+    );
+    b.time(meta.start).duration(meta.duration);
+    // Resolved frames are interned by the symbolizer (one Arc per distinct frame): convert
+    // each once.
+    let mut mappings: HashMap<*const MappingInfo, MappingId> = HashMap::new();
+    let mut frames: HashMap<*const ResolvedFrame, (Option<MappingId>, Vec<Frame>)> = HashMap::new();
     let mut keep: Vec<Arc<ResolvedFrame>> = Vec::new();
-
     for s in samples {
-        let mut loc_ids = Vec::with_capacity(s.frames.len());
         for f in &s.frames {
             let ptr = Arc::as_ptr(f);
-            let id = match location_ids.get(&ptr) {
-                Some(&id) => id,
-                None => {
-                    keep.push(f.clone());
-                    let mapping_id = match &f.mapping {
-                        None => 0,
-                        Some(m) => {
-                            let mptr = Arc::as_ptr(m);
-                            match mapping_ids.get(&mptr) {
-                                Some(&id) => id,
-                                None => {
-                                    let id = mappings.len() as u64 + 1;
-                                    mappings.push(proto::Mapping {
-                                        id,
-                                        memory_start: m.start,
-                                        memory_limit: m.limit,
-                                        file_offset: m.file_offset,
-                                        filename: st.get(&m.filename),
-                                        build_id: st.get(m.build_id.as_deref().unwrap_or("")),
-                                        has_functions: m.has_functions,
-                                        has_filenames: false,
-                                        has_line_numbers: false,
-                                        has_inline_frames: m.has_functions && m.pid != 0,
-                                    });
-                                    mapping_ids.insert(mptr, id);
-                                    id
-                                }
-                            }
-                        }
-                    };
-                    let line = f
-                        .names
-                        .iter()
-                        .map(|n| {
-                            let fid = match function_ids.get(n) {
-                                Some(&id) => id,
-                                None => {
-                                    let id = functions.len() as u64 + 1;
-                                    let name = st.get(n);
-                                    functions.push(proto::Function {
-                                        id,
-                                        name,
-                                        system_name: name,
-                                        filename: 0,
-                                        start_line: 0,
-                                    });
-                                    function_ids.insert(n.clone(), id);
-                                    id
-                                }
-                            };
-                            proto::Line {
-                                function_id: fid,
-                                line: 0,
-                            }
-                        })
-                        .collect();
-                    let id = locations.len() as u64 + 1;
-                    locations.push(proto::Location {
-                        id,
-                        mapping_id,
-                        address: f.address,
-                        line,
-                        is_folded: false,
-                    });
-                    location_ids.insert(ptr, id);
-                    id
-                }
-            };
-            loc_ids.push(id);
+            if frames.contains_key(&ptr) {
+                continue;
+            }
+            keep.push(f.clone());
+            let mapping = f.mapping.as_ref().map(|m| {
+                *mappings
+                    .entry(Arc::as_ptr(m))
+                    .or_insert_with(|| b.add_mapping(&pprof_mapping(m)))
+            });
+            frames.insert(ptr, (mapping, model_frames(f)));
         }
         let count = s.count.min(i64::MAX as u64) as i64;
-        out_samples.push(proto::Sample {
-            location_id: loc_ids,
-            value: vec![count, count.saturating_mul(period)],
-            label: vec![
-                proto::Label {
-                    key: k_pid,
-                    num: s.pid as i64,
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: k_tid,
-                    num: s.tid as i64,
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: k_comm,
-                    str: st.get(&s.comm),
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: k_workload,
-                    str: st.get(&s.workload.label),
-                    ..Default::default()
-                },
-            ],
-            breakdown: Vec::new(),
+        let stack = s.frames.iter().map(|f| {
+            let (mapping, functions) = &frames[&Arc::as_ptr(f)];
+            Location {
+                address: f.address,
+                mapping: *mapping,
+                functions,
+            }
         });
+        let labels = [
+            Label::num("pid", s.pid as i64),
+            Label::num("tid", s.tid as i64),
+            Label::str("comm", &s.comm),
+            Label::str("workload", &s.workload.label),
+        ];
+        // Two values per sample and non-empty functions per location: cannot fail.
+        if let Err(e) =
+            b.add_sample_locations(stack, &[count, count.saturating_mul(period)], &labels)
+        {
+            tracing::warn!(error = %e, "sample left out of the profile");
+        }
     }
     drop(keep);
-    let comment = meta.comments.iter().map(|c| st.get(c)).collect();
-    let default_sample_type = st.get("cpu");
-    let time_nanos = meta
-        .start
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .min(i64::MAX as u128) as i64;
-    proto::Profile {
-        sample_type,
-        sample: out_samples,
-        mapping: mappings,
-        location: locations,
-        function: functions,
-        string_table: st.table,
-        drop_frames: 0,
-        keep_frames: 0,
-        time_nanos,
-        duration_nanos: meta.duration.as_nanos().min(i64::MAX as u128) as i64,
-        period_type: Some(period_type),
-        period,
-        comment,
-        default_sample_type,
-        tick_unit: 0,
-        label_set: Vec::new(),
+    for c in &meta.comments {
+        b.comment(c);
     }
+    b.build()
 }
 
 /// Encodes and gzips a profile, as Go's `/debug/pprof/profile` serves it.
 pub fn gzip_pprof(p: &proto::Profile) -> Result<Vec<u8>, OutputError> {
-    let raw = p.encode_to_vec();
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 3 + 64),
-        Compression::default(),
-    );
-    gz.write_all(&raw).map_err(OutputError::Gzip)?;
-    gz.finish().map_err(OutputError::Gzip)
+    Ok(nodescope_pprof::gzip(p)?)
 }
 
 /// Sanitizes a frame name for the folded format (`;` separates frames, the last space
@@ -409,9 +301,7 @@ mod tests {
         assert_eq!(p.string_table[bid], "abcd");
         let gz = gzip_pprof(&p).unwrap();
         assert_eq!(&gz[..2], &[0x1f, 0x8b]);
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-        assert_eq!(proto::Profile::decode(&raw[..]).unwrap(), p);
+        assert_eq!(nodescope_pprof::decode_gzip(&gz, 1 << 20).unwrap(), p);
     }
 
     #[test]

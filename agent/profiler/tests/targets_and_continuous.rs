@@ -10,13 +10,10 @@ use nodescope_model::signal::Signal;
 use nodescope_model::status::ComponentState;
 use nodescope_profiler::ProfilingConfig;
 use nodescope_testsupport::{require_root, require_tool};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 fn decode(pprof_gz: &[u8]) -> nodescope_profiler::proto::Profile {
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(pprof_gz), &mut raw).unwrap();
-    nodescope_profiler::proto::Profile::decode(&raw[..]).unwrap()
+    nodescope_pprof::decode_gzip(pprof_gz, 64 << 20).unwrap()
 }
 
 fn function_names(pprof_gz: &[u8]) -> Vec<String> {

@@ -1,7 +1,8 @@
 //! `perftools.profiles` messages (google/pprof `proto/profile.proto`), written as
 //! `prost::Message` derives field for field so no `protoc` is needed at build time and the
 //! workspace's prost 0.14 is used (pprof-rs's generated code pins prost 0.12 and drops
-//! addresses). Field numbers and types follow the upstream file exactly.
+//! addresses). Field numbers and types follow the upstream file exactly; the component
+//! test `tests/go_pprof.rs` has `go tool pprof` read what the builder writes.
 
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Profile {
