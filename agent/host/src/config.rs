@@ -1,5 +1,6 @@
 //! `[host]` configuration: which collectors run and node_exporter-style filters.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,78 @@ pub struct HostMetricsConfig {
     pub netdev: NetdevConfig,
     pub netstat: NetstatConfig,
     pub vmstat: VmstatConfig,
+    pub netclass: NetclassConfig,
+    pub arp: ArpConfig,
+    pub textfile: TextfileConfig,
+}
+
+/// `[host.netclass]` (`--collector.netclass.*`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetclassConfig {
+    /// `--collector.netclass.ignored-devices` (default `^$`).
+    pub ignored_devices: String,
+    /// `--collector.netclass.ignore-invalid-speed`.
+    pub ignore_invalid_speed: bool,
+    /// Interfaces beyond this many are dropped and counted.
+    pub max_devices: usize,
+}
+
+/// `[host.arp]` (`--collector.arp.device-include` / `-exclude`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArpConfig {
+    pub device_include: String,
+    pub device_exclude: String,
+}
+
+/// `[host.textfile]` (`--collector.textfile.directory`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextfileConfig {
+    /// Directory of `*.prom` files, as the host sees it (read under the host root).
+    /// Default: Debian's `/var/lib/prometheus/node-exporter`; a missing default directory
+    /// is not an error, a missing configured one is. `""` turns the collector into a no-op.
+    pub directory: String,
+    /// Files beyond this many (in name order) are not read, and counted.
+    pub max_files: usize,
+    /// A larger file is refused (`node_textfile_scrape_error 1`).
+    pub max_file_bytes: u64,
+    /// Series beyond this many (over all files) are dropped, and counted.
+    pub max_series: usize,
+}
+
+/// Debian's `--collector.textfile.directory` default.
+pub const DEFAULT_TEXTFILE_DIRECTORY: &str = "/var/lib/prometheus/node-exporter";
+
+impl Default for NetclassConfig {
+    fn default() -> Self {
+        NetclassConfig {
+            ignored_devices: "^$".into(),
+            ignore_invalid_speed: false,
+            max_devices: 4096,
+        }
+    }
+}
+
+impl Default for ArpConfig {
+    fn default() -> Self {
+        ArpConfig {
+            device_include: String::new(),
+            device_exclude: String::new(),
+        }
+    }
+}
+
+impl Default for TextfileConfig {
+    fn default() -> Self {
+        TextfileConfig {
+            directory: DEFAULT_TEXTFILE_DIRECTORY.into(),
+            max_files: 1024,
+            max_file_bytes: 16 << 20,
+            max_series: 100_000,
+        }
+    }
 }
 
 /// `[host.filesystem]`.
@@ -133,6 +206,9 @@ impl Default for HostMetricsConfig {
             netdev: NetdevConfig::default(),
             netstat: NetstatConfig::default(),
             vmstat: VmstatConfig::default(),
+            netclass: NetclassConfig::default(),
+            arp: ArpConfig::default(),
+            textfile: TextfileConfig::default(),
         }
     }
 }
@@ -301,6 +377,58 @@ impl HostMetricsConfig {
                 "must be at least 1",
             );
         }
+        check_regex(
+            issues,
+            key(prefix, "netclass.ignored_devices"),
+            &self.netclass.ignored_devices,
+        );
+        issues.check(
+            self.netclass.max_devices >= 1,
+            key(prefix, "netclass.max_devices"),
+            "must be at least 1",
+        );
+        check_regex(
+            issues,
+            key(prefix, "arp.device_include"),
+            &self.arp.device_include,
+        );
+        check_regex(
+            issues,
+            key(prefix, "arp.device_exclude"),
+            &self.arp.device_exclude,
+        );
+        issues.check(
+            self.arp.device_include.is_empty() || self.arp.device_exclude.is_empty(),
+            key(prefix, "arp.device_include"),
+            "device_include and device_exclude are mutually exclusive (as in node_exporter)",
+        );
+        let tf = &self.textfile;
+        issues.check(
+            tf.directory.is_empty() || tf.directory.starts_with('/'),
+            key(prefix, "textfile.directory"),
+            format!(
+                "must be an absolute path as the host sees it, got {:?}",
+                tf.directory
+            ),
+        );
+        issues.check(
+            tf.max_files >= 1,
+            key(prefix, "textfile.max_files"),
+            "must be at least 1",
+        );
+        issues.check(
+            (1..=(1u64 << 30)).contains(&tf.max_file_bytes),
+            key(prefix, "textfile.max_file_bytes"),
+            format!(
+                "must be between 1 and 1073741824, got {}",
+                tf.max_file_bytes
+            ),
+        );
+        issues.check(
+            tf.max_series >= 1,
+            key(prefix, "textfile.max_series"),
+            "must be at least 1",
+        );
         check_regex(issues, key(prefix, "netstat.fields"), &self.netstat.fields);
         check_regex(issues, key(prefix, "vmstat.fields"), &self.vmstat.fields);
     }
@@ -420,6 +548,51 @@ impl HostMetricsConfig {
             "os" => Arc::new(os::OsCollector::new(paths)),
             "time" => Arc::new(time::TimeCollector::new(paths)),
             "conntrack" => Arc::new(conntrack::ConntrackCollector::new(paths)),
+            "netclass" => Arc::new(netclass::NetclassCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.netclass.ignored_devices",
+                    &self.netclass.ignored_devices,
+                )?,
+                self.netclass.ignore_invalid_speed,
+                self.netclass.max_devices,
+            )),
+            "arp" => Arc::new(arp::ArpCollector::new(
+                paths,
+                NameFilter::new(
+                    "host.arp.device_include",
+                    &self.arp.device_include,
+                    "host.arp.device_exclude",
+                    &self.arp.device_exclude,
+                )?,
+            )),
+            "entropy" => Arc::new(entropy::EntropyCollector::new(paths)),
+            "selinux" => Arc::new(selinux::SelinuxCollector::new(paths)),
+            "udp_queues" => Arc::new(udp_queues::UdpQueuesCollector::new(paths)),
+            "softnet" => Arc::new(softnet::SoftnetCollector::new(paths)),
+            "schedstat" => Arc::new(schedstat::SchedstatCollector::new(paths)),
+            "timex" => Arc::new(timex::TimexCollector),
+            "textfile" => {
+                let tf = &self.textfile;
+                let rel = tf.directory.trim_start_matches('/');
+                Arc::new(textfile::TextfileCollector::new(
+                    if tf.directory.is_empty() {
+                        PathBuf::new()
+                    } else {
+                        paths.root.join(rel)
+                    },
+                    PathBuf::from(&tf.directory),
+                    tf.directory == DEFAULT_TEXTFILE_DIRECTORY,
+                    textfile::TextfileLimits {
+                        max_files: tf.max_files,
+                        max_file_bytes: tf.max_file_bytes,
+                        max_series: tf.max_series,
+                    },
+                ))
+            }
+            "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {
                     key: "host.collectors".into(),
@@ -499,7 +672,10 @@ mod tests {
         let mut issues = Issues::default();
         cfg.validate("host", &mut issues);
         let keys: Vec<_> = issues.list.iter().map(|i| i.key.as_str()).collect();
-        assert!(keys.contains(&"host.collectors[16]"), "{keys:?}");
+        assert!(
+            keys.contains(&format!("host.collectors[{}]", ALL_COLLECTORS.len()).as_str()),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"host.disabled_collectors[0]"), "{keys:?}");
         assert!(
             keys.contains(&"host.filesystem.mount_points_exclude"),

@@ -19,13 +19,16 @@ mod filter;
 mod util;
 
 pub use collectors::filesystem::{real_statfs, FilesystemCollector, FsStat, StatFn};
+pub use collectors::process::ProcessCollector;
 pub use collectors::ALL_COLLECTORS;
 pub use config::{
-    DiskstatsConfig, FilesystemConfig, HostMetricsConfig, NetdevConfig, NetstatConfig, VmstatConfig,
+    ArpConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, NetclassConfig, NetdevConfig,
+    NetstatConfig, TextfileConfig, VmstatConfig, DEFAULT_TEXTFILE_DIRECTORY,
 };
 
 /// Parsers of the individual files, exposed for property tests and tools.
 pub mod parse {
+    pub use crate::collectors::arp::parse_arp;
     pub use crate::collectors::conntrack::parse_conntrack_stat;
     pub use crate::collectors::cpu::{parse_proc_stat, ProcStat};
     pub use crate::collectors::diskstats::{parse_diskstats, parse_udev_props};
@@ -33,12 +36,20 @@ pub mod parse {
     pub use crate::collectors::filesystem::{parse_mountinfo, unescape_mount_path, Mount};
     pub use crate::collectors::loadavg::parse_loadavg;
     pub use crate::collectors::meminfo::{parse_meminfo, MeminfoField};
+    pub use crate::collectors::netclass::{apply_netclass_attr, NetClassIface};
     pub use crate::collectors::netdev::parse_net_dev;
     pub use crate::collectors::netstat::{parse_netstat, parse_snmp6};
     pub use crate::collectors::os::{parse_os_release, parse_os_version};
     pub use crate::collectors::pressure::parse_pressure;
+    pub use crate::collectors::process::{parse_btime, parse_limits, parse_pid_stat};
+    pub use crate::collectors::schedstat::parse_schedstat;
+    pub use crate::collectors::selinux::parse_selinux_config;
     pub use crate::collectors::sockstat::parse_sockstat;
+    pub use crate::collectors::softnet::parse_softnet;
+    pub use crate::collectors::textfile::{parse_text_format, TextFamily, TextType, TextValue};
     pub use crate::collectors::time::parse_clocksources;
+    pub use crate::collectors::timex::{timex_families, Timex};
+    pub use crate::collectors::udp_queues::parse_udp_queues;
     pub use crate::collectors::vmstat::parse_vmstat;
 }
 

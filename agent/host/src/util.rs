@@ -144,9 +144,98 @@ pub(crate) fn is_name_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
+/// Reads a small sysfs attribute and trims surrounding whitespace, as procfs'
+/// `util.SysReadFile` does. `None` when the file cannot be read (missing, permission,
+/// EINVAL from a driver that does not implement the attribute).
+pub(crate) fn sys_read(path: &Path) -> Option<String> {
+    let mut buf = Vec::with_capacity(64);
+    read_into(path, &mut buf).ok()?;
+    Some(text(&buf).trim().to_string())
+}
+
+/// Parses an integer as Go's `strconv.ParseInt(s, 0, 64)` does (procfs' `PInt64`):
+/// `0x`/`0X` hex, `0o`/`0O` or a leading `0` octal, `0b` binary, an optional sign, and `_`
+/// separators only after a base prefix.
+pub(crate) fn go_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = if let Some(d) = body.strip_prefix("0x").or(body.strip_prefix("0X")) {
+        (16, d)
+    } else if let Some(d) = body.strip_prefix("0b").or(body.strip_prefix("0B")) {
+        (2, d)
+    } else if let Some(d) = body.strip_prefix("0o").or(body.strip_prefix("0O")) {
+        (8, d)
+    } else if body.len() > 1 && body.starts_with('0') {
+        (8, &body[1..])
+    } else {
+        (10, body)
+    };
+    if digits.is_empty() || digits.starts_with(['+', '-']) {
+        return None;
+    }
+    let cleaned: Cow<'_, str> = if radix != 10 && digits.contains('_') {
+        Cow::Owned(digits.replace('_', ""))
+    } else {
+        Cow::Borrowed(digits)
+    };
+    let mag = u64::from_str_radix(&cleaned, radix).ok()?;
+    if neg {
+        if mag > i64::MAX as u64 + 1 {
+            return None;
+        }
+        Some((mag as i64).wrapping_neg())
+    } else {
+        i64::try_from(mag).ok()
+    }
+}
+
+/// Names of the entries of `dir` (sorted), or an empty list when it cannot be read.
+pub(crate) fn dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(n) = e.file_name().to_str() {
+            out.push(n.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_integers() {
+        assert_eq!(go_int("0x1003"), Some(4099));
+        assert_eq!(go_int("010"), Some(8));
+        assert_eq!(go_int("0"), Some(0));
+        assert_eq!(go_int("-1"), Some(-1));
+        assert_eq!(go_int("1500"), Some(1500));
+        assert_eq!(go_int("0b11"), Some(3));
+        assert_eq!(go_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(go_int("9223372036854775808"), None);
+        assert_eq!(go_int("0x"), None);
+        assert_eq!(go_int("--1"), None);
+        assert_eq!(go_int(""), None);
+        assert_eq!(go_int("08"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn go_int_never_panics(s in "\\PC*") {
+            let _ = go_int(&s);
+        }
+
+        #[test]
+        fn go_int_round_trips_decimal(v in proptest::num::i64::ANY) {
+            proptest::prop_assert_eq!(go_int(&v.to_string()), Some(v));
+        }
+    }
 
     #[test]
     fn numbers() {

@@ -2,23 +2,34 @@
 //! real-format fixtures and proptest) and a [`nodescope_model::Collector`] that reads the
 //! file under the host root into a reused buffer and maps it to node_exporter's families.
 
+pub(crate) mod arp;
 pub(crate) mod conntrack;
 pub(crate) mod cpu;
 pub(crate) mod diskstats;
+pub(crate) mod entropy;
 pub(crate) mod filefd;
 pub(crate) mod filesystem;
 pub(crate) mod loadavg;
 pub(crate) mod meminfo;
+pub(crate) mod netclass;
 pub(crate) mod netdev;
 pub(crate) mod netstat;
 pub(crate) mod os;
 pub(crate) mod pressure;
+pub(crate) mod process;
+pub(crate) mod schedstat;
+pub(crate) mod selinux;
 pub(crate) mod sockstat;
+pub(crate) mod softnet;
+pub(crate) mod textfile;
 pub(crate) mod time;
+pub(crate) mod timex;
+pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
 
-/// Every collector this crate provides, named like node_exporter's collectors.
+/// Every collector this crate provides, named like node_exporter's collectors (plus
+/// `process`, the agent's own `process_*` metrics, which client libraries export).
 pub const ALL_COLLECTORS: &[&str] = &[
     "cpu",
     "stat",
@@ -36,6 +47,16 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "os",
     "time",
     "conntrack",
+    "netclass",
+    "arp",
+    "entropy",
+    "selinux",
+    "udp_queues",
+    "softnet",
+    "schedstat",
+    "timex",
+    "textfile",
+    "process",
 ];
 
 #[cfg(test)]
