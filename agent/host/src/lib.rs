@@ -53,6 +53,37 @@ pub mod parse {
     pub use crate::collectors::vmstat::parse_vmstat;
 }
 
+/// node_exporter's per-collector scrape families,
+/// `node_scrape_collector_duration_seconds{collector}` and
+/// `node_scrape_collector_success{collector}`, for the outcomes of one collection of the
+/// host collectors: `(collector name, how long it ran, whether it returned Ok)`. Only the
+/// collectors node_exporter has are reported (not `process`). The agent's runner, which
+/// knows each outcome and duration, calls this once per collection; a failed collector is
+/// `success 0`, as in node_exporter (whose "no data" errors also count as failures).
+pub fn node_scrape_families<'a>(
+    outcomes: impl IntoIterator<Item = (&'a str, std::time::Duration, bool)>,
+) -> Vec<nodescope_model::MetricFamily> {
+    use nodescope_model::{MetricFamily, MetricType};
+    let mut dur = MetricFamily::new(
+        "node_scrape_collector_duration_seconds",
+        "node_exporter: Duration of a collector scrape.",
+        MetricType::Gauge,
+    );
+    let mut ok = MetricFamily::new(
+        "node_scrape_collector_success",
+        "node_exporter: Whether a collector succeeded.",
+        MetricType::Gauge,
+    );
+    for (name, took, success) in outcomes {
+        if !ALL_COLLECTORS.contains(&name) || name == "process" {
+            continue;
+        }
+        dur.push([("collector", name)], took.as_secs_f64());
+        ok.push([("collector", name)], if success { 1.0 } else { 0.0 });
+    }
+    vec![dur, ok]
+}
+
 /// Where the host's `/proc`, `/sys` and `/` are visible to the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPaths {
