@@ -592,6 +592,13 @@ impl HostMetricsConfig {
                     },
                 ))
             }
+            "cpufreq" => Arc::new(cpufreq::CpufreqCollector::new(paths)),
+            "thermal_zone" => Arc::new(thermal_zone::ThermalZoneCollector::new(paths)),
+            "edac" => Arc::new(edac::EdacCollector::new(paths)),
+            "rapl" => Arc::new(rapl::RaplCollector::new(paths)),
+            "nvme" => Arc::new(nvme::NvmeCollector::new(paths)),
+            "bonding" => Arc::new(bonding::BondingCollector::new(paths)),
+            "dmi" => Arc::new(dmi::DmiCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

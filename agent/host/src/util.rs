@@ -205,6 +205,56 @@ pub(crate) fn dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Entries of `dir` named `<prefix><digit>...` (Go's `filepath.Glob(dir/prefix[0-9]*)`),
+/// sorted by name, with the part after `prefix`. A missing or unreadable directory gives an
+/// empty list (Glob ignores I/O errors).
+pub(crate) fn glob_digit(dir: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
+    let mut out: Vec<(PathBuf, String)> = dir_names(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix(prefix)?;
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                .then(|| (dir.join(&n), rest.to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// procfs' `util.ReadUintFromFile`: the trimmed content as a decimal `u64`.
+pub(crate) fn read_uint(path: &Path) -> Result<u64, CollectError> {
+    let t = read_small(path)?;
+    t.trim()
+        .parse::<u64>()
+        .map_err(|_| CollectError::parse(path, format!("not an unsigned integer: {:?}", t.trim())))
+}
+
+/// procfs' `util.ReadIntFromFile`: the trimmed content as a decimal `i64`.
+pub(crate) fn read_int(path: &Path) -> Result<i64, CollectError> {
+    let t = read_small(path)?;
+    t.trim()
+        .parse::<i64>()
+        .map_err(|_| CollectError::parse(path, format!("not an integer: {:?}", t.trim())))
+}
+
+/// True for errors procfs treats as "attribute absent" (not found, permission denied).
+pub(crate) fn absent(e: &CollectError) -> bool {
+    match e {
+        CollectError::Unavailable { .. } => true,
+        CollectError::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+        _ => false,
+    }
+}
+
+/// node_exporter's `SanitizeMetricName`: every character outside `[a-zA-Z0-9_]` becomes
+/// `_`.
+pub(crate) fn sanitize_name(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

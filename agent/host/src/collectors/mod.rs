@@ -27,6 +27,13 @@ pub(crate) mod timex;
 pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
+pub(crate) mod thermal_zone;
+pub(crate) mod rapl;
+pub(crate) mod nvme;
+pub(crate) mod edac;
+pub(crate) mod dmi;
+pub(crate) mod cpufreq;
+pub(crate) mod bonding;
 
 /// Every collector this crate provides, named like node_exporter's collectors (plus
 /// `process`, the agent's own `process_*` metrics, which client libraries export).
@@ -56,6 +63,13 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "schedstat",
     "timex",
     "textfile",
+    "cpufreq",
+    "thermal_zone",
+    "edac",
+    "rapl",
+    "nvme",
+    "bonding",
+    "dmi",
     "process",
 ];
 
