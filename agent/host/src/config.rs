@@ -68,6 +68,38 @@ pub struct HostMetricsConfig {
     pub netclass: NetclassConfig,
     pub arp: ArpConfig,
     pub textfile: TextfileConfig,
+    pub powersupply: PowerSupplyConfig,
+    pub tapestats: TapestatsConfig,
+}
+
+/// `[host.powersupply]` (`--collector.powersupply.ignored-supplies`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerSupplyConfig {
+    pub ignored_supplies: String,
+}
+
+impl Default for PowerSupplyConfig {
+    fn default() -> Self {
+        PowerSupplyConfig {
+            ignored_supplies: "^$".into(),
+        }
+    }
+}
+
+/// `[host.tapestats]` (`--collector.tapestats.ignored-devices`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapestatsConfig {
+    pub ignored_devices: String,
+}
+
+impl Default for TapestatsConfig {
+    fn default() -> Self {
+        TapestatsConfig {
+            ignored_devices: "^$".into(),
+        }
+    }
 }
 
 /// `[host.netclass]` (`--collector.netclass.*`).
@@ -209,6 +241,8 @@ impl Default for HostMetricsConfig {
             netclass: NetclassConfig::default(),
             arp: ArpConfig::default(),
             textfile: TextfileConfig::default(),
+            powersupply: PowerSupplyConfig::default(),
+            tapestats: TapestatsConfig::default(),
         }
     }
 }
@@ -401,6 +435,16 @@ impl HostMetricsConfig {
             self.arp.device_include.is_empty() || self.arp.device_exclude.is_empty(),
             key(prefix, "arp.device_include"),
             "device_include and device_exclude are mutually exclusive (as in node_exporter)",
+        );
+        check_regex(
+            issues,
+            key(prefix, "powersupply.ignored_supplies"),
+            &self.powersupply.ignored_supplies,
+        );
+        check_regex(
+            issues,
+            key(prefix, "tapestats.ignored_devices"),
+            &self.tapestats.ignored_devices,
         );
         let tf = &self.textfile;
         issues.check(
@@ -599,6 +643,26 @@ impl HostMetricsConfig {
             "nvme" => Arc::new(nvme::NvmeCollector::new(paths)),
             "bonding" => Arc::new(bonding::BondingCollector::new(paths)),
             "dmi" => Arc::new(dmi::DmiCollector::new(paths)),
+            "powersupplyclass" => Arc::new(powersupplyclass::PowerSupplyClassCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.powersupply.ignored_supplies",
+                    &self.powersupply.ignored_supplies,
+                )?,
+            )),
+            "tapestats" => Arc::new(tapestats::TapestatsCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.tapestats.ignored_devices",
+                    &self.tapestats.ignored_devices,
+                )?,
+            )),
+            "mdadm" => Arc::new(mdadm::MdadmCollector::new(paths)),
+            "hwmon" => Arc::new(hwmon::HwmonCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

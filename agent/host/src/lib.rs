@@ -23,18 +23,22 @@ pub use collectors::process::ProcessCollector;
 pub use collectors::ALL_COLLECTORS;
 pub use config::{
     ArpConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, NetclassConfig, NetdevConfig,
-    NetstatConfig, TextfileConfig, VmstatConfig, DEFAULT_TEXTFILE_DIRECTORY,
+    NetstatConfig, PowerSupplyConfig, TapestatsConfig, TextfileConfig, VmstatConfig,
+    DEFAULT_TEXTFILE_DIRECTORY,
 };
 
 /// Parsers of the individual files, exposed for property tests and tools.
 pub mod parse {
     pub use crate::collectors::arp::parse_arp;
     pub use crate::collectors::conntrack::parse_conntrack_stat;
+    pub use crate::collectors::cpu::parse_cpu_list;
     pub use crate::collectors::cpu::{parse_proc_stat, ProcStat};
     pub use crate::collectors::diskstats::{parse_diskstats, parse_udev_props};
     pub use crate::collectors::filefd::parse_file_nr;
     pub use crate::collectors::filesystem::{parse_mountinfo, unescape_mount_path, Mount};
+    pub use crate::collectors::hwmon::{clean_metric_name, explode_sensor_filename};
     pub use crate::collectors::loadavg::parse_loadavg;
+    pub use crate::collectors::mdadm::{parse_mdstat, MdStat};
     pub use crate::collectors::meminfo::{parse_meminfo, MeminfoField};
     pub use crate::collectors::netclass::{apply_netclass_attr, NetClassIface};
     pub use crate::collectors::netdev::parse_net_dev;
@@ -42,6 +46,7 @@ pub mod parse {
     pub use crate::collectors::os::{parse_os_release, parse_os_version};
     pub use crate::collectors::pressure::parse_pressure;
     pub use crate::collectors::process::{parse_btime, parse_limits, parse_pid_stat};
+    pub use crate::collectors::rapl::rapl_index_and_name;
     pub use crate::collectors::schedstat::parse_schedstat;
     pub use crate::collectors::selinux::parse_selinux_config;
     pub use crate::collectors::sockstat::parse_sockstat;

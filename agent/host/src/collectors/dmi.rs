@@ -54,7 +54,10 @@ impl Collector for DmiCollector {
         for (file, label) in ATTRS {
             let p = self.dir.join(file);
             // Unreadable (root-only serials) and missing attributes are left out.
-            if std::fs::symlink_metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+            {
                 if let Some(v) = sys_read(&p) {
                     labels.push((label, v));
                 }

@@ -57,12 +57,18 @@ impl Collector for EdacCollector {
         );
         for (mc, rest) in glob_digit(&self.dir, "mc") {
             let n = leading_digits(&rest);
-            ce.push([("controller", n.clone())], read_uint(&mc.join("ce_count"))? as f64);
+            ce.push(
+                [("controller", n.clone())],
+                read_uint(&mc.join("ce_count"))? as f64,
+            );
             rce.push(
                 [("controller", n.clone()), ("csrow", "unknown".into())],
                 read_uint(&mc.join("ce_noinfo_count"))? as f64,
             );
-            ue.push([("controller", n.clone())], read_uint(&mc.join("ue_count"))? as f64);
+            ue.push(
+                [("controller", n.clone())],
+                read_uint(&mc.join("ue_count"))? as f64,
+            );
             rue.push(
                 [("controller", n.clone()), ("csrow", "unknown".into())],
                 read_uint(&mc.join("ue_noinfo_count"))? as f64,

@@ -3,37 +3,41 @@
 //! file under the host root into a reused buffer and maps it to node_exporter's families.
 
 pub(crate) mod arp;
+pub(crate) mod bonding;
 pub(crate) mod conntrack;
 pub(crate) mod cpu;
+pub(crate) mod cpufreq;
 pub(crate) mod diskstats;
+pub(crate) mod dmi;
+pub(crate) mod edac;
 pub(crate) mod entropy;
 pub(crate) mod filefd;
 pub(crate) mod filesystem;
+pub(crate) mod hwmon;
 pub(crate) mod loadavg;
+pub(crate) mod mdadm;
 pub(crate) mod meminfo;
 pub(crate) mod netclass;
 pub(crate) mod netdev;
 pub(crate) mod netstat;
+pub(crate) mod nvme;
 pub(crate) mod os;
+pub(crate) mod powersupplyclass;
 pub(crate) mod pressure;
 pub(crate) mod process;
+pub(crate) mod rapl;
 pub(crate) mod schedstat;
 pub(crate) mod selinux;
 pub(crate) mod sockstat;
 pub(crate) mod softnet;
+pub(crate) mod tapestats;
 pub(crate) mod textfile;
+pub(crate) mod thermal_zone;
 pub(crate) mod time;
 pub(crate) mod timex;
 pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
-pub(crate) mod thermal_zone;
-pub(crate) mod rapl;
-pub(crate) mod nvme;
-pub(crate) mod edac;
-pub(crate) mod dmi;
-pub(crate) mod cpufreq;
-pub(crate) mod bonding;
 
 /// Every collector this crate provides, named like node_exporter's collectors (plus
 /// `process`, the agent's own `process_*` metrics, which client libraries export).
@@ -70,6 +74,10 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "nvme",
     "bonding",
     "dmi",
+    "powersupplyclass",
+    "tapestats",
+    "mdadm",
+    "hwmon",
     "process",
 ];
 
