@@ -70,6 +70,26 @@ pub struct HostMetricsConfig {
     pub textfile: TextfileConfig,
     pub powersupply: PowerSupplyConfig,
     pub tapestats: TapestatsConfig,
+    pub ipvs: IpvsConfig,
+}
+
+/// `[host.ipvs]` (`--collector.ipvs.backend-labels`, as a list).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpvsConfig {
+    /// Labels of the backend gauges; backends equal on these are summed.
+    pub backend_labels: Vec<String>,
+}
+
+impl Default for IpvsConfig {
+    fn default() -> Self {
+        IpvsConfig {
+            backend_labels: crate::collectors::ipvs::IPVS_BACKEND_LABELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// `[host.powersupply]` (`--collector.powersupply.ignored-supplies`).
@@ -243,6 +263,7 @@ impl Default for HostMetricsConfig {
             textfile: TextfileConfig::default(),
             powersupply: PowerSupplyConfig::default(),
             tapestats: TapestatsConfig::default(),
+            ipvs: IpvsConfig::default(),
         }
     }
 }
@@ -446,6 +467,16 @@ impl HostMetricsConfig {
             key(prefix, "tapestats.ignored_devices"),
             &self.tapestats.ignored_devices,
         );
+        for (i, l) in self.ipvs.backend_labels.iter().enumerate() {
+            issues.check(
+                crate::collectors::ipvs::IPVS_BACKEND_LABELS.contains(&l.as_str()),
+                key(prefix, &format!("ipvs.backend_labels[{i}]")),
+                format!(
+                    "unknown IPVS backend label `{l}`; known: {}",
+                    crate::collectors::ipvs::IPVS_BACKEND_LABELS.join(", ")
+                ),
+            );
+        }
         let tf = &self.textfile;
         issues.check(
             tf.directory.is_empty() || tf.directory.starts_with('/'),
@@ -663,6 +694,15 @@ impl HostMetricsConfig {
             )),
             "mdadm" => Arc::new(mdadm::MdadmCollector::new(paths)),
             "hwmon" => Arc::new(hwmon::HwmonCollector::new(paths)),
+            "infiniband" => Arc::new(infiniband::InfinibandCollector::new(paths)),
+            "ipvs" => Arc::new(ipvs::IpvsCollector::new(
+                paths,
+                ipvs::IPVS_BACKEND_LABELS
+                    .iter()
+                    .copied()
+                    .filter(|l| self.ipvs.backend_labels.iter().any(|c| c == l))
+                    .collect(),
+            )),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

@@ -22,8 +22,8 @@ pub use collectors::filesystem::{real_statfs, FilesystemCollector, FsStat, StatF
 pub use collectors::process::ProcessCollector;
 pub use collectors::ALL_COLLECTORS;
 pub use config::{
-    ArpConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, NetclassConfig, NetdevConfig,
-    NetstatConfig, PowerSupplyConfig, TapestatsConfig, TextfileConfig, VmstatConfig,
+    ArpConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, IpvsConfig, NetclassConfig,
+    NetdevConfig, NetstatConfig, PowerSupplyConfig, TapestatsConfig, TextfileConfig, VmstatConfig,
     DEFAULT_TEXTFILE_DIRECTORY,
 };
 
@@ -37,6 +37,8 @@ pub mod parse {
     pub use crate::collectors::filefd::parse_file_nr;
     pub use crate::collectors::filesystem::{parse_mountinfo, unescape_mount_path, Mount};
     pub use crate::collectors::hwmon::{clean_metric_name, explode_sensor_filename};
+    pub use crate::collectors::infiniband::{parse_ib_rate, parse_ib_state};
+    pub use crate::collectors::ipvs::{parse_ipvs_backends, parse_ipvs_stats, IpvsBackend};
     pub use crate::collectors::loadavg::parse_loadavg;
     pub use crate::collectors::mdadm::{parse_mdstat, MdStat};
     pub use crate::collectors::meminfo::{parse_meminfo, MeminfoField};

@@ -14,6 +14,8 @@ pub(crate) mod entropy;
 pub(crate) mod filefd;
 pub(crate) mod filesystem;
 pub(crate) mod hwmon;
+pub(crate) mod infiniband;
+pub(crate) mod ipvs;
 pub(crate) mod loadavg;
 pub(crate) mod mdadm;
 pub(crate) mod meminfo;
@@ -78,6 +80,8 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "tapestats",
     "mdadm",
     "hwmon",
+    "infiniband",
+    "ipvs",
     "process",
 ];
 
