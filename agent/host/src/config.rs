@@ -703,6 +703,9 @@ impl HostMetricsConfig {
                     .filter(|l| self.ipvs.backend_labels.iter().any(|c| c == l))
                     .collect(),
             )),
+            "nfs" => Arc::new(nfs::NfsCollector::new(paths)),
+            "xfs" => Arc::new(xfs::XfsCollector::new(paths)),
+            "btrfs" => Arc::new(btrfs::BtrfsCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

@@ -30,6 +30,7 @@ pub use config::{
 /// Parsers of the individual files, exposed for property tests and tools.
 pub mod parse {
     pub use crate::collectors::arp::parse_arp;
+    pub use crate::collectors::btrfs::btrfs_ratio;
     pub use crate::collectors::conntrack::parse_conntrack_stat;
     pub use crate::collectors::cpu::parse_cpu_list;
     pub use crate::collectors::cpu::{parse_proc_stat, ProcStat};
@@ -45,6 +46,7 @@ pub mod parse {
     pub use crate::collectors::netclass::{apply_netclass_attr, NetClassIface};
     pub use crate::collectors::netdev::parse_net_dev;
     pub use crate::collectors::netstat::{parse_netstat, parse_snmp6};
+    pub use crate::collectors::nfs::{parse_nfs_client, NfsClientStats};
     pub use crate::collectors::os::{parse_os_release, parse_os_version};
     pub use crate::collectors::pressure::parse_pressure;
     pub use crate::collectors::process::{parse_btime, parse_limits, parse_pid_stat};
@@ -58,6 +60,7 @@ pub mod parse {
     pub use crate::collectors::timex::{timex_families, Timex};
     pub use crate::collectors::udp_queues::parse_udp_queues;
     pub use crate::collectors::vmstat::parse_vmstat;
+    pub use crate::collectors::xfs::parse_xfs_stats;
 }
 
 /// node_exporter's per-collector scrape families,

@@ -4,6 +4,7 @@
 
 pub(crate) mod arp;
 pub(crate) mod bonding;
+pub(crate) mod btrfs;
 pub(crate) mod conntrack;
 pub(crate) mod cpu;
 pub(crate) mod cpufreq;
@@ -22,6 +23,7 @@ pub(crate) mod meminfo;
 pub(crate) mod netclass;
 pub(crate) mod netdev;
 pub(crate) mod netstat;
+pub(crate) mod nfs;
 pub(crate) mod nvme;
 pub(crate) mod os;
 pub(crate) mod powersupplyclass;
@@ -40,6 +42,7 @@ pub(crate) mod timex;
 pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
+pub(crate) mod xfs;
 
 /// Every collector this crate provides, named like node_exporter's collectors (plus
 /// `process`, the agent's own `process_*` metrics, which client libraries export).
@@ -82,6 +85,9 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "hwmon",
     "infiniband",
     "ipvs",
+    "nfs",
+    "xfs",
+    "btrfs",
     "process",
 ];
 
