@@ -71,6 +71,15 @@ pub struct HostMetricsConfig {
     pub powersupply: PowerSupplyConfig,
     pub tapestats: TapestatsConfig,
     pub ipvs: IpvsConfig,
+    pub bcache: BcacheConfig,
+}
+
+/// `[host.bcache]` (`--collector.bcache.priorityStats`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BcacheConfig {
+    /// Also read the (expensive) `priority_stats` of each cache device.
+    pub priority_stats: bool,
 }
 
 /// `[host.ipvs]` (`--collector.ipvs.backend-labels`, as a list).
@@ -264,6 +273,7 @@ impl Default for HostMetricsConfig {
             powersupply: PowerSupplyConfig::default(),
             tapestats: TapestatsConfig::default(),
             ipvs: IpvsConfig::default(),
+            bcache: BcacheConfig::default(),
         }
     }
 }
@@ -706,6 +716,10 @@ impl HostMetricsConfig {
             "nfs" => Arc::new(nfs::NfsCollector::new(paths)),
             "xfs" => Arc::new(xfs::XfsCollector::new(paths)),
             "btrfs" => Arc::new(btrfs::BtrfsCollector::new(paths)),
+            "bcache" => Arc::new(bcache::BcacheCollector::new(
+                paths,
+                self.bcache.priority_stats,
+            )),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

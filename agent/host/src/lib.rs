@@ -22,14 +22,15 @@ pub use collectors::filesystem::{real_statfs, FilesystemCollector, FsStat, StatF
 pub use collectors::process::ProcessCollector;
 pub use collectors::ALL_COLLECTORS;
 pub use config::{
-    ArpConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, IpvsConfig, NetclassConfig,
-    NetdevConfig, NetstatConfig, PowerSupplyConfig, TapestatsConfig, TextfileConfig, VmstatConfig,
-    DEFAULT_TEXTFILE_DIRECTORY,
+    ArpConfig, BcacheConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, IpvsConfig,
+    NetclassConfig, NetdevConfig, NetstatConfig, PowerSupplyConfig, TapestatsConfig,
+    TextfileConfig, VmstatConfig, DEFAULT_TEXTFILE_DIRECTORY,
 };
 
 /// Parsers of the individual files, exposed for property tests and tools.
 pub mod parse {
     pub use crate::collectors::arp::parse_arp;
+    pub use crate::collectors::bcache::{dehumanize, parse_writeback_rate_debug};
     pub use crate::collectors::btrfs::btrfs_ratio;
     pub use crate::collectors::conntrack::parse_conntrack_stat;
     pub use crate::collectors::cpu::parse_cpu_list;

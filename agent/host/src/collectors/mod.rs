@@ -3,6 +3,7 @@
 //! file under the host root into a reused buffer and maps it to node_exporter's families.
 
 pub(crate) mod arp;
+pub(crate) mod bcache;
 pub(crate) mod bonding;
 pub(crate) mod btrfs;
 pub(crate) mod conntrack;
@@ -88,6 +89,7 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "nfs",
     "xfs",
     "btrfs",
+    "bcache",
     "process",
 ];
 
