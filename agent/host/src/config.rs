@@ -720,6 +720,7 @@ impl HostMetricsConfig {
                 paths,
                 self.bcache.priority_stats,
             )),
+            "zfs" => Arc::new(zfs::ZfsCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

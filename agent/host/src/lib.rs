@@ -62,6 +62,7 @@ pub mod parse {
     pub use crate::collectors::udp_queues::parse_udp_queues;
     pub use crate::collectors::vmstat::parse_vmstat;
     pub use crate::collectors::xfs::parse_xfs_stats;
+    pub use crate::collectors::zfs::{parse_kstat, parse_zpool_io, parse_zpool_objset};
 }
 
 /// node_exporter's per-collector scrape families,

@@ -44,6 +44,7 @@ pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
 pub(crate) mod xfs;
+pub(crate) mod zfs;
 
 /// Every collector this crate provides, named like node_exporter's collectors (plus
 /// `process`, the agent's own `process_*` metrics, which client libraries export).
@@ -90,6 +91,7 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "xfs",
     "btrfs",
     "bcache",
+    "zfs",
     "process",
 ];
 
