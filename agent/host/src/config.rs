@@ -144,7 +144,7 @@ pub struct NetclassConfig {
 }
 
 /// `[host.arp]` (`--collector.arp.device-include` / `-exclude`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArpConfig {
     pub device_include: String,
@@ -176,15 +176,6 @@ impl Default for NetclassConfig {
             ignored_devices: "^$".into(),
             ignore_invalid_speed: false,
             max_devices: 4096,
-        }
-    }
-}
-
-impl Default for ArpConfig {
-    fn default() -> Self {
-        ArpConfig {
-            device_include: String::new(),
-            device_exclude: String::new(),
         }
     }
 }
@@ -721,6 +712,8 @@ impl HostMetricsConfig {
                 self.bcache.priority_stats,
             )),
             "zfs" => Arc::new(zfs::ZfsCollector::new(paths)),
+            "nfsd" => Arc::new(nfsd::NfsdCollector::new(paths)),
+            "fibrechannel" => Arc::new(fibrechannel::FibrechannelCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
             other => {
                 return Err(HostError::InvalidConfig {

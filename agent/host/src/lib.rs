@@ -48,6 +48,7 @@ pub mod parse {
     pub use crate::collectors::netdev::parse_net_dev;
     pub use crate::collectors::netstat::{parse_netstat, parse_snmp6};
     pub use crate::collectors::nfs::{parse_nfs_client, NfsClientStats};
+    pub use crate::collectors::nfsd::{parse_nfsd, NfsdStats};
     pub use crate::collectors::os::{parse_os_release, parse_os_version};
     pub use crate::collectors::pressure::parse_pressure;
     pub use crate::collectors::process::{parse_btime, parse_limits, parse_pid_stat};

@@ -435,7 +435,7 @@ mod tests {
         fn garbage_never_panics(s in "\\PC*") {
             let _ = dehumanize(&s);
             let _ = dehumanize_signed(&s);
-            let _ = parse_writeback_rate_debug(&[s.clone()]);
+            let _ = parse_writeback_rate_debug(std::slice::from_ref(&s));
         }
     }
 }

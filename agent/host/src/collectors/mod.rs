@@ -13,6 +13,7 @@ pub(crate) mod diskstats;
 pub(crate) mod dmi;
 pub(crate) mod edac;
 pub(crate) mod entropy;
+pub(crate) mod fibrechannel;
 pub(crate) mod filefd;
 pub(crate) mod filesystem;
 pub(crate) mod hwmon;
@@ -25,6 +26,7 @@ pub(crate) mod netclass;
 pub(crate) mod netdev;
 pub(crate) mod netstat;
 pub(crate) mod nfs;
+pub(crate) mod nfsd;
 pub(crate) mod nvme;
 pub(crate) mod os;
 pub(crate) mod powersupplyclass;
@@ -92,6 +94,8 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "btrfs",
     "bcache",
     "zfs",
+    "nfsd",
+    "fibrechannel",
     "process",
 ];
 

@@ -84,8 +84,11 @@ pub fn parse_zpool_io(text: &str) -> Result<Vec<(String, u64)>, String> {
     Ok(out)
 }
 
+/// A dataset name and its `(field, value)` kstats.
+pub type Objset<'a> = (String, Vec<(&'a str, u64)>);
+
 /// `(dataset name, [(field, value)])` of an `objset-*` kstat.
-pub fn parse_zpool_objset(text: &str) -> Result<(String, Vec<(&str, u64)>), String> {
+pub fn parse_zpool_objset(text: &str) -> Result<Objset<'_>, String> {
     let mut started = false;
     let mut dataset = String::new();
     let mut out = Vec::new();
