@@ -777,8 +777,10 @@ mod tests {
             ),
         )
         .unwrap();
-        let mut cfg = FilesystemConfig::default();
-        cfg.mount_points_exclude = String::new();
+        let cfg = FilesystemConfig {
+            mount_points_exclude: String::new(),
+            ..Default::default()
+        };
         let c = FilesystemCollector::from_config(&paths, &cfg, None).unwrap();
         let f = c.collect().unwrap();
         let late = [("mountpoint", "/mnt/late")];
