@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodescope_model::config::Issues;
+use nodescope_model::workload::SharedPodLookup;
 use nodescope_model::Collector;
 use serde::Deserialize;
 
@@ -72,6 +73,26 @@ pub struct HostMetricsConfig {
     pub tapestats: TapestatsConfig,
     pub ipvs: IpvsConfig,
     pub bcache: BcacheConfig,
+    pub cgroup: CgroupConfig,
+}
+
+/// `[host.cgroup]`: per-workload metrics from the cgroup filesystem.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// Cgroup directories walked per collect; the rest are skipped and counted.
+    pub max_cgroups: usize,
+    /// Workloads exported per collect; the rest are dropped and counted.
+    pub max_workloads: usize,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            max_cgroups: 10_000,
+            max_workloads: 2_000,
+        }
+    }
 }
 
 /// `[host.bcache]` (`--collector.bcache.priorityStats`).
@@ -265,6 +286,7 @@ impl Default for HostMetricsConfig {
             tapestats: TapestatsConfig::default(),
             ipvs: IpvsConfig::default(),
             bcache: BcacheConfig::default(),
+            cgroup: CgroupConfig::default(),
         }
     }
 }
@@ -478,6 +500,22 @@ impl HostMetricsConfig {
                 ),
             );
         }
+        issues.check(
+            (1..=1_000_000).contains(&self.cgroup.max_cgroups),
+            key(prefix, "cgroup.max_cgroups"),
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.cgroup.max_cgroups
+            ),
+        );
+        issues.check(
+            (1..=100_000).contains(&self.cgroup.max_workloads),
+            key(prefix, "cgroup.max_workloads"),
+            format!(
+                "must be between 1 and 100000, got {}",
+                self.cgroup.max_workloads
+            ),
+        );
         let tf = &self.textfile;
         issues.check(
             tf.directory.is_empty() || tf.directory.starts_with('/'),
@@ -525,6 +563,16 @@ impl HostMetricsConfig {
     /// Builds one collector per enabled family, reading under `paths`. Fails on the first
     /// invalid setting (run [`validate`](Self::validate) first to see them all).
     pub fn build(&self, paths: &HostPaths) -> Result<Vec<Arc<dyn Collector>>, HostError> {
+        self.build_with_pods(paths, None)
+    }
+
+    /// As [`build`](Self::build), with the Kubernetes pod metadata the `cgroup` collector
+    /// adds to container workloads (`namespace`, `pod`, `container`).
+    pub fn build_with_pods(
+        &self,
+        paths: &HostPaths,
+        pods: SharedPodLookup,
+    ) -> Result<Vec<Arc<dyn Collector>>, HostError> {
         if !self.enabled {
             return Ok(Vec::new());
         }
@@ -549,12 +597,17 @@ impl HostMetricsConfig {
         }
         let mut out: Vec<Arc<dyn Collector>> = Vec::new();
         for name in self.enabled_collectors() {
-            out.push(self.build_one(name, paths)?);
+            out.push(self.build_one(name, paths, &pods)?);
         }
         Ok(out)
     }
 
-    fn build_one(&self, name: &str, paths: &HostPaths) -> Result<Arc<dyn Collector>, HostError> {
+    fn build_one(
+        &self,
+        name: &str,
+        paths: &HostPaths,
+        pods: &SharedPodLookup,
+    ) -> Result<Arc<dyn Collector>, HostError> {
         use collectors::*;
         Ok(match name {
             "cpu" => Arc::new(cpu::CpuCollector::new(paths)),
@@ -715,6 +768,14 @@ impl HostMetricsConfig {
             "nfsd" => Arc::new(nfsd::NfsdCollector::new(paths)),
             "fibrechannel" => Arc::new(fibrechannel::FibrechannelCollector::new(paths)),
             "process" => Arc::new(process::ProcessCollector::new()),
+            "cgroup" => Arc::new(cgroup::CgroupCollector::new(
+                paths,
+                pods.clone(),
+                cgroup::CgroupLimits {
+                    max_cgroups: self.cgroup.max_cgroups,
+                    max_workloads: self.cgroup.max_workloads,
+                },
+            )),
             other => {
                 return Err(HostError::InvalidConfig {
                     key: "host.collectors".into(),

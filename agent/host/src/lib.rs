@@ -18,12 +18,13 @@ mod config;
 mod filter;
 mod util;
 
+pub use collectors::cgroup::WORKLOAD_FAMILIES;
 pub use collectors::filesystem::{real_statfs, FilesystemCollector, FsStat, StatFn};
 pub use collectors::process::ProcessCollector;
-pub use collectors::ALL_COLLECTORS;
+pub use collectors::{ALL_COLLECTORS, NODESCOPE_ONLY_COLLECTORS};
 pub use config::{
-    ArpConfig, BcacheConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig, IpvsConfig,
-    NetclassConfig, NetdevConfig, NetstatConfig, PowerSupplyConfig, TapestatsConfig,
+    ArpConfig, BcacheConfig, CgroupConfig, DiskstatsConfig, FilesystemConfig, HostMetricsConfig,
+    IpvsConfig, NetclassConfig, NetdevConfig, NetstatConfig, PowerSupplyConfig, TapestatsConfig,
     TextfileConfig, VmstatConfig, DEFAULT_TEXTFILE_DIRECTORY,
 };
 
@@ -32,6 +33,7 @@ pub mod parse {
     pub use crate::collectors::arp::parse_arp;
     pub use crate::collectors::bcache::{dehumanize, parse_writeback_rate_debug};
     pub use crate::collectors::btrfs::btrfs_ratio;
+    pub use crate::collectors::cgroup::{flat_keyed, parse_blkio, parse_io_stat, psi_total};
     pub use crate::collectors::conntrack::parse_conntrack_stat;
     pub use crate::collectors::cpu::parse_cpu_list;
     pub use crate::collectors::cpu::{parse_proc_stat, ProcStat};
@@ -70,7 +72,7 @@ pub mod parse {
 /// `node_scrape_collector_duration_seconds{collector}` and
 /// `node_scrape_collector_success{collector}`, for the outcomes of one collection of the
 /// host collectors: `(collector name, how long it ran, whether it returned Ok)`. Only the
-/// collectors node_exporter has are reported (not `process`). The agent's runner, which
+/// collectors node_exporter has are reported (not [`NODESCOPE_ONLY_COLLECTORS`]). The agent's runner, which
 /// knows each outcome and duration, calls this once per collection; a failed collector is
 /// `success 0`, as in node_exporter (whose "no data" errors also count as failures).
 pub fn node_scrape_families<'a>(
@@ -88,7 +90,7 @@ pub fn node_scrape_families<'a>(
         MetricType::Gauge,
     );
     for (name, took, success) in outcomes {
-        if !ALL_COLLECTORS.contains(&name) || name == "process" {
+        if !ALL_COLLECTORS.contains(&name) || NODESCOPE_ONLY_COLLECTORS.contains(&name) {
             continue;
         }
         dur.push([("collector", name)], took.as_secs_f64());

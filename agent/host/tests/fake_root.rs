@@ -75,7 +75,20 @@ fn build_tree(dir: &Path) -> HostPaths {
     );
     write(p, "1/net/sockstat6", "TCP6: inuse 6\n");
     write(p, "1/net/stat/nf_conntrack", "entries  found drop early_drop\n00000011  00000001 00000002 00000000\n00000011  00000002 00000003 00000001\n");
-    write(p, "1/mountinfo", MOUNTINFO);
+    // `/` and `/boot` are directories of the temp dir's filesystem here: give them its
+    // device so the collector's mount check (path device == mount table device) passes.
+    std::fs::create_dir_all(&paths.root).unwrap();
+    let st = std::fs::metadata(&paths.root).unwrap();
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        let d = st.dev();
+        format!("{}:{}", rustix::fs::major(d), rustix::fs::minor(d))
+    };
+    write(
+        p,
+        "1/mountinfo",
+        &MOUNTINFO.replace("8:1", &dev).replace("0:22", &dev),
+    );
     write(p, "1/net/arp", "IP address       HW type     Flags       HW address            Mask     Device\n10.0.0.1         0x1         0x2         52:54:00:12:35:02     *        eth0\n");
     write(p, "net/arp", "IP address       HW type     Flags       HW address            Mask     Device\n10.9.9.9         0x1         0x2         52:54:00:12:35:02     *        decoy0\n");
     write(p, "1/net/udp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0016 00000000:0000 07 00000010:00000020 00:00000000 00000000     0        0 2740 2 0\n");

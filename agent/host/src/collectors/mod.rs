@@ -6,6 +6,7 @@ pub(crate) mod arp;
 pub(crate) mod bcache;
 pub(crate) mod bonding;
 pub(crate) mod btrfs;
+pub(crate) mod cgroup;
 pub(crate) mod conntrack;
 pub(crate) mod cpu;
 pub(crate) mod cpufreq;
@@ -49,7 +50,8 @@ pub(crate) mod xfs;
 pub(crate) mod zfs;
 
 /// Every collector this crate provides, named like node_exporter's collectors (plus
-/// `process`, the agent's own `process_*` metrics, which client libraries export).
+/// `process`, the agent's own `process_*` metrics, which client libraries export, and
+/// `cgroup`, per-workload resource metrics).
 pub const ALL_COLLECTORS: &[&str] = &[
     "cpu",
     "stat",
@@ -97,7 +99,12 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "nfsd",
     "fibrechannel",
     "process",
+    "cgroup",
 ];
+
+/// Collectors of this crate that node_exporter does not have (no
+/// `node_scrape_collector_*` series for them).
+pub const NODESCOPE_ONLY_COLLECTORS: &[&str] = &["process", "cgroup"];
 
 #[cfg(test)]
 pub(crate) mod testutil {
