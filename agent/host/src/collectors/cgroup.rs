@@ -1103,6 +1103,49 @@ mod tests {
     }
 
     #[test]
+    fn new_and_removed_cgroups_are_seen_without_waiting_for_the_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = HostPaths::from_root(dir.path());
+        let cg = paths.sys.join("fs/cgroup");
+        write(&cg.join("memory/a/memory.usage_in_bytes"), "1\n");
+        write(&cg.join("memory/k/x/memory.usage_in_bytes"), "2\n");
+        let c = CgroupCollector::new(
+            &paths,
+            None,
+            CgroupLimits {
+                max_cgroups: 100,
+                max_workloads: 100,
+                max_open_files: 100,
+                rescan_interval: std::time::Duration::from_secs(3600),
+            },
+        );
+        let n = |f: &[MetricFamily]| value(f, "nodescope_host_cgroup_workloads", &[]);
+        assert_eq!(n(&c.collect().unwrap()), 2.0);
+        assert_eq!(n(&c.collect().unwrap()), 2.0);
+        write(&cg.join("memory/k/y/memory.usage_in_bytes"), "3\n");
+        let f = c.collect().unwrap();
+        assert_eq!(n(&f), 3.0);
+        assert_eq!(
+            value(
+                &f,
+                "nodescope_workload_memory_usage_bytes",
+                &[("workload", "/k/y")]
+            ),
+            3.0
+        );
+        std::fs::remove_dir_all(cg.join("memory/k/x")).unwrap();
+        assert_eq!(n(&c.collect().unwrap()), 2.0);
+        assert_eq!(
+            value(
+                &c.collect().unwrap(),
+                "nodescope_host_cgroup_walks_total",
+                &[]
+            ),
+            3.0
+        );
+    }
+
+    #[test]
     fn no_cgroupfs_is_unavailable() {
         let dir = tempfile::tempdir().unwrap();
         let paths = HostPaths::from_root(dir.path());
