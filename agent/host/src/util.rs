@@ -261,9 +261,146 @@ pub(crate) fn sanitize_name(s: &str) -> String {
         .collect()
 }
 
+/// Files of `/sys` or `/proc` kept open between collects and re-read with `pread` from
+/// offset 0 (kernfs and procfs regenerate the content): one syscall instead of
+/// open+fstat+read+close, which is most of the cost of a small attribute on this kind of
+/// machine. Files not touched in a collect are closed at its end; at most `cap` are open
+/// (past that, files are read the plain way and counted); a missing file is remembered as
+/// missing until it is not touched for a collect.
+#[derive(Debug)]
+pub(crate) struct OpenFiles {
+    map: std::collections::HashMap<PathBuf, (Option<std::fs::File>, u64)>,
+    gen: u64,
+    cap: usize,
+    pub(crate) uncached: u64,
+}
+
+impl OpenFiles {
+    pub(crate) fn new(cap: usize) -> Self {
+        OpenFiles {
+            map: std::collections::HashMap::new(),
+            gen: 0,
+            cap,
+            uncached: 0,
+        }
+    }
+
+    /// Starts a collect.
+    pub(crate) fn begin(&mut self) {
+        self.gen += 1;
+    }
+
+    /// Ends a collect: closes the files it did not read.
+    pub(crate) fn end(&mut self) {
+        let g = self.gen;
+        self.map.retain(|_, (_, used)| *used == g);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Reads `p` whole into `buf`.
+    pub(crate) fn read(&mut self, p: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        fn read_all(f: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+            buf.clear();
+            let mut off = 0u64;
+            loop {
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(4096);
+                }
+                let len = buf.len();
+                buf.resize(buf.capacity(), 0);
+                match f.read_at(&mut buf[len..], off) {
+                    Ok(0) => {
+                        buf.truncate(len);
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        buf.truncate(len + n);
+                        off += n as u64;
+                        if off >= MAX_FILE_BYTES {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        buf.truncate(len);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let gen = self.gen;
+        if let Some((f, used)) = self.map.get_mut(p) {
+            *used = gen;
+            match f {
+                None => return Err(std::io::ErrorKind::NotFound.into()),
+                Some(file) => match read_all(file, buf) {
+                    // ENODEV / ENOENT: the object was removed (maybe recreated): reopen.
+                    Err(e) if matches!(e.raw_os_error(), Some(19) | Some(2)) => {
+                        self.map.remove(p);
+                    }
+                    r => return r,
+                },
+            }
+        }
+        match std::fs::File::open(p) {
+            Ok(file) => {
+                let r = read_all(&file, buf);
+                if self.map.len() < self.cap {
+                    self.map.insert(p.to_path_buf(), (Some(file), gen));
+                } else {
+                    self.uncached += 1;
+                }
+                r
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound && self.map.len() < self.cap {
+                    self.map.insert(p.to_path_buf(), (None, gen));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_reread_close_and_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "1\n").unwrap();
+        let mut f = OpenFiles::new(2);
+        let mut buf = Vec::new();
+        f.begin();
+        f.read(&a, &mut buf).unwrap();
+        assert_eq!(buf, b"1\n");
+        assert!(f.read(&dir.path().join("missing"), &mut buf).is_err());
+        assert_eq!(f.len(), 2);
+        f.end();
+        std::fs::write(&a, "22\n").unwrap();
+        f.begin();
+        f.read(&a, &mut buf).unwrap();
+        assert_eq!(buf, b"22\n", "re-read through the open descriptor");
+        f.end();
+        assert_eq!(f.len(), 1, "the missing file was not touched: forgotten");
+        f.begin();
+        let b = dir.path().join("b");
+        let c = dir.path().join("c");
+        std::fs::write(&b, "b").unwrap();
+        std::fs::write(&c, "c").unwrap();
+        f.read(&a, &mut buf).unwrap();
+        f.read(&b, &mut buf).unwrap();
+        f.read(&c, &mut buf).unwrap();
+        assert_eq!(buf, b"c");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.uncached, 1);
+    }
 
     #[test]
     fn go_integers() {

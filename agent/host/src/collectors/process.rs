@@ -76,6 +76,8 @@ pub struct ProcessCollector {
     buf: Buf,
     ticks: f64,
     page: f64,
+    /// Boot time: constant, read from `/proc/stat` (a large file) once.
+    btime: std::sync::OnceLock<u64>,
 }
 
 impl ProcessCollector {
@@ -92,6 +94,7 @@ impl ProcessCollector {
             buf: Buf::new(),
             ticks: rustix::param::clock_ticks_per_second() as f64,
             page: rustix::param::page_size() as f64,
+            btime: std::sync::OnceLock::new(),
         }
     }
 }
@@ -112,10 +115,16 @@ impl Collector for ProcessCollector {
         let st = self.buf.with_file(&stat_path, |t| {
             parse_pid_stat(t).ok_or_else(|| CollectError::parse(&stat_path, "malformed stat line"))
         })?;
-        let btime_path = &self.proc_stat;
-        let btime = self.buf.with_file(btime_path, |t| {
-            parse_btime(t).ok_or_else(|| CollectError::parse(btime_path, "no btime line"))
-        })?;
+        let btime = match self.btime.get() {
+            Some(b) => *b,
+            None => {
+                let btime_path = &self.proc_stat;
+                let b = self.buf.with_file(btime_path, |t| {
+                    parse_btime(t).ok_or_else(|| CollectError::parse(btime_path, "no btime line"))
+                })?;
+                *self.btime.get_or_init(|| b)
+            }
+        };
         let limits_path = self.proc_self.join("limits");
         let (max_fds, max_as) = parse_limits(&read_small(&limits_path)?);
         let fd_dir = self.proc_self.join("fd");
