@@ -1067,7 +1067,11 @@ fn node_job_rewrite(text: &str) -> String {
 
 fn load_node_dashboard(file: &str, rewrite: bool) -> Dashboard {
     let text = std::fs::read_to_string(node_dashboards_dir().join(file)).unwrap();
-    let text = if rewrite { node_job_rewrite(&text) } else { text };
+    let text = if rewrite {
+        node_job_rewrite(&text)
+    } else {
+        text
+    };
     let json: Value = serde_json::from_str(&text).unwrap();
     Dashboard {
         file: file.to_string(),
@@ -1119,8 +1123,17 @@ fn node_checks(port: u16, ns_instance: &str) -> (Vec<NodeCheck>, Vec<String>) {
             ne_pre.insert("cluster".to_string(), String::new());
             ns_pre.insert("cluster".to_string(), String::new());
         }
+        // These dashboards use single-value variables with `=` matchers: Grafana inserts
+        // the raw value there, not the regex-escaped one.
+        let raw = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.into_iter()
+                .map(|(k, v)| (k, v.replace("\\\\", "")))
+                .collect()
+        };
         let (ne_vals, ne_problems) = resolve_variables_with(port, &ne_d, &ne_pre);
-        let (mut ns_vals, ns_problems) = resolve_variables_with(port, &ns_d, &ns_pre);
+        let (ns_vals, ns_problems) = resolve_variables_with(port, &ns_d, &ns_pre);
+        let ne_vals = raw(ne_vals);
+        let mut ns_vals = raw(ns_vals);
         let ne_bad: BTreeSet<String> = ne_problems.iter().map(|p| problem_variable(p)).collect();
         for p in &ns_problems {
             let var = problem_variable(p);
@@ -1132,7 +1145,7 @@ fn node_checks(port: u16, ns_instance: &str) -> (Vec<NodeCheck>, Vec<String>) {
                 // Check the panels for nodescope's instance all the same.
                 let mut pre = ns_pre.clone();
                 pre.insert("instance".into(), escape_regex(ns_instance));
-                ns_vals = resolve_variables_with(port, &ns_d, &pre).0;
+                ns_vals = raw(resolve_variables_with(port, &ns_d, &pre).0);
             }
         }
         let (ne_qs, _) = panel_queries(&ne_d.title, &ne_d.json).unwrap();
@@ -1145,7 +1158,9 @@ fn node_checks(port: u16, ns_instance: &str) -> (Vec<NodeCheck>, Vec<String>) {
                     ne,
                     ns,
                 }),
-                (Err(e), _) | (_, Err(e)) => failures.push(format!("{file}: {}: {e}", a.describe())),
+                (Err(e), _) | (_, Err(e)) => {
+                    failures.push(format!("{file}: {}: {e}", a.describe()))
+                }
             }
         }
     }
@@ -1183,8 +1198,8 @@ fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter
 
     // Prometheus with both targets and the node-mixin's recording rules for each job.
     let dir = tempfile::tempdir().unwrap();
-    let rules = std::fs::read_to_string(node_dashboards_dir().join("node-mixin/node_rules.json"))
-        .unwrap();
+    let rules =
+        std::fs::read_to_string(node_dashboards_dir().join("node-mixin/node_rules.json")).unwrap();
     std::fs::write(dir.path().join("rules-node.json"), &rules).unwrap();
     std::fs::write(
         dir.path().join("rules-nodescope.json"),
@@ -1201,8 +1216,14 @@ fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter
     );
     std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
     let child = Command::new(&prom)
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1231,14 +1252,19 @@ fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    failures.push(format!("{}: node_exporter query fails: {e}\n    {}", c.what, c.ne));
+                    failures.push(format!(
+                        "{}: node_exporter query fails: {e}\n    {}",
+                        c.what, c.ne
+                    ));
                     continue;
                 }
             }
             with_data += 1;
             match has_data(port, &c.ns) {
                 Ok(true) => answered += 1,
-                Ok(false) => failures.push(format!("{}: no data for nodescope\n    {}", c.what, c.ns)),
+                Ok(false) => {
+                    failures.push(format!("{}: no data for nodescope\n    {}", c.what, c.ns))
+                }
                 Err(e) => failures.push(format!("{}: {e}\n    {}", c.what, c.ns)),
             }
         }
@@ -1248,7 +1274,9 @@ fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter
                     .iter()
                     .any(|(needle, _)| f.contains(needle))
             });
-        if undocumented.is_empty() || Instant::now() > deadline {
+        // Not vacuous: most of 1860's panels and the mixin's have data for node_exporter.
+        let enough = with_data >= checks.len() / 2;
+        if (undocumented.is_empty() && enough) || Instant::now() > deadline {
             eprintln!(
                 "{} checks (panels of 1860 and the node-mixin, its alerts and rules); {with_data} return data \
                  for node_exporter, {answered} of them for nodescope; documented differences:\n  {}",
@@ -1256,8 +1284,22 @@ fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter
                 documented.join("\n  ")
             );
             assert!(
+                enough,
+                "only {with_data} of {} checks have data for node_exporter: the test would prove little",
+                checks.len()
+            );
+            let hint = if undocumented
+                .iter()
+                .any(|f| f.contains("node_scrape_collector_"))
+            {
+                "\n(node_scrape_collector_* come from nodescope_host::node_scrape_families, which \
+                 the agent's collector runner must call with each host collector's outcome)"
+            } else {
+                ""
+            };
+            assert!(
                 undocumented.is_empty(),
-                "{} queries answer for node_exporter but not for nodescope (after {:?}):\n  {}",
+                "{} queries answer for node_exporter but not for nodescope (after {:?}):\n  {}{hint}",
                 undocumented.len(),
                 t0.elapsed(),
                 undocumented.join("\n  ")
