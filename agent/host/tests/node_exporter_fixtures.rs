@@ -453,3 +453,34 @@ fn compare(f: &Path, theirs_text: &str, ours: &[MetricFamily]) -> Vec<String> {
     );
     problems
 }
+
+/// Every collector over node_exporter's whole fixture tree with every file replaced by
+/// garbage (several kinds, one per run): errors are fine, panics are not.
+#[test]
+fn garbage_in_every_fixture_file_never_panics() {
+    let garbage: [&dyn Fn(&[u8]) -> Vec<u8>; 6] = [
+        &|_| Vec::new(),
+        &|b| b[..b.len() / 2].to_vec(),
+        &|_| b"garbage: x y z\n((((\n-1 -2 -3\n".to_vec(),
+        &|_| b"-1\n".to_vec(),
+        &|_| vec![0xff, 0xfe, 0x00, b'\n', b':', b'=', b' '],
+        &|b| b.iter().rev().copied().collect(),
+    ];
+    for (i, mangle) in garbage.iter().enumerate() {
+        let (_tmp, f) = unpack();
+        let mut stack = vec![f.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    stack.push(e.path());
+                } else if t.is_file() {
+                    let b = std::fs::read(e.path()).unwrap_or_default();
+                    let _ = std::fs::write(e.path(), mangle(&b));
+                }
+            }
+        }
+        let all = ours(&f, "/textfile/two_metric_files");
+        eprintln!("garbage kind {i}: {} families", all.len());
+    }
+}
