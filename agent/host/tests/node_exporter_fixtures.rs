@@ -458,7 +458,8 @@ fn compare(f: &Path, theirs_text: &str, ours: &[MetricFamily]) -> Vec<String> {
 /// garbage (several kinds, one per run): errors are fine, panics are not.
 #[test]
 fn garbage_in_every_fixture_file_never_panics() {
-    let garbage: [&dyn Fn(&[u8]) -> Vec<u8>; 6] = [
+    type Mangle<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+    let garbage: [Mangle; 6] = [
         &|_| Vec::new(),
         &|b| b[..b.len() / 2].to_vec(),
         &|_| b"garbage: x y z\n((((\n-1 -2 -3\n".to_vec(),
