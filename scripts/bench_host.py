@@ -102,6 +102,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--scrapes", type=int, default=100)
     ap.add_argument("--cgroups", type=int, default=0)
+    ap.add_argument("--no-cgroup", action="store_true",
+                    help="like for like: turn off the per-workload cgroup collector, which node_exporter lacks")
     args = ap.parse_args()
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +114,8 @@ def main():
     # Like for like: node_exporter does host metrics only, so the eBPF parts are off here.
     cfg = os.path.join(tempfile.mkdtemp(), "host-only.toml")
     with open(cfg, "w") as f:
-        f.write(HOST_ONLY)
+        f.write(HOST_ONLY.replace("[host]\n", '[host]\ndisabled_collectors = ["cgroup"]\n')
+                if args.no_cgroup else HOST_ONLY)
     env = dict(os.environ, NODESCOPE_LISTEN=f"127.0.0.1:{p_ns}", RUST_LOG="warn")
     cgroups = make_cgroups(args.cgroups) if args.cgroups else []
     procs = {
@@ -149,7 +152,7 @@ def main():
     med = {n: statistics.median(v) for n, v in per_scrape.items()}
     total = args.rounds * args.scrapes + 10
     print(f"rounds={args.rounds} scrapes/round={args.scrapes} (alternating), total scrapes per target={total}, "
-          f"extra cgroups={args.cgroups}")
+          f"extra cgroups={args.cgroups}, cgroup collector {'off' if args.no_cgroup else 'on'}")
     print("| target | CPU ms/scrape (median) | min | max | RSS after all scrapes | series |")
     print("|---|---|---|---|---|---|")
     for n in urls:
