@@ -9,6 +9,10 @@ prometheus-node-exporter on free loopback ports, then alternates between them fo
 flips every round), with Prometheus's own Accept/Accept-Encoding headers. CPU time per
 scrape comes from utime+stime in /proc/<pid>/stat (whole process, exited threads
 included); RSS from VmRSS after all scrapes. Reports medians over rounds and the ratio.
+
+    --cgroups N (root) creates N empty cgroups first (cgroup v2 under /sys/fs/cgroup, or in
+    the v1 cpu, cpuacct, memory, blkio and pids hierarchies) so the agent's per-workload
+    pass has N more workloads to read, and removes them at the end.
 """
 import argparse
 import os
@@ -73,10 +77,33 @@ def wait_up(url):
     sys.exit(f"{url} never came up")
 
 
+def make_cgroups(n):
+    root = "/sys/fs/cgroup"
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        bases = [root]
+    else:
+        bases, seen = [], set()
+        for c in ("cpu", "cpuacct", "memory", "blkio", "pids"):
+            p = os.path.join(root, c)
+            if os.path.isdir(p) and os.path.realpath(p) not in seen:
+                seen.add(os.path.realpath(p))
+                bases.append(p)
+    made = []
+    for i in range(n):
+        for b in bases:
+            d = os.path.join(b, f"nodescope-bench-host-{os.getpid()}-{i}")
+            os.mkdir(d)
+            made.append(d)
+    return made
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--scrapes", type=int, default=100)
+    ap.add_argument("--cgroups", type=int, default=0)
+    ap.add_argument("--no-cgroup", action="store_true",
+                    help="like for like: turn off the per-workload cgroup collector, which node_exporter lacks")
     args = ap.parse_args()
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +114,10 @@ def main():
     # Like for like: node_exporter does host metrics only, so the eBPF parts are off here.
     cfg = os.path.join(tempfile.mkdtemp(), "host-only.toml")
     with open(cfg, "w") as f:
-        f.write(HOST_ONLY)
+        f.write(HOST_ONLY.replace("[host]\n", '[host]\ndisabled_collectors = ["cgroup"]\n')
+                if args.no_cgroup else HOST_ONLY)
     env = dict(os.environ, NODESCOPE_LISTEN=f"127.0.0.1:{p_ns}", RUST_LOG="warn")
+    cgroups = make_cgroups(args.cgroups) if args.cgroups else []
     procs = {
         "nodescope": subprocess.Popen([agent_bin, "run", "--config", cfg], env=env),
         "node_exporter": subprocess.Popen(
@@ -117,10 +146,13 @@ def main():
         for p in procs.values():
             p.terminate()
             p.wait()
+        for d in reversed(cgroups):
+            os.rmdir(d)
 
     med = {n: statistics.median(v) for n, v in per_scrape.items()}
     total = args.rounds * args.scrapes + 10
-    print(f"rounds={args.rounds} scrapes/round={args.scrapes} (alternating), total scrapes per target={total}")
+    print(f"rounds={args.rounds} scrapes/round={args.scrapes} (alternating), total scrapes per target={total}, "
+          f"extra cgroups={args.cgroups}, cgroup collector {'off' if args.no_cgroup else 'on'}")
     print("| target | CPU ms/scrape (median) | min | max | RSS after all scrapes | series |")
     print("|---|---|---|---|---|---|")
     for n in urls:

@@ -15,6 +15,9 @@
 //! `--fake-mounts N` instead measures the `filesystem` collector alone against a
 //! generated host root whose `proc/1/mountinfo` lists N mounts (each a real directory, so
 //! every `statfs` succeeds): the cost per mount on a busy Kubernetes node.
+//! `--cgroups N` (root) measures the `cgroup` collector alone on this machine's real
+//! cgroup filesystem with N extra cgroups the bench creates (cgroup v2 under the root, or
+//! in the v1 cpu, cpuacct, memory, blkio and pids hierarchies) and removes afterwards.
 //! Our number is the collectors only (no text encoding, no HTTP); node_exporter's is a
 //! whole scrape. A per-collector breakdown follows.
 
@@ -141,6 +144,7 @@ fn main() {
     let mut anchor_wanted = true;
     let mut root = String::from("/");
     let mut fake_mounts = 0usize;
+    let mut cgroups = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
@@ -154,11 +158,16 @@ fn main() {
             "--root" => root = val("--root"),
             "--no-anchor" => anchor_wanted = false,
             "--fake-mounts" => fake_mounts = val("--fake-mounts").parse().expect("--fake-mounts N"),
+            "--cgroups" => cgroups = val("--cgroups").parse().expect("--cgroups N"),
             other => panic!("unknown argument {other}"),
         }
     }
     if fake_mounts > 0 {
         fake_mount_bench(fake_mounts, rounds, iterations);
+        return;
+    }
+    if cgroups > 0 {
+        cgroup_bench(cgroups, rounds, iterations);
         return;
     }
     let paths = HostPaths::from_root(Path::new(&root));
@@ -263,14 +272,21 @@ fn fake_mount_bench(n: usize, rounds: usize, iterations: usize) {
     let paths = HostPaths::from_root(dir.path());
     std::fs::create_dir_all(paths.proc.join("1")).expect("mkdir");
     std::fs::create_dir_all(&paths.sys).expect("mkdir");
-    let mut mountinfo = String::from("1 0 8:1 / / rw,relatime - ext4 /dev/root rw\n");
+    // Every mount point is a directory of the temp dir's filesystem: give the mounts its
+    // device so the collector's mount check passes and the success path is measured.
+    std::fs::create_dir_all(&paths.root).expect("mkdir");
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        let d = std::fs::metadata(&paths.root).expect("stat").dev();
+        format!("{}:{}", rustix::fs::major(d), rustix::fs::minor(d))
+    };
+    let mut mountinfo = format!("1 0 {dev} / / rw,relatime - ext4 /dev/root rw\n");
     for i in 0..n {
         let mp = format!("/var/lib/kubelet/pods/pod{i}/volumes/kubernetes.io~projected/token");
         std::fs::create_dir_all(paths.root.join(mp.trim_start_matches('/'))).expect("mkdir");
         mountinfo.push_str(&format!(
-            "{} 1 0:{} / {mp} rw,relatime - tmpfs tmpfs rw,size=1024k\n",
+            "{} 1 {dev} / {mp} rw,relatime - tmpfs tmpfs rw,size=1024k\n",
             i + 2,
-            i + 100
         ));
     }
     std::fs::write(paths.proc.join("1/mountinfo"), mountinfo).expect("write");
@@ -293,5 +309,73 @@ fn fake_mount_bench(n: usize, rounds: usize, iterations: usize) {
         "filesystem collector, {} mounts ({series} series): {med:.1} us CPU per collect, {:.2} us per mount",
         n + 1,
         med / (n + 1) as f64
+    );
+}
+
+/// Cgroup directories the bench made; removed on drop.
+struct BenchCgroups(Vec<std::path::PathBuf>);
+
+impl Drop for BenchCgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn cgroup_bench(n: usize, rounds: usize, iterations: usize) {
+    let root = Path::new("/sys/fs/cgroup");
+    let bases: Vec<std::path::PathBuf> = if root.join("cgroup.controllers").is_file() {
+        vec![root.to_path_buf()]
+    } else {
+        let mut v: Vec<std::path::PathBuf> = Vec::new();
+        for c in ["cpu", "cpuacct", "memory", "blkio", "pids"] {
+            let p = root.join(c);
+            let canon = std::fs::canonicalize(&p).ok();
+            if p.is_dir() && !v.iter().any(|x| std::fs::canonicalize(x).ok() == canon) {
+                v.push(p);
+            }
+        }
+        v
+    };
+    let cfg = HostMetricsConfig {
+        collectors: vec!["cgroup".into()],
+        ..Default::default()
+    };
+    let cs = cfg.build(&HostPaths::default()).expect("build");
+    let measure = |cs: &[Arc<dyn Collector>]| {
+        let mut v = Vec::new();
+        for _ in 0..rounds {
+            let c0 = cpu_now();
+            for _ in 0..iterations {
+                collect_all(cs);
+            }
+            v.push((cpu_now() - c0).as_secs_f64() / iterations as f64 * 1e3);
+        }
+        median(&mut v)
+    };
+    let base_series = collect_all(&cs);
+    let base = measure(&cs);
+    let mut made = BenchCgroups(Vec::new());
+    for i in 0..n {
+        for b in &bases {
+            let d = b.join(format!("nodescope-host-bench-{}-{i}", std::process::id()));
+            std::fs::create_dir(&d)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e} (needs root)", d.display()));
+            made.0.push(d);
+        }
+    }
+    let series = collect_all(&cs);
+    let with = measure(&cs);
+    drop(made);
+    println!(
+        "cgroup collector on {}: {base:.3} ms CPU per collect before ({base_series} series), \
+         {with:.3} ms with {n} more cgroups ({series} series); {:.2} us per added cgroup",
+        bases
+            .iter()
+            .map(|b| b.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        (with - base) * 1e3 / n as f64
     );
 }

@@ -1,9 +1,11 @@
 //! `[host]` configuration: which collectors run and node_exporter-style filters.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nodescope_model::config::Issues;
+use nodescope_model::workload::SharedPodLookup;
 use nodescope_model::Collector;
 use serde::Deserialize;
 
@@ -64,6 +66,160 @@ pub struct HostMetricsConfig {
     pub netdev: NetdevConfig,
     pub netstat: NetstatConfig,
     pub vmstat: VmstatConfig,
+    pub netclass: NetclassConfig,
+    pub arp: ArpConfig,
+    pub textfile: TextfileConfig,
+    pub powersupply: PowerSupplyConfig,
+    pub tapestats: TapestatsConfig,
+    pub ipvs: IpvsConfig,
+    pub bcache: BcacheConfig,
+    pub cgroup: CgroupConfig,
+}
+
+/// `[host.cgroup]`: per-workload metrics from the cgroup filesystem.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// Cgroup directories walked per collect; the rest are skipped and counted.
+    pub max_cgroups: usize,
+    /// Workloads exported per collect; the rest are dropped and counted.
+    pub max_workloads: usize,
+    /// Cgroup files kept open between collects (re-read with pread, about 6× cheaper
+    /// than open+read+close); past it files are opened per read and counted. Keep it
+    /// below the agent's RLIMIT_NOFILE.
+    pub max_open_files: usize,
+    /// The cgroup tree is walked again at least this often; also whenever cgroups appear
+    /// or vanish (cgroup v2: the root's `cgroup.stat` descendant count; v1: the link
+    /// count of every directory with children), and whenever a known cgroup vanished.
+    pub rescan_interval_ms: u64,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            max_cgroups: 10_000,
+            max_workloads: 2_000,
+            max_open_files: 8_192,
+            rescan_interval_ms: 60_000,
+        }
+    }
+}
+
+/// `[host.bcache]` (`--collector.bcache.priorityStats`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BcacheConfig {
+    /// Also read the (expensive) `priority_stats` of each cache device.
+    pub priority_stats: bool,
+}
+
+/// `[host.ipvs]` (`--collector.ipvs.backend-labels`, as a list).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpvsConfig {
+    /// Labels of the backend gauges; backends equal on these are summed.
+    pub backend_labels: Vec<String>,
+}
+
+impl Default for IpvsConfig {
+    fn default() -> Self {
+        IpvsConfig {
+            backend_labels: crate::collectors::ipvs::IPVS_BACKEND_LABELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// `[host.powersupply]` (`--collector.powersupply.ignored-supplies`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerSupplyConfig {
+    pub ignored_supplies: String,
+}
+
+impl Default for PowerSupplyConfig {
+    fn default() -> Self {
+        PowerSupplyConfig {
+            ignored_supplies: "^$".into(),
+        }
+    }
+}
+
+/// `[host.tapestats]` (`--collector.tapestats.ignored-devices`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapestatsConfig {
+    pub ignored_devices: String,
+}
+
+impl Default for TapestatsConfig {
+    fn default() -> Self {
+        TapestatsConfig {
+            ignored_devices: "^$".into(),
+        }
+    }
+}
+
+/// `[host.netclass]` (`--collector.netclass.*`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetclassConfig {
+    /// `--collector.netclass.ignored-devices` (default `^$`).
+    pub ignored_devices: String,
+    /// `--collector.netclass.ignore-invalid-speed`.
+    pub ignore_invalid_speed: bool,
+    /// Interfaces beyond this many are dropped and counted.
+    pub max_devices: usize,
+}
+
+/// `[host.arp]` (`--collector.arp.device-include` / `-exclude`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArpConfig {
+    pub device_include: String,
+    pub device_exclude: String,
+}
+
+/// `[host.textfile]` (`--collector.textfile.directory`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextfileConfig {
+    /// Directory of `*.prom` files, as the host sees it (read under the host root).
+    /// Default: Debian's `/var/lib/prometheus/node-exporter`; a missing default directory
+    /// is not an error, a missing configured one is. `""` turns the collector into a no-op.
+    pub directory: String,
+    /// Files beyond this many (in name order) are not read, and counted.
+    pub max_files: usize,
+    /// A larger file is refused (`node_textfile_scrape_error 1`).
+    pub max_file_bytes: u64,
+    /// Series beyond this many (over all files) are dropped, and counted.
+    pub max_series: usize,
+}
+
+/// Debian's `--collector.textfile.directory` default.
+pub const DEFAULT_TEXTFILE_DIRECTORY: &str = "/var/lib/prometheus/node-exporter";
+
+impl Default for NetclassConfig {
+    fn default() -> Self {
+        NetclassConfig {
+            ignored_devices: "^$".into(),
+            ignore_invalid_speed: false,
+            max_devices: 4096,
+        }
+    }
+}
+
+impl Default for TextfileConfig {
+    fn default() -> Self {
+        TextfileConfig {
+            directory: DEFAULT_TEXTFILE_DIRECTORY.into(),
+            max_files: 1024,
+            max_file_bytes: 16 << 20,
+            max_series: 100_000,
+        }
+    }
 }
 
 /// `[host.filesystem]`.
@@ -133,6 +289,14 @@ impl Default for HostMetricsConfig {
             netdev: NetdevConfig::default(),
             netstat: NetstatConfig::default(),
             vmstat: VmstatConfig::default(),
+            netclass: NetclassConfig::default(),
+            arp: ArpConfig::default(),
+            textfile: TextfileConfig::default(),
+            powersupply: PowerSupplyConfig::default(),
+            tapestats: TapestatsConfig::default(),
+            ipvs: IpvsConfig::default(),
+            bcache: BcacheConfig::default(),
+            cgroup: CgroupConfig::default(),
         }
     }
 }
@@ -301,6 +465,110 @@ impl HostMetricsConfig {
                 "must be at least 1",
             );
         }
+        check_regex(
+            issues,
+            key(prefix, "netclass.ignored_devices"),
+            &self.netclass.ignored_devices,
+        );
+        issues.check(
+            self.netclass.max_devices >= 1,
+            key(prefix, "netclass.max_devices"),
+            "must be at least 1",
+        );
+        check_regex(
+            issues,
+            key(prefix, "arp.device_include"),
+            &self.arp.device_include,
+        );
+        check_regex(
+            issues,
+            key(prefix, "arp.device_exclude"),
+            &self.arp.device_exclude,
+        );
+        issues.check(
+            self.arp.device_include.is_empty() || self.arp.device_exclude.is_empty(),
+            key(prefix, "arp.device_include"),
+            "device_include and device_exclude are mutually exclusive (as in node_exporter)",
+        );
+        check_regex(
+            issues,
+            key(prefix, "powersupply.ignored_supplies"),
+            &self.powersupply.ignored_supplies,
+        );
+        check_regex(
+            issues,
+            key(prefix, "tapestats.ignored_devices"),
+            &self.tapestats.ignored_devices,
+        );
+        for (i, l) in self.ipvs.backend_labels.iter().enumerate() {
+            issues.check(
+                crate::collectors::ipvs::IPVS_BACKEND_LABELS.contains(&l.as_str()),
+                key(prefix, &format!("ipvs.backend_labels[{i}]")),
+                format!(
+                    "unknown IPVS backend label `{l}`; known: {}",
+                    crate::collectors::ipvs::IPVS_BACKEND_LABELS.join(", ")
+                ),
+            );
+        }
+        issues.check(
+            (1..=1_000_000).contains(&self.cgroup.max_cgroups),
+            key(prefix, "cgroup.max_cgroups"),
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.cgroup.max_cgroups
+            ),
+        );
+        issues.check(
+            (1..=100_000).contains(&self.cgroup.max_workloads),
+            key(prefix, "cgroup.max_workloads"),
+            format!(
+                "must be between 1 and 100000, got {}",
+                self.cgroup.max_workloads
+            ),
+        );
+        issues.check(
+            self.cgroup.max_open_files <= 1_000_000,
+            key(prefix, "cgroup.max_open_files"),
+            format!(
+                "must be at most 1000000, got {}",
+                self.cgroup.max_open_files
+            ),
+        );
+        issues.check(
+            (100..=3_600_000).contains(&self.cgroup.rescan_interval_ms),
+            key(prefix, "cgroup.rescan_interval_ms"),
+            format!(
+                "must be between 100 and 3600000 milliseconds, got {}",
+                self.cgroup.rescan_interval_ms
+            ),
+        );
+        let tf = &self.textfile;
+        issues.check(
+            tf.directory.is_empty() || tf.directory.starts_with('/'),
+            key(prefix, "textfile.directory"),
+            format!(
+                "must be an absolute path as the host sees it, got {:?}",
+                tf.directory
+            ),
+        );
+        issues.check(
+            tf.max_files >= 1,
+            key(prefix, "textfile.max_files"),
+            "must be at least 1",
+        );
+        issues.check(
+            (1..=(1u64 << 30)).contains(&tf.max_file_bytes),
+            key(prefix, "textfile.max_file_bytes"),
+            format!(
+                "must be between 1 and 1073741824, got {}",
+                tf.max_file_bytes
+            ),
+        );
+        issues.check(
+            tf.max_series >= 1,
+            key(prefix, "textfile.max_series"),
+            "must be at least 1",
+        );
         check_regex(issues, key(prefix, "netstat.fields"), &self.netstat.fields);
         check_regex(issues, key(prefix, "vmstat.fields"), &self.vmstat.fields);
     }
@@ -321,6 +589,16 @@ impl HostMetricsConfig {
     /// Builds one collector per enabled family, reading under `paths`. Fails on the first
     /// invalid setting (run [`validate`](Self::validate) first to see them all).
     pub fn build(&self, paths: &HostPaths) -> Result<Vec<Arc<dyn Collector>>, HostError> {
+        self.build_with_pods(paths, None)
+    }
+
+    /// As [`build`](Self::build), with the Kubernetes pod metadata the `cgroup` collector
+    /// adds to container workloads (`namespace`, `pod`, `container`).
+    pub fn build_with_pods(
+        &self,
+        paths: &HostPaths,
+        pods: SharedPodLookup,
+    ) -> Result<Vec<Arc<dyn Collector>>, HostError> {
         if !self.enabled {
             return Ok(Vec::new());
         }
@@ -345,12 +623,17 @@ impl HostMetricsConfig {
         }
         let mut out: Vec<Arc<dyn Collector>> = Vec::new();
         for name in self.enabled_collectors() {
-            out.push(self.build_one(name, paths)?);
+            out.push(self.build_one(name, paths, &pods)?);
         }
         Ok(out)
     }
 
-    fn build_one(&self, name: &str, paths: &HostPaths) -> Result<Arc<dyn Collector>, HostError> {
+    fn build_one(
+        &self,
+        name: &str,
+        paths: &HostPaths,
+        pods: &SharedPodLookup,
+    ) -> Result<Arc<dyn Collector>, HostError> {
         use collectors::*;
         Ok(match name {
             "cpu" => Arc::new(cpu::CpuCollector::new(paths)),
@@ -420,6 +703,107 @@ impl HostMetricsConfig {
             "os" => Arc::new(os::OsCollector::new(paths)),
             "time" => Arc::new(time::TimeCollector::new(paths)),
             "conntrack" => Arc::new(conntrack::ConntrackCollector::new(paths)),
+            "netclass" => Arc::new(netclass::NetclassCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.netclass.ignored_devices",
+                    &self.netclass.ignored_devices,
+                )?,
+                self.netclass.ignore_invalid_speed,
+                self.netclass.max_devices,
+            )),
+            "arp" => Arc::new(arp::ArpCollector::new(
+                paths,
+                NameFilter::new(
+                    "host.arp.device_include",
+                    &self.arp.device_include,
+                    "host.arp.device_exclude",
+                    &self.arp.device_exclude,
+                )?,
+            )),
+            "entropy" => Arc::new(entropy::EntropyCollector::new(paths)),
+            "selinux" => Arc::new(selinux::SelinuxCollector::new(paths)),
+            "udp_queues" => Arc::new(udp_queues::UdpQueuesCollector::new(paths)),
+            "softnet" => Arc::new(softnet::SoftnetCollector::new(paths)),
+            "schedstat" => Arc::new(schedstat::SchedstatCollector::new(paths)),
+            "timex" => Arc::new(timex::TimexCollector),
+            "textfile" => {
+                let tf = &self.textfile;
+                let rel = tf.directory.trim_start_matches('/');
+                Arc::new(textfile::TextfileCollector::new(
+                    if tf.directory.is_empty() {
+                        PathBuf::new()
+                    } else {
+                        paths.root.join(rel)
+                    },
+                    PathBuf::from(&tf.directory),
+                    tf.directory == DEFAULT_TEXTFILE_DIRECTORY,
+                    textfile::TextfileLimits {
+                        max_files: tf.max_files,
+                        max_file_bytes: tf.max_file_bytes,
+                        max_series: tf.max_series,
+                    },
+                ))
+            }
+            "cpufreq" => Arc::new(cpufreq::CpufreqCollector::new(paths)),
+            "thermal_zone" => Arc::new(thermal_zone::ThermalZoneCollector::new(paths)),
+            "edac" => Arc::new(edac::EdacCollector::new(paths)),
+            "rapl" => Arc::new(rapl::RaplCollector::new(paths)),
+            "nvme" => Arc::new(nvme::NvmeCollector::new(paths)),
+            "bonding" => Arc::new(bonding::BondingCollector::new(paths)),
+            "dmi" => Arc::new(dmi::DmiCollector::new(paths)),
+            "powersupplyclass" => Arc::new(powersupplyclass::PowerSupplyClassCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.powersupply.ignored_supplies",
+                    &self.powersupply.ignored_supplies,
+                )?,
+            )),
+            "tapestats" => Arc::new(tapestats::TapestatsCollector::new(
+                paths,
+                NameFilter::new(
+                    "",
+                    "",
+                    "host.tapestats.ignored_devices",
+                    &self.tapestats.ignored_devices,
+                )?,
+            )),
+            "mdadm" => Arc::new(mdadm::MdadmCollector::new(paths)),
+            "hwmon" => Arc::new(hwmon::HwmonCollector::new(paths)),
+            "infiniband" => Arc::new(infiniband::InfinibandCollector::new(paths)),
+            "ipvs" => Arc::new(ipvs::IpvsCollector::new(
+                paths,
+                ipvs::IPVS_BACKEND_LABELS
+                    .iter()
+                    .copied()
+                    .filter(|l| self.ipvs.backend_labels.iter().any(|c| c == l))
+                    .collect(),
+            )),
+            "nfs" => Arc::new(nfs::NfsCollector::new(paths)),
+            "xfs" => Arc::new(xfs::XfsCollector::new(paths)),
+            "btrfs" => Arc::new(btrfs::BtrfsCollector::new(paths)),
+            "bcache" => Arc::new(bcache::BcacheCollector::new(
+                paths,
+                self.bcache.priority_stats,
+            )),
+            "zfs" => Arc::new(zfs::ZfsCollector::new(paths)),
+            "nfsd" => Arc::new(nfsd::NfsdCollector::new(paths)),
+            "fibrechannel" => Arc::new(fibrechannel::FibrechannelCollector::new(paths)),
+            "process" => Arc::new(process::ProcessCollector::new()),
+            "cgroup" => Arc::new(cgroup::CgroupCollector::new(
+                paths,
+                pods.clone(),
+                cgroup::CgroupLimits {
+                    max_cgroups: self.cgroup.max_cgroups,
+                    max_workloads: self.cgroup.max_workloads,
+                    max_open_files: self.cgroup.max_open_files,
+                    rescan_interval: Duration::from_millis(self.cgroup.rescan_interval_ms),
+                },
+            )),
             other => {
                 return Err(HostError::InvalidConfig {
                     key: "host.collectors".into(),
@@ -499,7 +883,10 @@ mod tests {
         let mut issues = Issues::default();
         cfg.validate("host", &mut issues);
         let keys: Vec<_> = issues.list.iter().map(|i| i.key.as_str()).collect();
-        assert!(keys.contains(&"host.collectors[16]"), "{keys:?}");
+        assert!(
+            keys.contains(&format!("host.collectors[{}]", ALL_COLLECTORS.len()).as_str()),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"host.disabled_collectors[0]"), "{keys:?}");
         assert!(
             keys.contains(&"host.filesystem.mount_points_exclude"),

@@ -144,9 +144,291 @@ pub(crate) fn is_name_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
+/// Reads a small sysfs attribute and trims surrounding whitespace, as procfs'
+/// `util.SysReadFile` does. `None` when the file cannot be read (missing, permission,
+/// EINVAL from a driver that does not implement the attribute).
+pub(crate) fn sys_read(path: &Path) -> Option<String> {
+    let mut buf = Vec::with_capacity(64);
+    read_into(path, &mut buf).ok()?;
+    Some(text(&buf).trim().to_string())
+}
+
+/// Parses an integer as Go's `strconv.ParseInt(s, 0, 64)` does (procfs' `PInt64`):
+/// `0x`/`0X` hex, `0o`/`0O` or a leading `0` octal, `0b` binary, an optional sign, and `_`
+/// separators only after a base prefix.
+pub(crate) fn go_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = if let Some(d) = body.strip_prefix("0x").or(body.strip_prefix("0X")) {
+        (16, d)
+    } else if let Some(d) = body.strip_prefix("0b").or(body.strip_prefix("0B")) {
+        (2, d)
+    } else if let Some(d) = body.strip_prefix("0o").or(body.strip_prefix("0O")) {
+        (8, d)
+    } else if body.len() > 1 && body.starts_with('0') {
+        (8, &body[1..])
+    } else {
+        (10, body)
+    };
+    if digits.is_empty() || digits.starts_with(['+', '-']) {
+        return None;
+    }
+    let cleaned: Cow<'_, str> = if radix != 10 && digits.contains('_') {
+        Cow::Owned(digits.replace('_', ""))
+    } else {
+        Cow::Borrowed(digits)
+    };
+    let mag = u64::from_str_radix(&cleaned, radix).ok()?;
+    if neg {
+        if mag > i64::MAX as u64 + 1 {
+            return None;
+        }
+        Some((mag as i64).wrapping_neg())
+    } else {
+        i64::try_from(mag).ok()
+    }
+}
+
+/// Names of the entries of `dir` (sorted), or an empty list when it cannot be read.
+pub(crate) fn dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(n) = e.file_name().to_str() {
+            out.push(n.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Entries of `dir` named `<prefix><digit>...` (Go's `filepath.Glob(dir/prefix[0-9]*)`),
+/// sorted by name, with the part after `prefix`. A missing or unreadable directory gives an
+/// empty list (Glob ignores I/O errors).
+pub(crate) fn glob_digit(dir: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
+    let mut out: Vec<(PathBuf, String)> = dir_names(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix(prefix)?;
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                .then(|| (dir.join(&n), rest.to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// procfs' `util.ReadUintFromFile`: the trimmed content as a decimal `u64`.
+pub(crate) fn read_uint(path: &Path) -> Result<u64, CollectError> {
+    let t = read_small(path)?;
+    t.trim()
+        .parse::<u64>()
+        .map_err(|_| CollectError::parse(path, format!("not an unsigned integer: {:?}", t.trim())))
+}
+
+/// procfs' `util.ReadIntFromFile`: the trimmed content as a decimal `i64`.
+pub(crate) fn read_int(path: &Path) -> Result<i64, CollectError> {
+    let t = read_small(path)?;
+    t.trim()
+        .parse::<i64>()
+        .map_err(|_| CollectError::parse(path, format!("not an integer: {:?}", t.trim())))
+}
+
+/// True for errors procfs treats as "attribute absent" (not found, permission denied).
+pub(crate) fn absent(e: &CollectError) -> bool {
+    match e {
+        CollectError::Unavailable { .. } => true,
+        CollectError::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+        _ => false,
+    }
+}
+
+/// node_exporter's `SanitizeMetricName`: every character outside `[a-zA-Z0-9_]` becomes
+/// `_`.
+pub(crate) fn sanitize_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Files of `/sys` or `/proc` kept open between collects and re-read with `pread` from
+/// offset 0 (kernfs and procfs regenerate the content): one syscall instead of
+/// open+fstat+read+close, which is most of the cost of a small attribute on this kind of
+/// machine. Files not touched in a collect are closed at its end; at most `cap` are open
+/// (past that, files are read the plain way and counted); a missing file is remembered as
+/// missing until it is not touched for a collect.
+#[derive(Debug)]
+pub(crate) struct OpenFiles {
+    map: std::collections::HashMap<PathBuf, (Option<std::fs::File>, u64)>,
+    gen: u64,
+    cap: usize,
+    pub(crate) uncached: u64,
+}
+
+impl OpenFiles {
+    pub(crate) fn new(cap: usize) -> Self {
+        OpenFiles {
+            map: std::collections::HashMap::new(),
+            gen: 0,
+            cap,
+            uncached: 0,
+        }
+    }
+
+    /// Starts a collect.
+    pub(crate) fn begin(&mut self) {
+        self.gen += 1;
+    }
+
+    /// Ends a collect: closes the files it did not read.
+    pub(crate) fn end(&mut self) {
+        let g = self.gen;
+        self.map.retain(|_, (_, used)| *used == g);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Reads `p` whole into `buf`.
+    pub(crate) fn read(&mut self, p: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        fn read_all(f: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+            buf.clear();
+            let mut off = 0u64;
+            loop {
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(4096);
+                }
+                let len = buf.len();
+                buf.resize(buf.capacity(), 0);
+                match f.read_at(&mut buf[len..], off) {
+                    Ok(0) => {
+                        buf.truncate(len);
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        buf.truncate(len + n);
+                        off += n as u64;
+                        if off >= MAX_FILE_BYTES {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        buf.truncate(len);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let gen = self.gen;
+        if let Some((f, used)) = self.map.get_mut(p) {
+            *used = gen;
+            match f {
+                None => return Err(std::io::ErrorKind::NotFound.into()),
+                Some(file) => match read_all(file, buf) {
+                    // ENODEV / ENOENT: the object was removed (maybe recreated): reopen.
+                    Err(e) if matches!(e.raw_os_error(), Some(19) | Some(2)) => {
+                        self.map.remove(p);
+                    }
+                    r => return r,
+                },
+            }
+        }
+        match std::fs::File::open(p) {
+            Ok(file) => {
+                let r = read_all(&file, buf);
+                if self.map.len() < self.cap {
+                    self.map.insert(p.to_path_buf(), (Some(file), gen));
+                } else {
+                    self.uncached += 1;
+                }
+                r
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound && self.map.len() < self.cap {
+                    self.map.insert(p.to_path_buf(), (None, gen));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_reread_close_and_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "1\n").unwrap();
+        let mut f = OpenFiles::new(2);
+        let mut buf = Vec::new();
+        f.begin();
+        f.read(&a, &mut buf).unwrap();
+        assert_eq!(buf, b"1\n");
+        assert!(f.read(&dir.path().join("missing"), &mut buf).is_err());
+        assert_eq!(f.len(), 2);
+        f.end();
+        std::fs::write(&a, "22\n").unwrap();
+        f.begin();
+        f.read(&a, &mut buf).unwrap();
+        assert_eq!(buf, b"22\n", "re-read through the open descriptor");
+        f.end();
+        assert_eq!(f.len(), 1, "the missing file was not touched: forgotten");
+        f.begin();
+        let b = dir.path().join("b");
+        let c = dir.path().join("c");
+        std::fs::write(&b, "b").unwrap();
+        std::fs::write(&c, "c").unwrap();
+        f.read(&a, &mut buf).unwrap();
+        f.read(&b, &mut buf).unwrap();
+        f.read(&c, &mut buf).unwrap();
+        assert_eq!(buf, b"c");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.uncached, 1);
+    }
+
+    #[test]
+    fn go_integers() {
+        assert_eq!(go_int("0x1003"), Some(4099));
+        assert_eq!(go_int("010"), Some(8));
+        assert_eq!(go_int("0"), Some(0));
+        assert_eq!(go_int("-1"), Some(-1));
+        assert_eq!(go_int("1500"), Some(1500));
+        assert_eq!(go_int("0b11"), Some(3));
+        assert_eq!(go_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(go_int("9223372036854775808"), None);
+        assert_eq!(go_int("0x"), None);
+        assert_eq!(go_int("--1"), None);
+        assert_eq!(go_int(""), None);
+        assert_eq!(go_int("08"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn go_int_never_panics(s in "\\PC*") {
+            let _ = go_int(&s);
+        }
+
+        #[test]
+        fn go_int_round_trips_decimal(v in proptest::num::i64::ANY) {
+            proptest::prop_assert_eq!(go_int(&v.to_string()), Some(v));
+        }
+    }
 
     #[test]
     fn numbers() {

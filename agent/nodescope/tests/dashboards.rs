@@ -141,8 +141,17 @@ fn panel_queries(dashboard: &str, json: &Value) -> Result<(Vec<Query>, usize), S
         }
         Ok(())
     }
-    let panels = json["panels"].as_array().ok_or("no panels array")?;
-    walk(dashboard, panels, &mut out, &mut other)?;
+    // Dashboards of the old schema (grafonnet-lib, the node-mixin) keep panels in rows.
+    let panels: Vec<Value> = match json["panels"].as_array() {
+        Some(p) => p.clone(),
+        None => json["rows"]
+            .as_array()
+            .ok_or("no panels or rows array")?
+            .iter()
+            .flat_map(|r| r["panels"].as_array().cloned().unwrap_or_default())
+            .collect(),
+    };
+    walk(dashboard, &panels, &mut out, &mut other)?;
     Ok((out, other))
 }
 
@@ -862,9 +871,22 @@ fn label_values(port: u16, selector: Option<&str>, label: &str) -> Result<Vec<St
 /// Resolves the dashboard's variables in order against Prometheus; returns the values and
 /// the problems found (a `label_values` variable that finds nothing is a failure).
 fn resolve_variables(port: u16, d: &Dashboard) -> (BTreeMap<String, String>, Vec<String>) {
+    resolve_variables_with(port, d, &BTreeMap::new())
+}
+
+/// As [`resolve_variables`], with `preset` values taken as they are (not queried).
+fn resolve_variables_with(
+    port: u16,
+    d: &Dashboard,
+    preset: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<String>) {
     let mut vals = BTreeMap::new();
     let mut problems = Vec::new();
     for v in variables(&d.json) {
+        if let Some(p) = preset.get(&v.name) {
+            vals.insert(v.name.clone(), p.clone());
+            continue;
+        }
         if v.kind == "datasource" {
             vals.insert(v.name.clone(), "prometheus".into());
             continue;
@@ -1017,4 +1039,274 @@ dir = "{}"
         "{total} dashboard queries returned data after {:?}",
         t0.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The dashboards, alerts and recording rules node_exporter users have (Grafana 1860 and
+// the node-mixin, vendored in tests/data/node-exporter-dashboards) against nodescope.
+// ---------------------------------------------------------------------------------------
+
+fn node_dashboards_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/node-exporter-dashboards")
+}
+
+/// Differences that are documented choices (docs/host-metrics.md, "Differences from
+/// node_exporter 1.5"): a query containing the first string may lack data for nodescope.
+const NODE_DASHBOARD_DIFFERENCES: &[(&str, &str)] = &[(
+    "node_exporter_build_info",
+    "node_exporter's own build info (nodescope exports nodescope_build_info); the \
+     node-mixin's USE dashboard lists instances with it",
+)];
+
+const HOST_ONLY: &str = "[network]\nenabled = false\n[profiling]\nenabled = false\n";
+
+fn node_job_rewrite(text: &str) -> String {
+    text.replace("job=\\\"node\\\"", "job=\\\"nodescope\\\"")
+        .replace("job=\"node\"", "job=\"nodescope\"")
+}
+
+fn load_node_dashboard(file: &str, rewrite: bool) -> Dashboard {
+    let text = std::fs::read_to_string(node_dashboards_dir().join(file)).unwrap();
+    let text = if rewrite {
+        node_job_rewrite(&text)
+    } else {
+        text
+    };
+    let json: Value = serde_json::from_str(&text).unwrap();
+    Dashboard {
+        file: file.to_string(),
+        title: json["title"].as_str().unwrap_or("").to_string(),
+        json,
+    }
+}
+
+fn has_data(port: u16, q: &str) -> Result<bool, String> {
+    query(port, q).map(|r| !r.is_empty())
+}
+
+/// The name of the variable a `resolve_variables` problem is about.
+fn problem_variable(p: &str) -> String {
+    p.split("variable $")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+struct NodeCheck {
+    what: String,
+    ne: String,
+    ns: String,
+}
+
+/// Every check of one round: `(what, query for node_exporter, query for nodescope)`,
+/// plus failures found while resolving variables.
+fn node_checks(port: u16, ns_instance: &str) -> (Vec<NodeCheck>, Vec<String>) {
+    let mut checks = Vec::new();
+    let mut failures = Vec::new();
+    let mixin = [
+        "node-mixin/nodes.json",
+        "node-mixin/node-rsrc-use.json",
+        "node-mixin/node-cluster-rsrc-use.json",
+    ];
+    for file in std::iter::once("grafana-1860-node-exporter-full.json").chain(mixin) {
+        let is_1860 = file.starts_with("grafana-1860");
+        let ne_d = load_node_dashboard(file, false);
+        let ns_d = load_node_dashboard(file, true);
+        let mut ne_pre = BTreeMap::new();
+        let mut ns_pre = BTreeMap::new();
+        if is_1860 {
+            ne_pre.insert("job".to_string(), "node".to_string());
+            ns_pre.insert("job".to_string(), "nodescope".to_string());
+        } else {
+            // The mixin's multi-cluster variable: no cluster label here (its default).
+            ne_pre.insert("cluster".to_string(), String::new());
+            ns_pre.insert("cluster".to_string(), String::new());
+        }
+        // These dashboards use single-value variables with `=` matchers: Grafana inserts
+        // the raw value there, not the regex-escaped one.
+        let raw = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.into_iter()
+                .map(|(k, v)| (k, v.replace("\\\\", "")))
+                .collect()
+        };
+        let (ne_vals, ne_problems) = resolve_variables_with(port, &ne_d, &ne_pre);
+        let (ns_vals, ns_problems) = resolve_variables_with(port, &ns_d, &ns_pre);
+        let ne_vals = raw(ne_vals);
+        let mut ns_vals = raw(ns_vals);
+        let ne_bad: BTreeSet<String> = ne_problems.iter().map(|p| problem_variable(p)).collect();
+        for p in &ns_problems {
+            let var = problem_variable(p);
+            if ne_bad.contains(&var) {
+                continue;
+            }
+            failures.push(format!("{file}: {p} (node_exporter has values)"));
+            if var == "instance" {
+                // Check the panels for nodescope's instance all the same.
+                let mut pre = ns_pre.clone();
+                pre.insert("instance".into(), escape_regex(ns_instance));
+                ns_vals = raw(resolve_variables_with(port, &ns_d, &pre).0);
+            }
+        }
+        let (ne_qs, _) = panel_queries(&ne_d.title, &ne_d.json).unwrap();
+        let (ns_qs, _) = panel_queries(&ns_d.title, &ns_d.json).unwrap();
+        assert_eq!(ne_qs.len(), ns_qs.len());
+        for (a, b) in ne_qs.iter().zip(&ns_qs) {
+            match (substitute(&a.raw, &ne_vals), substitute(&b.raw, &ns_vals)) {
+                (Ok(ne), Ok(ns)) => checks.push(NodeCheck {
+                    what: format!("{file}: {}", a.describe()),
+                    ne,
+                    ns,
+                }),
+                (Err(e), _) | (_, Err(e)) => {
+                    failures.push(format!("{file}: {}: {e}", a.describe()))
+                }
+            }
+        }
+    }
+    for file in ["node-mixin/node_alerts.json", "node-mixin/node_rules.json"] {
+        let text = std::fs::read_to_string(node_dashboards_dir().join(file)).unwrap();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        for g in json["groups"].as_array().unwrap() {
+            for r in g["rules"].as_array().unwrap() {
+                let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
+                let expr = r["expr"].as_str().unwrap().to_string();
+                checks.push(NodeCheck {
+                    what: format!("{file}: {name}"),
+                    ns: node_job_rewrite(&expr),
+                    ne: expr,
+                });
+            }
+        }
+    }
+    (checks, failures)
+}
+
+#[test]
+fn node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter() {
+    let test = "node_exporter_dashboards_answer_for_nodescope_where_they_do_for_node_exporter";
+    let Some(prom) = common::require_tool(test, "prometheus", &["/usr/bin/prometheus"]) else {
+        return;
+    };
+    let Some(ne_bin) = common::node_exporter_bin(test) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (_ne, ne_port) = common::start_node_exporter(&ne_bin);
+    let agent = common::start_agent(HOST_ONLY);
+    let ns_instance = format!("127.0.0.1:{}", agent.port);
+
+    // Prometheus with both targets and the node-mixin's recording rules for each job.
+    let dir = tempfile::tempdir().unwrap();
+    let rules =
+        std::fs::read_to_string(node_dashboards_dir().join("node-mixin/node_rules.json")).unwrap();
+    std::fs::write(dir.path().join("rules-node.json"), &rules).unwrap();
+    std::fs::write(
+        dir.path().join("rules-nodescope.json"),
+        node_job_rewrite(&rules).replace("node-exporter.rules", "nodescope.rules"),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let cfg = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
+         rule_files: ['{0}/rules-node.json', '{0}/rules-nodescope.json']\n\
+         scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{ne_port}']\n\
+         \x20 - job_name: nodescope\n    static_configs:\n      - targets: ['{ns_instance}']\n",
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), cfg).unwrap();
+    let child = Command::new(&prom)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn prometheus");
+    let _prom = common::Proc {
+        child,
+        name: "prometheus",
+    };
+    assert!(
+        common::wait_http_ok(
+            &format!("http://127.0.0.1:{port}/-/ready"),
+            Duration::from_secs(30)
+        ),
+        "prometheus did not become ready"
+    );
+    // Rate windows need a few samples; then retry until every check passes or time is up.
+    std::thread::sleep(Duration::from_secs(20));
+    let deadline = t0 + Duration::from_secs(100);
+    loop {
+        let (checks, mut failures) = node_checks(port, &ns_instance);
+        let mut with_data = 0usize;
+        let mut answered = 0usize;
+        for c in &checks {
+            match has_data(port, &c.ne) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    failures.push(format!(
+                        "{}: node_exporter query fails: {e}\n    {}",
+                        c.what, c.ne
+                    ));
+                    continue;
+                }
+            }
+            with_data += 1;
+            match has_data(port, &c.ns) {
+                Ok(true) => answered += 1,
+                Ok(false) => {
+                    failures.push(format!("{}: no data for nodescope\n    {}", c.what, c.ns))
+                }
+                Err(e) => failures.push(format!("{}: {e}\n    {}", c.what, c.ns)),
+            }
+        }
+        let (documented, undocumented): (Vec<String>, Vec<String>) =
+            failures.into_iter().partition(|f| {
+                NODE_DASHBOARD_DIFFERENCES
+                    .iter()
+                    .any(|(needle, _)| f.contains(needle))
+            });
+        // Not vacuous: most of 1860's panels and the mixin's have data for node_exporter.
+        let enough = with_data >= checks.len() / 2;
+        if (undocumented.is_empty() && enough) || Instant::now() > deadline {
+            eprintln!(
+                "{} checks (panels of 1860 and the node-mixin, its alerts and rules); {with_data} return data \
+                 for node_exporter, {answered} of them for nodescope; documented differences:\n  {}",
+                checks.len(),
+                documented.join("\n  ")
+            );
+            assert!(
+                enough,
+                "only {with_data} of {} checks have data for node_exporter: the test would prove little",
+                checks.len()
+            );
+            let hint = if undocumented
+                .iter()
+                .any(|f| f.contains("node_scrape_collector_"))
+            {
+                "\n(node_scrape_collector_* come from nodescope_host::node_scrape_families, which \
+                 the agent's collector runner must call with each host collector's outcome)"
+            } else {
+                ""
+            };
+            assert!(
+                undocumented.is_empty(),
+                "{} queries answer for node_exporter but not for nodescope (after {:?}):\n  {}{hint}",
+                undocumented.len(),
+                t0.elapsed(),
+                undocumented.join("\n  ")
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    drop(agent);
 }

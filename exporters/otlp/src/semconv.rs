@@ -273,6 +273,90 @@ static RULES: &[Rule] = &[
         Counter,
         None,
     ),
+    // cpufreq (hostmetrics' `cpu` attribute, `cpuN`).
+    r(
+        "node_cpu_scaling_frequency_hertz",
+        "system.cpu.frequency",
+        "Hz",
+        Gauge,
+        None,
+    ),
+    // conntrack (hostmetrics' networkscraper).
+    r(
+        "node_nf_conntrack_entries",
+        "system.network.conntrack.count",
+        "{entry}",
+        UpDown,
+        None,
+    ),
+    r(
+        "node_nf_conntrack_entries_limit",
+        "system.network.conntrack.max",
+        "{entry}",
+        UpDown,
+        None,
+    ),
+    // The agent's own process (process.* semantic conventions).
+    r(
+        "process_cpu_seconds_total",
+        "process.cpu.time",
+        "s",
+        Counter,
+        None,
+    ),
+    r(
+        "process_resident_memory_bytes",
+        "process.memory.usage",
+        "By",
+        UpDown,
+        None,
+    ),
+    r(
+        "process_virtual_memory_bytes",
+        "process.memory.virtual",
+        "By",
+        UpDown,
+        None,
+    ),
+    r(
+        "process_open_fds",
+        "process.open_file_descriptor.count",
+        "{file_descriptor}",
+        UpDown,
+        None,
+    ),
+    // Per-workload cgroup metrics (container.* semantic conventions; every workload kind
+    // uses them, `workload_kind` says which).
+    r(
+        "nodescope_workload_cpu_usage_seconds_total",
+        "container.cpu.time",
+        "s",
+        Counter,
+        None,
+    ),
+    r(
+        "nodescope_workload_memory_usage_bytes",
+        "container.memory.usage",
+        "By",
+        UpDown,
+        None,
+    ),
+    Rule {
+        from: "nodescope_workload_io_read_bytes_total",
+        to: "container.disk.io",
+        unit: "By",
+        kind: Counter,
+        attr: Some(("disk.io.direction", "read")),
+        rename: &[("device", "system.device")],
+    },
+    Rule {
+        from: "nodescope_workload_io_written_bytes_total",
+        to: "container.disk.io",
+        unit: "By",
+        kind: Counter,
+        attr: Some(("disk.io.direction", "write")),
+        rename: &[("device", "system.device")],
+    },
 ];
 
 /// Families consumed by the derived filesystem series (never emitted under their own name
@@ -361,7 +445,10 @@ pub fn to_semconv(families: &[MetricFamily]) -> Vec<OtelMetric> {
                                 .find(|(from, _)| from == k)
                                 .map_or(k.clone(), |(_, to)| Cow::Borrowed(*to));
                             // hostmetrics names CPUs `cpu0`, `cpu1`, ...
-                            let v = if rule.from == "node_cpu_seconds_total" && k == "cpu" {
+                            let v = if (rule.from == "node_cpu_seconds_total"
+                                || rule.from == "node_cpu_scaling_frequency_hertz")
+                                && k == "cpu"
+                            {
                                 format!("cpu{v}")
                             } else {
                                 v.clone()
@@ -514,6 +601,56 @@ mod tests {
 
     fn get<'a>(l: &'a Labels, k: &str) -> Option<&'a str> {
         l.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn process_workload_and_new_host_families() {
+        let mut freq = MetricFamily::new("node_cpu_scaling_frequency_hertz", "", MetricType::Gauge);
+        freq.push([("cpu", "1")], 2.0e9);
+        let rss = MetricFamily::single("process_resident_memory_bytes", "", MetricType::Gauge, 5.0);
+        let mut wl = MetricFamily::new(
+            "nodescope_workload_cpu_usage_seconds_total",
+            "",
+            MetricType::Counter,
+        );
+        wl.push(
+            [
+                ("workload", "nginx.service"),
+                ("workload_kind", "systemd_unit"),
+            ],
+            3.0,
+        );
+        let mut rd = MetricFamily::new(
+            "nodescope_workload_io_read_bytes_total",
+            "",
+            MetricType::Counter,
+        );
+        rd.push([("workload", "w"), ("device", "sda")], 7.0);
+        let mut wr = MetricFamily::new(
+            "nodescope_workload_io_written_bytes_total",
+            "",
+            MetricType::Counter,
+        );
+        wr.push([("workload", "w"), ("device", "sda")], 9.0);
+        let out = to_semconv(&[freq, rss, wl, rd, wr]);
+        let m = |n: &str| {
+            out.iter()
+                .find(|m| m.name == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
+        let f = m("system.cpu.frequency");
+        assert_eq!(get(&f.points[0].0, "cpu"), Some("cpu1"));
+        assert_eq!(f.unit, "Hz");
+        assert_eq!(m("process.memory.usage").kind, Kind::UpDown);
+        assert_eq!(m("container.cpu.time").kind, Kind::Counter);
+        let io = m("container.disk.io");
+        assert_eq!(io.points.len(), 2);
+        assert!(io
+            .points
+            .iter()
+            .any(|(l, v)| get(l, "disk.io.direction") == Some("write")
+                && get(l, "system.device") == Some("sda")
+                && *v == Value::Number(9.0)));
     }
 
     #[test]

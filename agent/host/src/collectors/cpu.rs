@@ -290,8 +290,44 @@ impl Collector for CpuCollector {
             out.push(guest);
         }
         self.throttles(&stat.cpus, &mut out);
+        if let Some(text) = crate::util::sys_read(&self.sys_cpu.join("isolated")) {
+            let mut iso = MetricFamily::new(
+                "node_cpu_isolated",
+                "Whether each core is isolated, information from /sys/devices/system/cpu/isolated.",
+                MetricType::Gauge,
+            );
+            for cpu in parse_cpu_list(&text).unwrap_or_default() {
+                iso.push([("cpu", cpu.to_string())], 1.0);
+            }
+            if !iso.points.is_empty() {
+                out.push(iso);
+            }
+        }
         Ok(out)
     }
+}
+
+/// A kernel CPU list (`0-2,7,12-14`) as procfs' `parseIsolatedCPUs` reads it; `None` on
+/// a malformed entry. Ranges are capped at 65536 CPUs (u16, as procfs).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u16>> {
+    let mut out = Vec::new();
+    for part in text.trim_end_matches('\n').split(',') {
+        if part.is_empty() {
+            continue;
+        }
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: u16 = a.parse().ok()?;
+                let b: u16 = b.parse().ok()?;
+                if b < a {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
 }
 
 pub(crate) struct StatCollector {
@@ -372,6 +408,21 @@ impl Collector for StatCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("1-2,7\n"), Some(vec![1, 2, 7]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cpu_list_garbage_never_panics(s in "\\PC*") {
+            let _ = parse_cpu_list(&s);
+        }
+    }
     use crate::collectors::testutil::value;
     use proptest::prelude::*;
 

@@ -40,14 +40,28 @@ pub struct FsStat {
     pub blocks_avail: u64,
     pub files: u64,
     pub files_free: u64,
+    /// The device (`major:minor`) the statted path is on, when known (`statx`).
+    pub dev: Option<(u32, u32)>,
+    /// Whether the path is the root of a mount (`STATX_ATTR_MOUNT_ROOT`), when the kernel
+    /// says (5.8+).
+    pub mount_root: Option<bool>,
 }
 
 /// The `statfs` implementation; injectable so tests can simulate a hung mount.
 pub type StatFn = Arc<dyn Fn(&Path) -> std::io::Result<FsStat> + Send + Sync>;
 
 /// The real `statfs(2)`.
+/// The real `statfs(2)`, plus `statx(2)` for the device and mount-root attribute the
+/// collector checks against the mount table.
 pub fn real_statfs(path: &Path) -> std::io::Result<FsStat> {
     let s = rustix::fs::statfs(path)?;
+    let x = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::NO_AUTOMOUNT,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )?;
+    let attr = rustix::fs::StatxAttributes::MOUNT_ROOT;
     #[allow(clippy::unnecessary_cast)]
     Ok(FsStat {
         block_size: s.f_bsize as u64,
@@ -56,7 +70,36 @@ pub fn real_statfs(path: &Path) -> std::io::Result<FsStat> {
         blocks_avail: s.f_bavail as u64,
         files: s.f_files as u64,
         files_free: s.f_ffree as u64,
+        dev: Some((x.stx_dev_major, x.stx_dev_minor)),
+        mount_root: x
+            .stx_attributes_mask
+            .contains(attr)
+            .then(|| x.stx_attributes.contains(attr)),
     })
+}
+
+/// Why `stat` is not the statistics of mount `m` (issue: a mount the host made after the
+/// agent started, not propagated into the agent's view of the host root, is a plain
+/// directory on the root disk there, and statfs would report the root disk's size).
+/// `None` when the statted path is that mount, or when it cannot be checked.
+pub fn mount_mismatch(m: &Mount, stat: &FsStat) -> Option<String> {
+    let (want, got) = (m.dev?, stat.dev?);
+    if want == got {
+        return None;
+    }
+    // btrfs subvolumes (and other filesystems with per-subvolume anonymous devices) show
+    // another st_dev than the mount table; the path is still that mount when it is a
+    // mount root.
+    if stat.mount_root == Some(true) && m.fs_type == "btrfs" {
+        return None;
+    }
+    Some(format!(
+        "the path is on device {}:{} but the mount table says {}:{} for this mount; it is not \
+         that mount here (a mount hidden by another, or one made after the agent started and not \
+         propagated into its view of the host root: mount the host's / with HostToContainer \
+         propagation and make it shared)",
+        got.0, got.1, want.0, want.1
+    ))
 }
 
 /// One mount as node_exporter labels it.
@@ -71,6 +114,8 @@ pub struct Mount {
     pub read_only: bool,
     /// The mount point fully decoded, as a path on the host (used for `statfs`).
     pub path: String,
+    /// `major:minor` of the mount table (the `st_dev` of files on this filesystem).
+    pub dev: Option<(u32, u32)>,
 }
 
 /// Decodes the `\ooo` octal escapes the kernel uses in mount tables (`\040` for a space).
@@ -116,6 +161,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             path: unescape_mount_path(&raw_mp),
             fs_type: mi.fs_type,
             read_only,
+            dev: mi
+                .majmin
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?))),
         });
     }
     out
@@ -190,6 +239,7 @@ struct Counters {
     timeouts: AtomicU64,
     skipped: AtomicU64,
     dropped: AtomicU64,
+    mismatched: AtomicU64,
 }
 
 /// The `filesystem` collector. Build it from configuration with
@@ -519,6 +569,23 @@ impl Collector for FilesystemCollector {
                 ]
             };
             let ro = if m.read_only { 1.0 } else { 0.0 };
+            let stat = match stat {
+                Ok(s) => match mount_mismatch(m, &s) {
+                    None => Ok(s),
+                    Some(reason) => {
+                        self.counters.mismatched.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            collector = "filesystem",
+                            mountpoint = %m.mount_point,
+                            fstype = %m.fs_type,
+                            %reason,
+                            "filesystem size not reported: the path under the host root is not that mount"
+                        );
+                        Err(reason)
+                    }
+                },
+                Err(e) => Err(e),
+            };
             match stat {
                 Ok(s) => {
                     let bs = s.block_size as f64;
@@ -564,6 +631,12 @@ impl Collector for FilesystemCollector {
             "Mounts not statted because they (or too many others) were stuck.",
             MetricType::Counter,
             self.counters.skipped.load(Ordering::Relaxed) as f64,
+        ));
+        fams.push(MetricFamily::single(
+            "nodescope_host_filesystem_mount_mismatch_total",
+            "Mounts whose path under the host root was on another device than the mount table says (not that mount: hidden, or not propagated into the agent's view); reported with node_filesystem_device_error 1 instead of a wrong size.",
+            MetricType::Counter,
+            self.counters.mismatched.load(Ordering::Relaxed) as f64,
         ));
         fams.push(MetricFamily::single(
             "nodescope_host_filesystem_mounts_dropped",
@@ -641,6 +714,7 @@ mod tests {
                 blocks_avail: 40,
                 files: 10,
                 files_free: 7,
+                ..Default::default()
             })
         });
         let c = FilesystemCollector::from_config(&paths, &FilesystemConfig::default(), Some(stat))
@@ -680,6 +754,84 @@ mod tests {
             .collect();
         // /proc excluded by mount point and fs type, /nfs as a network filesystem.
         assert_eq!(mps, vec!["/", "/hung", "/ro"]);
+    }
+
+    /// Issue 16 item 8: a mount in the host's table whose path under the host root is a
+    /// plain directory on another filesystem (a mount made after the agent started, not
+    /// propagated) must not report that other filesystem's size.
+    #[test]
+    fn a_mount_that_is_not_there_is_an_error_not_the_root_disk_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = HostPaths::from_root(dir.path());
+        std::fs::create_dir_all(paths.proc.join("1")).unwrap();
+        std::fs::create_dir_all(paths.root.join("mnt/late")).unwrap();
+        let st = rustix::fs::stat(&paths.root).unwrap();
+        let (maj, min) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+        // `/` is really the filesystem the root dir is on; /mnt/late claims a 10 MiB tmpfs
+        // on device 0:4242 but is only a directory of the root filesystem here.
+        std::fs::write(
+            paths.proc.join("1/mountinfo"),
+            format!(
+                "1 0 {maj}:{min} / / rw - ext4 /dev/root rw\n\
+                 2 1 0:4242 / /mnt/late rw - tmpfs tmpfs rw,size=10240k\n"
+            ),
+        )
+        .unwrap();
+        let cfg = FilesystemConfig {
+            mount_points_exclude: String::new(),
+            ..Default::default()
+        };
+        let c = FilesystemCollector::from_config(&paths, &cfg, None).unwrap();
+        let f = c.collect().unwrap();
+        let late = [("mountpoint", "/mnt/late")];
+        assert_eq!(value(&f, "node_filesystem_device_error", &late), 1.0);
+        let size = f
+            .iter()
+            .find(|f| f.name == "node_filesystem_size_bytes")
+            .unwrap();
+        assert!(
+            !size
+                .points
+                .iter()
+                .any(|p| p.labels.iter().any(|(_, v)| v == "/mnt/late")),
+            "a size was reported for a mount that is not there"
+        );
+        assert_eq!(
+            value(&f, "nodescope_host_filesystem_mount_mismatch_total", &[]),
+            1.0
+        );
+        // The real root is that mount: its size is reported.
+        let root = [("mountpoint", "/")];
+        assert_eq!(value(&f, "node_filesystem_device_error", &root), 0.0);
+        assert!(value(&f, "node_filesystem_size_bytes", &root) > 0.0);
+    }
+
+    #[test]
+    fn mismatch_rules() {
+        let m = |fs: &str, dev| Mount {
+            device: "d".into(),
+            mount_point: "/x".into(),
+            fs_type: fs.into(),
+            read_only: false,
+            path: "/x".into(),
+            dev,
+        };
+        let s = |dev, root| FsStat {
+            dev,
+            mount_root: root,
+            ..Default::default()
+        };
+        assert!(mount_mismatch(&m("ext4", Some((8, 1))), &s(Some((8, 1)), None)).is_none());
+        assert!(mount_mismatch(&m("ext4", Some((8, 1))), &s(Some((8, 2)), Some(true))).is_some());
+        assert!(
+            mount_mismatch(&m("btrfs", Some((0, 40))), &s(Some((0, 41)), Some(true))).is_none()
+        );
+        assert!(
+            mount_mismatch(&m("btrfs", Some((0, 40))), &s(Some((0, 41)), Some(false))).is_some()
+        );
+        // Unknown on either side: nothing to check (injected statfs in tests).
+        assert!(mount_mismatch(&m("ext4", None), &s(Some((8, 2)), None)).is_none());
+        assert!(mount_mismatch(&m("ext4", Some((8, 1))), &s(None, None)).is_none());
     }
 
     #[test]

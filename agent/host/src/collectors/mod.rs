@@ -2,23 +2,56 @@
 //! real-format fixtures and proptest) and a [`nodescope_model::Collector`] that reads the
 //! file under the host root into a reused buffer and maps it to node_exporter's families.
 
+pub(crate) mod arp;
+pub(crate) mod bcache;
+pub(crate) mod bonding;
+pub(crate) mod btrfs;
+pub(crate) mod cgroup;
 pub(crate) mod conntrack;
 pub(crate) mod cpu;
+pub(crate) mod cpufreq;
 pub(crate) mod diskstats;
+pub(crate) mod dmi;
+pub(crate) mod edac;
+pub(crate) mod entropy;
+pub(crate) mod fibrechannel;
 pub(crate) mod filefd;
 pub(crate) mod filesystem;
+pub(crate) mod hwmon;
+pub(crate) mod infiniband;
+pub(crate) mod ipvs;
 pub(crate) mod loadavg;
+pub(crate) mod mdadm;
 pub(crate) mod meminfo;
+pub(crate) mod netclass;
 pub(crate) mod netdev;
 pub(crate) mod netstat;
+pub(crate) mod nfs;
+pub(crate) mod nfsd;
+pub(crate) mod nvme;
 pub(crate) mod os;
+pub(crate) mod powersupplyclass;
 pub(crate) mod pressure;
+pub(crate) mod process;
+pub(crate) mod rapl;
+pub(crate) mod schedstat;
+pub(crate) mod selinux;
 pub(crate) mod sockstat;
+pub(crate) mod softnet;
+pub(crate) mod tapestats;
+pub(crate) mod textfile;
+pub(crate) mod thermal_zone;
 pub(crate) mod time;
+pub(crate) mod timex;
+pub(crate) mod udp_queues;
 pub(crate) mod uname;
 pub(crate) mod vmstat;
+pub(crate) mod xfs;
+pub(crate) mod zfs;
 
-/// Every collector this crate provides, named like node_exporter's collectors.
+/// Every collector this crate provides, named like node_exporter's collectors (plus
+/// `process`, the agent's own `process_*` metrics, which client libraries export, and
+/// `cgroup`, per-workload resource metrics).
 pub const ALL_COLLECTORS: &[&str] = &[
     "cpu",
     "stat",
@@ -36,7 +69,42 @@ pub const ALL_COLLECTORS: &[&str] = &[
     "os",
     "time",
     "conntrack",
+    "netclass",
+    "arp",
+    "entropy",
+    "selinux",
+    "udp_queues",
+    "softnet",
+    "schedstat",
+    "timex",
+    "textfile",
+    "cpufreq",
+    "thermal_zone",
+    "edac",
+    "rapl",
+    "nvme",
+    "bonding",
+    "dmi",
+    "powersupplyclass",
+    "tapestats",
+    "mdadm",
+    "hwmon",
+    "infiniband",
+    "ipvs",
+    "nfs",
+    "xfs",
+    "btrfs",
+    "bcache",
+    "zfs",
+    "nfsd",
+    "fibrechannel",
+    "process",
+    "cgroup",
 ];
+
+/// Collectors of this crate that node_exporter does not have (no
+/// `node_scrape_collector_*` series for them).
+pub const NODESCOPE_ONLY_COLLECTORS: &[&str] = &["process", "cgroup"];
 
 #[cfg(test)]
 pub(crate) mod testutil {
