@@ -31,8 +31,9 @@ impl Component for HostMetricsConfig {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Parts, BuildError> {
-        let collectors =
-            HostMetricsConfig::build(self, &ctx.host).map_err(|e| BuildError::new("host", e))?;
+        let collectors = self
+            .build_with_pods(&ctx.host, ctx.pods())
+            .map_err(|e| BuildError::new("host", e))?;
         Ok(Parts {
             collectors,
             ..Parts::default()

@@ -172,9 +172,16 @@ async fn periodic_collection(state: Arc<AppState>, ctx: BuildContext) {
             _ = ctx.shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        for batch in state.collectors.collect_all().await {
+        let (batches, runs) = state.collectors.collect_all_detailed().await;
+        for batch in batches {
             ctx.emitter.emit(Signal::Metrics(batch));
         }
+        ctx.emitter
+            .emit(Signal::Metrics(Arc::new(nodescope_model::MetricBatch {
+                source: "scrape".into(),
+                timestamp: std::time::SystemTime::now(),
+                families: nodescope_host::node_scrape_families(runs),
+            })));
         let self_batch = nodescope_model::MetricBatch {
             source: "nodescope".into(),
             timestamp: std::time::SystemTime::now(),

@@ -100,7 +100,8 @@ async fn index() -> impl IntoResponse {
 async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let started = Instant::now();
-    let batches = st.collectors.collect_all().await;
+    let (batches, runs) = st.collectors.collect_all_detailed().await;
+    let scrape_fams = nodescope_host::node_scrape_families(runs);
     st.scrapes.inc();
     let self_fams = st.self_families();
     let mut body = String::with_capacity(st.last_body_len.load(Ordering::Relaxed) + 4096);
@@ -108,6 +109,7 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         batches
             .iter()
             .flat_map(|b| b.families.iter())
+            .chain(scrape_fams.iter())
             .chain(self_fams.iter()),
         format,
         &mut body,

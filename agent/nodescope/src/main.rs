@@ -127,6 +127,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&config);
+    raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(32)
@@ -145,6 +146,26 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (systemd's and most container runtimes'
+/// soft default of 1024 is below what the cgroup collector keeps open on a busy node; every
+/// such set is bounded by its own cap).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = old, to = lim.rlim_max, "raised the open-files limit");
+            }
         }
     }
 }

@@ -39,8 +39,8 @@ struct Slot {
     running: AtomicBool,
     /// When the current run started on its lane (None while queued).
     started: Mutex<Option<Instant>>,
-    /// The last finished run: its batch (None when it failed) and generation.
-    last: Mutex<Option<Arc<MetricBatch>>>,
+    /// The last finished run: its batch (None when it failed) and how long it took.
+    last: Mutex<(Option<Arc<MetricBatch>>, Duration)>,
     /// Bumped when a run finishes; waiters on a running collector watch it.
     generation: watch::Sender<u64>,
     status: StatusHandle,
@@ -82,7 +82,7 @@ impl CollectorSet {
                 Slot {
                     running: AtomicBool::new(false),
                     started: Mutex::new(None),
-                    last: Mutex::new(None),
+                    last: Mutex::new((None, Duration::ZERO)),
                     generation: watch::channel(0).0,
                     status: status.register(name, ComponentKind::Collector),
                     success: metrics.gauge(
@@ -115,12 +115,6 @@ impl CollectorSet {
         self.slots.len()
     }
 
-    /// Runs every collector; returns the batches of those that succeeded, in registration
-    /// order.
-    pub async fn collect_all(&self) -> Vec<Arc<MetricBatch>> {
-        self.collect(|_| true).await
-    }
-
     /// Runs the collectors whose name `which` accepts.
     pub async fn collect(&self, which: impl Fn(&str) -> bool) -> Vec<Arc<MetricBatch>> {
         self.collect_with_outcomes(which)
@@ -128,6 +122,27 @@ impl CollectorSet {
             .into_iter()
             .filter_map(|(_, b)| b)
             .collect()
+    }
+
+    /// Runs every collector; returns the batches and, per collector, `(name, duration,
+    /// success)` of the run that served this collection (node_exporter's
+    /// `node_scrape_collector_*`).
+    pub async fn collect_all_detailed(
+        &self,
+    ) -> (Vec<Arc<MetricBatch>>, Vec<(&'static str, Duration, bool)>) {
+        let outcomes = self.collect_with_outcomes(|_| true).await;
+        let mut batches = Vec::with_capacity(outcomes.len());
+        let mut runs = Vec::with_capacity(outcomes.len());
+        for (slot, (outcome, batch)) in self.slots.iter().zip(outcomes) {
+            let took = match outcome {
+                RunOutcome::TimedOut | RunOutcome::SkippedStuck => self.timeout,
+                RunOutcome::NotRun => Duration::ZERO,
+                _ => slot.last.lock().1,
+            };
+            runs.push((slot.collector.name(), took, batch.is_some()));
+            batches.extend(batch);
+        }
+        (batches, runs)
     }
 
     async fn collect_with_outcomes(
@@ -183,7 +198,7 @@ impl CollectorSet {
         loop {
             if !slot.running.load(Ordering::Acquire) {
                 // Finished between the claim and now.
-                return (RunOutcome::Shared, slot.last.lock().clone());
+                return (RunOutcome::Shared, slot.last.lock().0.clone());
             }
             let started = *slot.started.lock();
             let deadline = match started {
@@ -196,7 +211,7 @@ impl CollectorSet {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left.min(Duration::from_millis(250)), rx.changed()).await {
-                Ok(Ok(())) => return (RunOutcome::Shared, slot.last.lock().clone()),
+                Ok(Ok(())) => return (RunOutcome::Shared, slot.last.lock().0.clone()),
                 Ok(Err(_)) => return (RunOutcome::NotRun, None),
                 // Re-check: it may have started (new deadline) or be stuck.
                 Err(_) => continue,
@@ -296,7 +311,7 @@ fn run_one(slot: &Slot) -> (RunResult, Duration) {
         Ok(Err(e)) => Err(e),
         Err(_) => Err(CollectError::Other("collector panicked".into())),
     };
-    *slot.last.lock() = r.as_ref().ok().cloned();
+    *slot.last.lock() = (r.as_ref().ok().cloned(), elapsed);
     *slot.started.lock() = None;
     slot.running.store(false, Ordering::Release);
     slot.generation.send_modify(|g| *g += 1);
@@ -514,7 +529,7 @@ mod tests {
         let metrics = SelfMetrics::new();
         let set = CollectorSet::new(
             vec![Arc::new(Fixed)],
-            Duration::from_millis(200),
+            Duration::from_secs(1),
             &status,
             &metrics,
         );
@@ -529,7 +544,7 @@ mod tests {
         }
         let t = Instant::now();
         let out = set.collect_with_outcomes(|_| true).await;
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert_eq!(out[0].0, RunOutcome::Ok);
         drop(tx);
     }
