@@ -215,12 +215,26 @@ static __always_inline void local_addr(const struct sock_common *c, __u8 *dst)
 	}
 }
 
+/* The local port of a socket. A full socket whose port number was already released
+ * (tcp_set_state(TCP_CLOSE) -> inet_put_port zeroes skc_num, e.g. before the reset of
+ * an SO_LINGER 0 close) still has it in inet_sport, as the tcp_send_reset tracepoint's
+ * own format reads it. */
+static __always_inline __u16 sk_local_port(const struct sock *sk)
+{
+	__u16 p = sk->__sk_common.skc_num;
+	if (p || !sk_is_full(sk))
+		return p;
+	__be16 sp = 0;
+	bpf_core_read(&sp, sizeof(sp), &((const struct inet_sock *)sk)->inet_sport);
+	return bpf_ntohs(sp);
+}
+
 /* Builds the peer key of a socket. dir < 0: unknown (socket older than the probe):
  * inbound when the local port is below the remote one (we are the server). */
 static __always_inline void key_from_sk(const struct sock *sk, struct ns_peer_key *k, int dir)
 {
 	const struct sock_common *c = &sk->__sk_common;
-	__u16 lport = c->skc_num;
+	__u16 lport = dir < 0 ? sk_local_port(sk) : c->skc_num;
 	__u16 rport = bpf_ntohs(c->skc_dport);
 
 	remote_addr(c, k->addr, &k->family);
@@ -418,7 +432,7 @@ static __always_inline void emit(const struct sock *sk, const struct ns_peer_key
 	e->latency_ns = latency;
 	local_addr(c, e->saddr);
 	remote_addr(c, e->daddr, &e->family);
-	e->sport = c->skc_num;
+	e->sport = sk_local_port(sk);
 	e->dport = bpf_ntohs(c->skc_dport);
 	e->kind = kind;
 	e->direction = k->direction;
@@ -668,8 +682,10 @@ int BPF_PROG(ns_retransmit_synack, struct sock *listener, struct request_sock *r
 	return 0;
 }
 
-/* A reset sent with no socket: the peer is the packet's source, the port its destination. */
-static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_peer_key *k)
+/* A reset sent with no socket, from the packet that caused it: the peer is the packet's
+ * source (`k->addr`, `*rport`), the local end its destination (`laddr`, `k->port`). */
+static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_peer_key *k,
+					__u8 *laddr, __u16 *rport)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
@@ -684,12 +700,14 @@ static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_pee
 		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
 			return -1;
 		set_mapped_v4(k->addr, ip.saddr);
+		set_mapped_v4(laddr, ip.daddr);
 		k->family = AF_INET;
 	} else if ((vihl >> 4) == 6) {
 		struct ipv6hdr ip6;
 		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
 			return -1;
 		__builtin_memcpy(k->addr, &ip6.saddr, 16);
+		__builtin_memcpy(laddr, &ip6.daddr, 16);
 		k->family = AF_INET6;
 	} else {
 		return -1;
@@ -697,6 +715,7 @@ static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_pee
 	if (bpf_probe_read_kernel(&t, sizeof(t), head + th))
 		return -1;
 	k->port = bpf_ntohs(t.dest);
+	*rport = bpf_ntohs(t.source);
 	k->direction = NS_DIR_INBOUND;
 	k->cgroup_id = 0;
 	return 0;
@@ -709,6 +728,8 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 	struct ns_peer_key k = {};
 	struct ns_sock *st = 0;
 	__u64 now = bpf_ktime_get_ns();
+	__u8 laddr[16] = {};
+	__u16 rport = 0;
 
 	if (sk) {
 		st = sock_get(sk, NS_SCRATCH_SEND_RESET);
@@ -716,7 +737,7 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 			k = st->key;
 		else
 			key_from_sk(sk, &k, -1);
-	} else if (!skb || key_from_skb(skb, &k)) {
+	} else if (!skb || key_from_skb(skb, &k, laddr, &rport)) {
 		return 0;
 	}
 	__u32 slot = reason < NS_RST_REASON_SLOTS - 1 ? reason : NS_RST_REASON_SLOTS - 1;
@@ -738,9 +759,11 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 		}
 		__builtin_memset(e, 0, sizeof(*e));
 		e->ts_ns = now;
+		__builtin_memcpy(e->saddr, laddr, 16);
 		__builtin_memcpy(e->daddr, k.addr, 16);
 		e->family = k.family;
 		e->sport = k.port;
+		e->dport = rport;
 		e->kind = NS_EV_RESET_SENT;
 		e->direction = NS_DIR_INBOUND;
 		e->reason = (__u16)reason;

@@ -821,3 +821,128 @@ fn events_are_rate_limited_and_counted() {
     assert!(limited >= 8.0, "rate-limited counter {limited}");
     token.cancel();
 }
+
+/// Sets SO_LINGER {on, 0}: close() then aborts the connection with a reset.
+fn set_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a valid, initialised linger struct of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+fn attr<'a>(r: &'a nodescope_model::LogRecord, k: &str) -> &'a str {
+    r.attributes
+        .iter()
+        .chain(r.labels.iter())
+        .find(|(a, _)| a == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// Issue 16 item 9: `tcp_reset_sent` events carry both endpoints. A reset sent without a
+/// socket (refused connect) names the client's port as the peer port and the closed port
+/// as the local one; a reset sent by a socket that closes with SO_LINGER 0 (reason
+/// `tcp_state`: the kernel has already released the local port number when it sends it)
+/// keeps the socket's local address and port. So does the client's failed-connect event.
+#[test]
+fn reset_sent_events_carry_both_endpoints() {
+    if !require("reset_sent_events_carry_both_endpoints", &["ip"]) {
+        return;
+    }
+    let _g = serial();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let ns = NetNs::new();
+    let srv = EchoServer::start(&ns, 8088);
+    let mut h = start_probe(NetworkConfig::default());
+    let token = tokio_util::sync::CancellationToken::new();
+    h.probe.spawn(token.clone()).expect("event reader");
+
+    // 1. No socket: the namespace answers a SYN to port 9 with a reset.
+    let e = TcpStream::connect_timeout(&SocketAddr::from((ns.ns_ip, 9)), Duration::from_secs(3))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    // 2. A socket aborting its connection: SO_LINGER 0, then close.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    exchange(&mut s, 1, Duration::ZERO);
+    let local = s.local_addr().unwrap();
+    set_linger_zero(&s);
+    drop(s);
+
+    let (host, nsip) = (ns.host_ip.to_string(), ns.ns_ip.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    while std::time::Instant::now() < deadline {
+        rt.block_on(tokio::time::sleep(Duration::from_millis(50)));
+        for r in h.drain_logs() {
+            if attr(&r, "peer_address") != host && attr(&r, "peer_address") != nsip {
+                continue;
+            }
+            match r.kind.as_ref() {
+                "tcp_reset_sent" => sent.push(r),
+                "tcp_connect_failed" => failed.push(r),
+                _ => {}
+            }
+        }
+        let reasons: Vec<&str> = sent.iter().map(|r| attr(r, "reason")).collect();
+        if reasons.contains(&"no_socket") && reasons.iter().any(|r| *r != "no_socket") {
+            break;
+        }
+    }
+    let no_sock = sent
+        .iter()
+        .find(|r| attr(r, "reason") == "no_socket")
+        .unwrap_or_else(|| panic!("no no_socket reset event: {sent:?}"));
+    assert_eq!(attr(no_sock, "peer_address"), host, "{no_sock:?}");
+    assert_ne!(attr(no_sock, "peer_port"), "0", "{no_sock:?}");
+    assert_eq!(attr(no_sock, "local_address"), nsip, "{no_sock:?}");
+    assert_eq!(attr(no_sock, "local_port"), "9", "{no_sock:?}");
+    assert!(
+        no_sock
+            .body
+            .contains(&format!("{host}:{}", attr(no_sock, "peer_port"))),
+        "{}",
+        no_sock.body
+    );
+
+    // The client's failed connect (SYN_SENT -> CLOSE: its port number is released
+    // before the tracepoint fires) names its local port too.
+    let f = failed.first().expect("failed-connect event");
+    assert_eq!(attr(f, "local_address"), host, "{f:?}");
+    assert_eq!(attr(f, "local_port"), attr(no_sock, "peer_port"), "{f:?}");
+    assert_eq!(attr(f, "peer_port"), "9", "{f:?}");
+
+    let abort = sent
+        .iter()
+        .find(|r| attr(r, "reason") != "no_socket")
+        .unwrap_or_else(|| panic!("no reset event from the aborting socket: {sent:?}"));
+    eprintln!("abort reset: {:?} / {}", attr(abort, "reason"), abort.body);
+    assert_eq!(attr(abort, "peer_address"), nsip, "{abort:?}");
+    assert_eq!(attr(abort, "peer_port"), "8088", "{abort:?}");
+    assert_eq!(attr(abort, "local_address"), host, "{abort:?}");
+    assert_eq!(
+        attr(abort, "local_port"),
+        local.port().to_string(),
+        "{abort:?}"
+    );
+    // The metric row of that reset is the outbound peer, not a port-0 inbound one.
+    let rows = h.rows_for(&nsip, Some(8088));
+    assert!(
+        rows.iter()
+            .any(|(k, s)| k.direction == "outbound" && s.resets_sent.iter().sum::<u64>() == 1),
+        "{rows:?}"
+    );
+    token.cancel();
+}
