@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nodescope_model::backoff::{jittered, Backoff, BackoffPolicy};
 use nodescope_model::selfmetrics::{Counter, SelfMetrics};
 use nodescope_model::status::{ComponentState, StatusHandle};
 use serde::Deserialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::cache::{normalize_container_id, PodCache};
-use crate::K8sError;
+use crate::{K8sError, RESYNC_JITTER};
 
 /// Longest single watch event line accepted (a pod object is a few KiB; 8 MiB leaves
 /// room for pods with huge annotations while keeping memory bounded).
@@ -151,6 +152,7 @@ pub(crate) struct WatcherSettings {
     pub resync_interval: Duration,
     pub watch_timeout: Duration,
     pub request_timeout: Duration,
+    pub backoff: BackoffPolicy,
 }
 
 #[derive(Clone)]
@@ -277,48 +279,57 @@ impl PodWatcher {
 
     async fn run_forever(&self) {
         let mut reason = Relist::Initial;
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(self.s.backoff);
+        // The newest resourceVersion seen (list or watch): a re-list asks the API
+        // server's watch cache for a state not older than it. None: "0", any cached state.
+        let mut last_rv: Option<String> = None;
         loop {
             self.metrics.relist[reason as usize].inc();
             let t0 = Instant::now();
-            let rv = match self.list().await {
+            let rv = match self.list(last_rv.as_deref()).await {
                 Ok((pods, rv)) => {
                     let n = pods.len();
                     self.cache.replace(pods);
                     self.status.success(t0.elapsed());
                     self.status.set_detail("pods", n.to_string());
                     info!(pods = n, resource_version = %rv, reason = ?reason, "listed pods");
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     rv
                 }
                 Err(e) => {
                     self.metrics.api_errors.inc();
-                    warn!(error = %e, retry_in = ?backoff, "listing pods failed");
+                    let delay = backoff.next_delay(None);
+                    warn!(error = %e, retry_in = ?delay, "listing pods failed");
                     self.status.failure(
                         ComponentState::Degraded,
                         e.to_string(),
                         Some(t0.elapsed()),
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    // The cache may lag behind the version we asked for: take any state.
+                    last_rv = None;
+                    tokio::time::sleep(delay).await;
                     reason = Relist::Error;
                     continue;
                 }
             };
-            reason = self.watch_until_relist(rv).await;
+            let mut rv = rv;
+            reason = self.watch_until_relist(&mut rv).await;
+            last_rv = Some(rv).filter(|v| !v.is_empty());
             if reason == Relist::Error {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_delay(None)).await;
             }
         }
     }
 
     /// Watches from `rv`, resuming after normal stream ends, until a re-list is needed.
-    async fn watch_until_relist(&self, mut rv: String) -> Relist {
-        let resync_at = tokio::time::Instant::now() + self.s.resync_interval;
+    /// `rv` is left at the newest resourceVersion seen.
+    async fn watch_until_relist(&self, rv: &mut String) -> Relist {
+        // Jittered, so the agents of a cluster started together do not re-list together.
+        let resync_at =
+            tokio::time::Instant::now() + jittered(self.s.resync_interval, RESYNC_JITTER);
         loop {
             let res = tokio::select! {
-                r = self.watch_once(&mut rv) => r,
+                r = self.watch_once(rv) => r,
                 _ = tokio::time::sleep_until(resync_at) => Ok(WatchEnd::Resync),
             };
             match res {
@@ -356,17 +367,28 @@ impl PodWatcher {
         }
     }
 
-    async fn list(&self) -> Result<(Vec<Pod>, String), ApiError> {
+    /// Lists the node's pods from the API server's watch cache, not from etcd: with
+    /// `resourceVersion=0` (any cached state; the initial list and after errors) or
+    /// `resourceVersion=<min_rv>` (a state not older than what we already saw; re-lists
+    /// after a resync or `410 Gone`), as client-go's reflector does. The cache ignores
+    /// `limit` for `0`; for a version, paging is left off so the cache can answer.
+    /// Pages after the first carry only `continue` (the API refuses a version with it).
+    async fn list(&self, min_rv: Option<&str>) -> Result<(Vec<Pod>, String), ApiError> {
         let url = self.pods_url();
         let mut all = Vec::new();
         let mut cont: Option<String> = None;
         loop {
-            let mut q: Vec<(&str, String)> = vec![
-                ("fieldSelector", self.field_selector()),
-                ("limit", LIST_PAGE.to_string()),
-            ];
-            if let Some(c) = &cont {
-                q.push(("continue", c.clone()));
+            let mut q: Vec<(&str, String)> = vec![("fieldSelector", self.field_selector())];
+            match (&cont, min_rv) {
+                (Some(c), _) => {
+                    q.push(("limit", LIST_PAGE.to_string()));
+                    q.push(("continue", c.clone()));
+                }
+                (None, None) => {
+                    q.push(("resourceVersion", "0".into()));
+                    q.push(("limit", LIST_PAGE.to_string()));
+                }
+                (None, Some(rv)) => q.push(("resourceVersion", rv.to_string())),
             }
             let req = self
                 .authorized(

@@ -59,6 +59,12 @@ pub struct KubernetesConfig {
     /// Timeout of one list request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// First retry delay after a failed list or watch; doubles up to `max_backoff`, each
+    /// delay jittered by ±20 % so the agents of a cluster do not retry in lockstep.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -78,9 +84,15 @@ impl Default for KubernetesConfig {
             resync_interval: Duration::from_secs(600),
             watch_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
+
+/// Jitter of retry delays and of the re-list period (±20 % / ±10 %).
+pub const RETRY_JITTER: f64 = 0.2;
+pub const RESYNC_JITTER: f64 = 0.1;
 
 /// Upper bound on `pod_labels` entries.
 pub const MAX_POD_LABELS: usize = 32;
@@ -150,6 +162,29 @@ impl KubernetesConfig {
             format!("{prefix}.request_timeout"),
             "must be between 1s and 10m",
         );
+        issues.check(
+            (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.initial_backoff),
+            format!("{prefix}.initial_backoff"),
+            "must be between 10ms and 10m",
+        );
+        issues.check(
+            self.max_backoff >= self.initial_backoff
+                && self.max_backoff <= Duration::from_secs(3600),
+            format!("{prefix}.max_backoff"),
+            "must be at least initial_backoff and at most 1h",
+        );
+    }
+
+    /// The retry backoff of the watchers: `initial_backoff` doubling to `max_backoff`,
+    /// ±20 % jitter.
+    pub fn backoff_policy(&self) -> nodescope_model::backoff::BackoffPolicy {
+        nodescope_model::backoff::BackoffPolicy {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+            multiplier: 2.0,
+            jitter: RETRY_JITTER,
+            ..Default::default()
+        }
     }
 
     /// `node_name`, else `$NODE_NAME`.
@@ -208,6 +243,7 @@ impl KubernetesConfig {
                 resync_interval: self.resync_interval,
                 watch_timeout: self.watch_timeout,
                 request_timeout: self.request_timeout,
+                backoff: self.backoff_policy(),
             },
             cache.clone(),
             metrics,
@@ -297,6 +333,8 @@ mod tests {
             resync_interval: Duration::from_millis(500),
             watch_timeout: Duration::ZERO,
             request_timeout: Duration::ZERO,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::from_secs(7200),
             ..Default::default()
         };
         let mut issues = Issues::default();
@@ -311,6 +349,8 @@ mod tests {
                 "kubernetes.resync_interval",
                 "kubernetes.watch_timeout",
                 "kubernetes.request_timeout",
+                "kubernetes.initial_backoff",
+                "kubernetes.max_backoff",
             ]
         );
     }
