@@ -22,12 +22,13 @@
  * to a DNS port and unconnected UDP sockets (and listeners, refused on their state) get
  * their headers read.
  *
- * A lookup (nodescope_dns_lookups_total) is what one thread of a workload asks about one
- * name: its queries share the first label of the question name (the search-path
+ * A lookup (nodescope_dns_lookups_total) is what one process of a workload asks about
+ * one name: its queries share the first label of the question name (the search-path
  * expansions name.ns.svc.cluster.local, name.svc.cluster.local, ..., name; the A and AAAA
  * pair; retries; the TCP retry of a truncated answer). A query starts a new lookup unless
- * the thread's lookup for that label is still open: not ended by an answer with records,
- * and active within cfg_lookup_gap_ns (cfg_timeout_ns while a query is unanswered).
+ * the process's lookup for that label is still open: active within cfg_lookup_gap_ns
+ * (cfg_timeout_ns while a query is unanswered), and not yet answered with records for
+ * the query's type (A, AAAA, other).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -402,6 +403,11 @@ static __always_inline void key_of(struct ns_dns_key *k, const struct ns_dns_que
 	k->_pad[2] = 0;
 }
 
+static __always_inline __u32 done_bit(__u16 qtype)
+{
+	return qtype == 1 ? NS_DNS_DONE_A : qtype == 28 ? NS_DNS_DONE_AAAA : NS_DNS_DONE_OTHER;
+}
+
 /* FNV-1a of the first label of a wire-format name. */
 static __always_inline __u32 label_hash(const __u8 *name, __u32 n)
 {
@@ -470,7 +476,7 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 	q->pid = pid_tgid >> 32;
 	q->family = p->family;
 	q->lkey.cgroup_id = q->cgroup_id;
-	q->lkey.tid = (__u32)pid_tgid;
+	q->lkey.pid = pid_tgid >> 32;
 	q->lkey.label_hash = label_hash(q->name, n);
 	bpf_get_current_comm(q->comm, sizeof(q->comm));
 
@@ -509,9 +515,9 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 	/* Lookup accounting. */
 	int fresh = 0;
 	struct ns_dns_lookup_state *st = bpf_map_lookup_elem(&dns_lookup_state, &q->lkey);
-	if (!st || (st->flags & NS_DNS_LOOKUP_DONE) ||
+	if (!st || (st->done & done_bit(q->qtype)) ||
 	    now - st->last_ns > (st->outstanding ? cfg_timeout_ns : cfg_lookup_gap_ns)) {
-		struct ns_dns_lookup_state ns = {.last_ns = now, .outstanding = 1, .flags = 0};
+		struct ns_dns_lookup_state ns = {.last_ns = now, .outstanding = 1, .done = 0};
 		bpf_map_update_elem(&dns_lookup_state, &q->lkey, &ns, BPF_ANY);
 		fresh = 1;
 	} else {
@@ -578,7 +584,7 @@ static __always_inline void on_answer(struct __sk_buff *skb, struct pkt *p)
 			__sync_fetch_and_add(&st->outstanding, -1);
 		st->last_ns = now;
 		if (rcode == 0 && h.ancount)
-			st->flags |= NS_DNS_LOOKUP_DONE;
+			st->done |= done_bit(q->qtype);
 	}
 
 	__u8 kind = 0;

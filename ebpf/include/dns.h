@@ -60,8 +60,12 @@
 #define NS_DNS_EV_FAILED 2  /* answered with SERVFAIL, REFUSED, FORMERR, NOTIMP or another error */
 #define NS_DNS_EV_TIMEOUT 3 /* no answer (retransmitted; user space also sweeps stale queries) */
 
-/* Flags of struct ns_dns_lookup_state. */
-#define NS_DNS_LOOKUP_DONE 1 /* an answer with records ended the lookup */
+/* struct ns_dns_lookup_state.done: the QTYPEs (A, AAAA, any other) a lookup already got
+ * records for. A query of such a type starts a new lookup; a query of another type (the
+ * AAAA that follows an A answered first) continues it. */
+#define NS_DNS_DONE_A 1
+#define NS_DNS_DONE_AAAA 2
+#define NS_DNS_DONE_OTHER 4
 
 /* Aggregation key of nodescope_dns_request_duration_seconds / nodescope_dns_requests_total:
  * workload (cgroup v2 id) x server x qtype x rcode x transport. Addresses are IPv6 or
@@ -94,18 +98,20 @@ struct ns_dns_qkey {
 	__u8 _pad;
 };
 
-/* The lookup a query belongs to: one thread of one workload asking about names with the
- * same first label (the search-path expansions of one name). */
+/* The lookup a query belongs to: one process of one workload asking about names with
+ * the same first label (the search-path expansions of one name). The process, not the
+ * thread: resolvers such as Go's send the A and AAAA queries of one lookup from
+ * different threads. */
 struct ns_dns_lkey {
 	__u64 cgroup_id;
-	__u32 tid;
+	__u32 pid;
 	__u32 label_hash;
 };
 
 struct ns_dns_lookup_state {
 	__u64 last_ns;     /* last query sent or answer received */
 	__u32 outstanding; /* queries sent and not answered yet */
-	__u32 flags;
+	__u32 done;        /* NS_DNS_DONE_*: types already answered with records */
 };
 
 /* Per workload: lookups started and queries sent (fan-out = queries / lookups). */

@@ -61,7 +61,9 @@ pub const EV_SLOW: u8 = 1;
 pub const EV_FAILED: u8 = 2;
 pub const EV_TIMEOUT: u8 = 3;
 
-pub const LOOKUP_DONE: u32 = 1;
+pub const DONE_A: u32 = 1;
+pub const DONE_AAAA: u32 = 2;
+pub const DONE_OTHER: u32 = 4;
 
 /// Map names in the object.
 pub const MAP_INFLIGHT: &str = "dns_inflight";
@@ -138,7 +140,7 @@ pub struct QueryKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LookupKey {
     pub cgroup_id: u64,
-    pub tid: u32,
+    pub pid: u32,
     pub label_hash: u32,
 }
 
@@ -148,7 +150,7 @@ pub struct LookupKey {
 pub struct LookupState {
     pub last_ns: u64,
     pub outstanding: u32,
-    pub flags: u32,
+    pub done: u32,
 }
 
 /// `struct ns_dns_lookup_stats`.
@@ -270,7 +272,9 @@ unsafe impl aya::Pod for LookupStats {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("DNS ring buffer record of {got} bytes is shorter than struct ns_dns_event ({want} bytes)")]
+    #[error(
+        "DNS ring buffer record of {got} bytes is shorter than struct ns_dns_event ({want} bytes)"
+    )]
     Short { got: usize, want: usize },
     #[error("unknown DNS event kind {0}")]
     UnknownKind(u8),
@@ -528,8 +532,8 @@ mod tests {
             "ns_dns_key" => DnsKey { cgroup_id, server, qtype, rcode, transport, family, _pad }
             "ns_dns_stats" => DnsStats { hist, sum_ns, requests, last_seen_ns }
             "ns_dns_qkey" => QueryKey { client, server, client_port, server_port, id, transport, _pad }
-            "ns_dns_lkey" => LookupKey { cgroup_id, tid, label_hash }
-            "ns_dns_lookup_state" => LookupState { last_ns, outstanding, flags }
+            "ns_dns_lkey" => LookupKey { cgroup_id, pid, label_hash }
+            "ns_dns_lookup_state" => LookupState { last_ns, outstanding, done }
             "ns_dns_lookup_stats" => LookupStats { lookups, queries }
             "ns_dns_query" => Query {
                 start_ns, cgroup_id, lkey, pid, qtype, family, _pad, name_len, _pad2, comm, name
@@ -555,7 +559,7 @@ int main(void) {
   for (unsigned i = 0; i < sizeof b / sizeof b[0]; i++) printf("bound.%u %llu\n", i, b[i]);
   for (unsigned i = 0; i < sizeof q / sizeof q[0]; i++) printf("qtype.%u %u\n", i, q[i]);
   STRUCTS
-  printf("CONST %d %d %d %d %d %d %d %d %d %d\n", NS_DNS_NAME_MAX, NS_DNS_MAX_LABELS, NS_DNS_PORTS, NS_DNS_RCODE_TIMEOUT, NS_DNS_RCODE_TRUNCATED, NS_DNS_RCODE_SLOTS, NS_DNS_UDP, NS_DNS_TCP, NS_DNS_NQTYPES, NS_DNS_LOOKUP_DONE);
+  printf("CONST %d %d %d %d %d %d %d %d %d %d\n", NS_DNS_NAME_MAX, NS_DNS_MAX_LABELS, NS_DNS_PORTS, NS_DNS_RCODE_TIMEOUT, NS_DNS_RCODE_TRUNCATED, NS_DNS_RCODE_SLOTS, NS_DNS_UDP, NS_DNS_TCP, NS_DNS_NQTYPES, NS_DNS_DONE_A | NS_DNS_DONE_AAAA << 4 | NS_DNS_DONE_OTHER << 8);
   printf("CNT %d %d %d %d %d %d %d %d %d %d %d %d %d\n", NS_DNS_CNT_QUERIES, NS_DNS_CNT_ANSWERS, NS_DNS_CNT_UNMATCHED, NS_DNS_CNT_INFLIGHT_FULL, NS_DNS_CNT_RETRANSMITS, NS_DNS_CNT_STATS_OVERFLOW, NS_DNS_CNT_OTHER_FULL, NS_DNS_CNT_EVENTS_RATE_LIMITED, NS_DNS_CNT_EVENTS_LOST, NS_DNS_CNT_EVENTS_SENT, NS_DNS_CNT_LOOKUPS_FULL, NS_DNS_CNT_MALFORMED, NS_DNS_CNT_SLOTS);
   printf("EV %d %d %d\n", NS_DNS_EV_SLOW, NS_DNS_EV_FAILED, NS_DNS_EV_TIMEOUT);
   return 0;
@@ -591,8 +595,9 @@ int main(void) {
         rust.insert(
             "CONST".into(),
             format!(
-                "{NAME_MAX} {MAX_LABELS} {PORTS} {RCODE_TIMEOUT} {RCODE_TRUNCATED} {RCODE_SLOTS} {UDP} {TCP} {} {LOOKUP_DONE}",
-                QTYPES.len()
+                "{NAME_MAX} {MAX_LABELS} {PORTS} {RCODE_TIMEOUT} {RCODE_TRUNCATED} {RCODE_SLOTS} {UDP} {TCP} {} {}",
+                QTYPES.len(),
+                DONE_A | DONE_AAAA << 4 | DONE_OTHER << 8
             ),
         );
         rust.insert(
@@ -628,7 +633,10 @@ int main(void) {
         );
         // The kernel's name_len excludes the zero label: still complete.
         assert_eq!(decode_name(&w, w.len() - 1).0, "api.shop.svc.cluster.local");
-        assert!(decode_name(&w, w.len() - 1).1, "no zero label seen: flagged");
+        assert!(
+            decode_name(&w, w.len() - 1).1,
+            "no zero label seen: flagged"
+        );
         assert_eq!(decode_name(&[0], 1), (".".to_string(), false));
         let odd = [3, b'a', b'.', 0xff, 1, b'\\', 0];
         assert_eq!(decode_name(&odd, odd.len()).0, "a\\.\\255.\\\\");
@@ -688,8 +696,7 @@ int main(void) {
     /// attach to the cgroup2 root.
     #[test]
     fn loads_verifies_and_attaches_on_this_kernel() {
-        if !nodescope_testsupport::require_root("dns::loads_verifies_and_attaches_on_this_kernel")
-        {
+        if !nodescope_testsupport::require_root("dns::loads_verifies_and_attaches_on_this_kernel") {
             return;
         }
         let btf = crate::loader::kernel_btf().expect("kernel BTF");

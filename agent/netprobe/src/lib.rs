@@ -12,9 +12,10 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod probe;
 pub mod workload;
 
-pub use config::{NetworkConfig, ProbesConfig};
+pub use config::{DnsConfig, NetworkConfig, ProbesConfig};
 pub use probe::{NetProbe, NetProbeContext, ProbeHealth};

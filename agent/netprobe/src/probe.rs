@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::aggregate::{self, add_row, ReasonNames, RowKey, Rows};
-use crate::config::{NetworkConfig, PROGRAMS};
+use crate::config::{NetworkConfig, PROBE_DNS, PROGRAMS};
+use crate::dns::{self, DnsProbe, DnsRowKey, DnsRows, LookupRowKey, LookupRows};
 use crate::events;
 use crate::workload::{default_cgroup_root, Resolved, WorkloadResolver};
 
@@ -160,6 +161,9 @@ struct Inner {
     ringbuf: Mutex<Option<RingBuf<MapData>>>,
     /// Keeps programs and their links alive; dropping it detaches everything.
     _ebpf: Mutex<Option<Ebpf>>,
+    /// The DNS probe (its own object, programs and ring buffer), when up.
+    dns: Option<DnsProbe>,
+    dns_ringbuf: Mutex<Option<RingBuf<MapData>>>,
     resolver: WorkloadResolver,
     names: ReasonNames,
     retired: Mutex<StdHashMap<(u64, u8), PeerStats>>,
@@ -195,11 +199,14 @@ impl NetProbe {
             ctx.cgroup_root.clone()
         };
         status.set_detail("cgroup_root", cgroup_root.display().to_string());
-        let resolver =
-            WorkloadResolver::new(cgroup_root, cfg.workload_cache_size, ctx.pods.clone());
+        let resolver = WorkloadResolver::new(
+            cgroup_root.clone(),
+            cfg.workload_cache_size,
+            ctx.pods.clone(),
+        );
         let selfc = SelfCounters::new(&ctx.self_metrics);
         let mut health: Vec<ProbeHealth> = Vec::new();
-        for (probe, _, _) in PROGRAMS {
+        for probe in PROGRAMS.iter().map(|(p, _, _)| *p).chain([PROBE_DNS]) {
             if !health.iter().any(|h| h.probe == probe) {
                 health.push(ProbeHealth {
                     probe,
@@ -218,6 +225,8 @@ impl NetProbe {
             maps: None,
             ringbuf: Mutex::new(None),
             _ebpf: Mutex::new(None),
+            dns: None,
+            dns_ringbuf: Mutex::new(None),
             resolver,
             names: ReasonNames::default(),
             retired: Mutex::new(StdHashMap::new()),
@@ -242,21 +251,57 @@ impl NetProbe {
                 );
             }
         }
-        match Self::load(&cfg, &mut inner) {
-            Ok(()) => {}
-            Err(e) => {
-                let text = err_text(&e);
-                tracing::warn!(error = %text, "network probes unavailable");
-                for h in inner.health.iter_mut().filter(|h| h.enabled) {
-                    h.up = false;
-                    h.reason = Some(text.clone());
+        // Parsed once: CO-RE relocation of both objects and every tp_btf attach target.
+        match loader::kernel_btf() {
+            Err(e) => Self::all_down(&mut inner, |_| true, &e),
+            Ok(btf) => {
+                let tcp = |p: &str| p != PROBE_DNS;
+                if inner.health.iter().any(|h| h.enabled && tcp(h.probe)) {
+                    if let Err(e) = Self::load(&cfg, &mut inner, &btf) {
+                        Self::all_down(&mut inner, tcp, &e);
+                    }
                 }
-                if let Some(log) = e.verifier_log() {
-                    status.set_detail("verifier_log", log.to_string());
+                if inner
+                    .health
+                    .iter()
+                    .any(|h| h.enabled && h.probe == PROBE_DNS)
+                {
+                    match DnsProbe::load(&cfg, &btf, &cgroup_root, &ctx.self_metrics) {
+                        Ok((probe, rb, hooks)) => {
+                            inner.dns = Some(probe);
+                            *inner.dns_ringbuf.lock() = Some(rb);
+                            if let Some(h) = inner.health.iter_mut().find(|h| h.probe == PROBE_DNS)
+                            {
+                                h.up = true;
+                                h.hooks = hooks;
+                            }
+                        }
+                        Err(e) => Self::all_down(&mut inner, |p| p == PROBE_DNS, &e),
+                    }
                 }
-                status.set_state(ComponentState::Unavailable, Some(text));
             }
         }
+        let (any_up, any_down) = inner
+            .health
+            .iter()
+            .filter(|h| h.enabled)
+            .fold((false, false), |(u, d), h| (u || h.up, d || !h.up));
+        let state = match (any_up, any_down) {
+            (true, false) => ComponentState::Ok,
+            (true, true) => ComponentState::Degraded,
+            (false, true) => ComponentState::Unavailable,
+            (false, false) => ComponentState::Disabled,
+        };
+        let err = any_down.then(|| {
+            inner
+                .health
+                .iter()
+                .filter(|h| h.enabled && !h.up)
+                .filter_map(|h| h.reason.as_ref().map(|r| format!("{}: {r}", h.probe)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        status.set_state(state, err);
         for h in &inner.health {
             let v = match (h.enabled, h.up, &h.reason) {
                 (false, _, _) => "disabled".to_string(),
@@ -270,7 +315,36 @@ impl NetProbe {
         }
     }
 
-    fn load(cfg: &NetworkConfig, inner: &mut Inner) -> Result<(), LoadError> {
+    /// Marks the enabled probes selected by `which` down with `e` as the reason.
+    fn all_down(inner: &mut Inner, which: impl Fn(&str) -> bool, e: &LoadError) {
+        let text = err_text(e);
+        let names: Vec<&str> = inner
+            .health
+            .iter()
+            .filter(|h| h.enabled && which(h.probe))
+            .map(|h| h.probe)
+            .collect();
+        tracing::warn!(error = %text, probes = ?names, "network probes unavailable");
+        for h in inner
+            .health
+            .iter_mut()
+            .filter(|h| h.enabled && which(h.probe))
+        {
+            h.up = false;
+            h.reason = Some(text.clone());
+        }
+        if let Some(log) = e.verifier_log() {
+            let key = if names == [PROBE_DNS] {
+                "verifier_log.dns"
+            } else {
+                "verifier_log"
+            };
+            inner.status.set_detail(key, log.to_string());
+        }
+    }
+
+    /// Loads net.bpf.o and attaches the TCP probes' programs one by one.
+    fn load(cfg: &NetworkConfig, inner: &mut Inner, btf: &aya::Btf) -> Result<(), LoadError> {
         let obj = bpf::NET_OBJ_NAME;
         let sock_sets = (cfg.socket_cap / bpf::SOCK_WAYS).max(1);
         let max_entries = [
@@ -293,8 +367,6 @@ impl NetProbe {
             (bpf::CFG_EVENTS_PER_SEC, cfg.events_per_second as u64),
             (bpf::CFG_SOCK_SETS, u64::from(sock_sets)),
         ];
-        // Parsed once: CO-RE relocation and every tp_btf program's attach target.
-        let btf = loader::kernel_btf()?;
         let mut ebpf = loader::load_with_btf(
             obj,
             bpf::NET_OBJ,
@@ -302,7 +374,7 @@ impl NetProbe {
                 max_entries: &max_entries,
                 globals_u64: &globals,
             },
-            &btf,
+            btf,
         )?;
         let map_err = |map: &str, e: aya::maps::MapError| LoadError::Map {
             object: obj.into(),
@@ -320,10 +392,8 @@ impl NetProbe {
         let ringbuf = RingBuf::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_EVENTS)?)
             .map_err(|e| map_err(bpf::MAP_EVENTS, e))?;
 
-        let mut any_up = false;
-        let mut any_down = false;
         for h in inner.health.iter_mut() {
-            if !h.enabled {
+            if !h.enabled || h.probe == PROBE_DNS {
                 continue;
             }
             let mut reasons = Vec::new();
@@ -332,7 +402,7 @@ impl NetProbe {
                     continue;
                 }
                 let hook = cfg.hook_for(default_hook);
-                match loader::load_btf_tracepoint(&mut ebpf, obj, program, hook, &btf) {
+                match loader::load_btf_tracepoint(&mut ebpf, obj, program, hook, btf) {
                     Ok(()) => h.hooks.push(format!("{program} -> tp_btf/{hook}")),
                     Err(e) => {
                         tracing::warn!(probe = h.probe, program, hook, error = %e, "probe program not attached");
@@ -347,11 +417,9 @@ impl NetProbe {
             }
             if reasons.is_empty() {
                 h.up = true;
-                any_up = true;
             } else {
                 h.up = false;
                 h.reason = Some(reasons.join("; "));
-                any_down = true;
             }
         }
         inner.maps = Some(Mutex::new(Maps {
@@ -362,21 +430,6 @@ impl NetProbe {
         }));
         *inner.ringbuf.lock() = Some(ringbuf);
         *inner._ebpf.lock() = Some(ebpf);
-        let state = match (any_up, any_down) {
-            (true, false) => ComponentState::Ok,
-            (true, true) => ComponentState::Degraded,
-            (false, true) => ComponentState::Unavailable,
-            (false, false) => ComponentState::Disabled,
-        };
-        let err = any_down.then(|| {
-            inner
-                .health
-                .iter()
-                .filter_map(|h| h.reason.as_ref().map(|r| format!("{}: {r}", h.probe)))
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        inner.status.set_state(state, err);
         Ok(())
     }
 
@@ -402,22 +455,38 @@ impl NetProbe {
             );
             return None;
         }
-        let rb = self.inner.ringbuf.lock().take()?;
         let inner = self.inner.clone();
-        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
-        // AsyncFd (which owns the RingBuf) is dropped.
-        let afd =
+        let register = |rb: RingBuf<MapData>, what: &str| {
+            // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+            // AsyncFd (which owns the RingBuf) is dropped.
             match unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) } {
-                Ok(a) => a,
+                Ok(a) => Some(a),
                 Err(e) => {
                     inner
                         .status
-                        .set_detail("events", format!("ring buffer not pollable: {e}"));
-                    return None;
+                        .set_detail(what, format!("ring buffer not pollable: {e}"));
+                    None
                 }
-            };
+            }
+        };
+        let net = self
+            .inner
+            .ringbuf
+            .lock()
+            .take()
+            .and_then(|rb| register(rb, "events"));
+        let dns = self
+            .inner
+            .dns_ringbuf
+            .lock()
+            .take()
+            .and_then(|rb| register(rb, "dns_events"));
+        if net.is_none() && dns.is_none() {
+            return None;
+        }
         Some(tokio::spawn(
-            event_loop(inner, afd, shutdown).instrument(tracing::info_span!("netprobe_events")),
+            event_loop(inner, net, dns, shutdown)
+                .instrument(tracing::info_span!("netprobe_events")),
         ))
     }
 
@@ -432,51 +501,199 @@ impl NetProbe {
     pub fn snapshot(&self) -> Result<Rows, CollectError> {
         self.inner.read_rows()
     }
+
+    /// The DNS aggregates and lookups as labelled rows (None: DNS probe not up).
+    pub fn dns_snapshot(&self) -> Option<(DnsRows, LookupRows)> {
+        self.inner.read_dns_rows()
+    }
+
+    /// Runs the sweep of unanswered DNS queries now (normally once a second in the
+    /// event task) and returns the timeout events it produced (they are also emitted).
+    pub fn sweep_dns_now(&self) -> usize {
+        let evs = self.inner.sweep_dns();
+        let n = evs.len();
+        if n > 0 {
+            self.inner.emit_dns_events(&evs);
+        }
+        n
+    }
 }
 
+/// Records decoded per wake-up at most; the rest is read on the next one.
+const MAX_RECORDS_PER_WAKE: usize = 4096;
+
+/// Waits until `afd` is readable; never when there is no ring buffer.
+async fn readable(
+    afd: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match afd {
+        Some(a) => a.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drains up to [`MAX_RECORDS_PER_WAKE`] records, decoding each with `decode`; clears the
+/// readiness only when the ring buffer was emptied.
+fn drain<T, E: std::fmt::Display>(
+    mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+    errors: &Counter,
+) -> Vec<T> {
+    let rb = guard.get_inner_mut();
+    let mut decoded = Vec::new();
+    let mut drained = true;
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Ok(e) => decoded.push(e),
+            Err(err) => {
+                errors.inc();
+                tracing::debug!(error = %err, "bad ring buffer record");
+            }
+        }
+        if decoded.len() >= MAX_RECORDS_PER_WAKE {
+            drained = false;
+            break;
+        }
+    }
+    if drained {
+        guard.clear_ready();
+    }
+    decoded
+}
+
+/// Reads both ring buffers and, once a second, sweeps unanswered DNS queries.
 async fn event_loop(
     inner: Arc<Inner>,
-    mut afd: AsyncFd<RingBuf<MapData>>,
+    mut net: Option<AsyncFd<RingBuf<MapData>>>,
+    mut dns: Option<AsyncFd<RingBuf<MapData>>>,
     shutdown: CancellationToken,
 ) {
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            g = afd.readable_mut() => match g {
-                Ok(g) => g,
+            g = readable(&mut net) => match g {
+                Ok(g) => {
+                    let evs = drain(g, Event::decode, &inner.selfc.decode_errors);
+                    if !evs.is_empty() {
+                        inner.emit_events(&evs);
+                    }
+                }
                 Err(e) => {
                     inner.status.set_detail("events", format!("ring buffer poll failed: {e}"));
-                    break;
+                    net = None;
                 }
             },
-        };
-        let rb = guard.get_inner_mut();
-        let mut decoded: Vec<Event> = Vec::new();
-        let mut drained = true;
-        while let Some(item) = rb.next() {
-            match Event::decode(&item) {
-                Ok(e) => decoded.push(e),
-                Err(err) => {
-                    inner.selfc.decode_errors.inc();
-                    tracing::debug!(error = %err, "bad ring buffer record");
+            g = readable(&mut dns) => match g {
+                Ok(g) => {
+                    let evs = drain(g, nodescope_ebpf::dns::DnsEvent::decode, &inner.selfc.decode_errors);
+                    if !evs.is_empty() {
+                        inner.emit_dns_events(&evs);
+                    }
                 }
-            }
-            if decoded.len() >= 4096 {
-                // Bounded work per wake-up; keep the readiness so the rest is read next.
-                drained = false;
-                break;
-            }
+                Err(e) => {
+                    inner.status.set_detail("dns_events", format!("ring buffer poll failed: {e}"));
+                    dns = None;
+                }
+            },
+            _ = sweep.tick(), if inner.dns.is_some() => {
+                let i2 = inner.clone();
+                // Map iteration is a few syscalls per entry: off the runtime's workers.
+                match tokio::task::spawn_blocking(move || i2.sweep_dns()).await {
+                    Ok(evs) if !evs.is_empty() => inner.emit_dns_events(&evs),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "DNS sweep task failed"),
+                }
+            },
         }
-        if drained {
-            guard.clear_ready();
-        }
-        if !decoded.is_empty() {
-            inner.emit_events(&decoded);
+        if net.is_none() && dns.is_none() && inner.dns.is_none() {
+            break;
         }
     }
 }
 
 impl Inner {
+    fn sweep_dns(&self) -> Vec<nodescope_ebpf::dns::DnsEvent> {
+        match &self.dns {
+            Some(d) => d.sweep(events::monotonic_ns()),
+            None => Vec::new(),
+        }
+    }
+
+    fn emit_dns_events(&self, evs: &[nodescope_ebpf::dns::DnsEvent]) {
+        let resolved = self.resolver.resolve_all(evs.iter().map(|e| e.cgroup_id));
+        let now_mono = events::monotonic_ns();
+        let now_wall = SystemTime::now();
+        let mut batch: Vec<LogRecord> = Vec::with_capacity(evs.len().min(EVENT_BATCH));
+        for e in evs {
+            let w = resolved
+                .get(&e.cgroup_id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown()));
+            let pod = self.resolver.pod_for(&w);
+            batch.push(dns::to_log(
+                e,
+                &w,
+                pod,
+                events::wall_time(e.ts_ns, now_mono, now_wall),
+            ));
+            self.selfc.events_read.inc();
+            if batch.len() >= EVENT_BATCH {
+                self.emitter
+                    .emit(Signal::Logs(Arc::new(std::mem::take(&mut batch))));
+            }
+        }
+        if !batch.is_empty() {
+            self.emitter.emit(Signal::Logs(Arc::new(batch)));
+        }
+    }
+
+    /// Reads the DNS aggregates and resolves their workloads.
+    fn read_dns_rows(&self) -> Option<(DnsRows, LookupRows)> {
+        let d = self.dns.as_ref()?;
+        let (snap, errors) = d.read();
+        self.selfc.map_read_errors.add(errors);
+        let ids = snap
+            .stats
+            .iter()
+            .map(|(k, _)| k.cgroup_id)
+            .chain(snap.lookups.iter().map(|(cg, _)| *cg));
+        let resolved = self.resolver.resolve_all(ids);
+        let with_pods = self.resolver.has_pod_lookup();
+        let get = |cg: u64| {
+            resolved
+                .get(&cg)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown()))
+        };
+        let mut rows = DnsRows::new();
+        for (k, v) in &snap.stats {
+            let w = get(k.cgroup_id);
+            let pod = with_pods.then(|| self.resolver.pod_for(&w));
+            rows.entry(DnsRowKey::new(&w, pod, k)).or_default().merge(v);
+        }
+        let mut lookups = LookupRows::new();
+        for (cg, v) in &snap.lookups {
+            let w = get(*cg);
+            let pod = with_pods.then(|| {
+                self.resolver
+                    .pod_for(&w)
+                    .map(|p| (p.namespace, p.pod, p.container))
+                    .unwrap_or_default()
+            });
+            let e = lookups
+                .entry(LookupRowKey {
+                    workload: w.id.clone(),
+                    pod,
+                })
+                .or_default();
+            e.lookups = e.lookups.saturating_add(v.lookups);
+            e.queries = e.queries.saturating_add(v.queries);
+        }
+        Some((rows, lookups))
+    }
+
     fn emit_events(&self, evs: &[Event]) {
         let ids: Vec<u64> = evs.iter().map(|e| e.cgroup_id).collect();
         let resolved = self.resolver.resolve_all(ids);
@@ -685,11 +902,14 @@ impl Collector for NetCollector {
         let start = Instant::now();
         let inner = &self.inner;
         let mut out = vec![inner.probe_up_family()];
-        if inner.maps.is_none() {
+        if inner.maps.is_none() && inner.dns.is_none() {
             return Ok(out);
         }
         let rows = inner.read_rows()?;
         out.extend(aggregate::families(&rows, &inner.names));
+        if let Some((dns_rows, lookups)) = inner.read_dns_rows() {
+            out.extend(dns::families(&dns_rows, &lookups));
+        }
         if inner
             .health
             .iter()

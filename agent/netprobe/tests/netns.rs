@@ -704,7 +704,7 @@ fn unprivileged_child() {
     assert_ne!(unsafe { libc::geteuid() }, 0, "child must not be root");
     let h = start_probe(NetworkConfig::default());
     let health = h.probe.health();
-    assert_eq!(health.len(), 5);
+    assert_eq!(health.len(), 6, "{health:?}");
     for p in &health {
         assert!(!p.up, "{p:?}");
         let r = p.reason.as_deref().unwrap_or("");
@@ -714,7 +714,7 @@ fn unprivileged_child() {
     assert_eq!(st.state, ComponentState::Unavailable);
     let fams = h.probe.collector().collect().unwrap();
     let up = points_of(&fams, "nodescope_probe_up");
-    assert_eq!(up.len(), 5);
+    assert_eq!(up.len(), 6);
     assert!(up.iter().all(|(_, v)| **v == Value::Number(0.0)));
     println!(
         "{}: {}",
