@@ -946,3 +946,44 @@ fn reset_sent_events_carry_both_endpoints() {
     );
     token.cancel();
 }
+
+/// A program the verifier refuses takes only its probe down, with the verifier's reason
+/// and log in the status; the other probes (DNS included) keep running. `tcp_probe`'s
+/// program is pointed at `sched_switch`, whose arguments are no socket: its socket loads
+/// no longer verify.
+#[test]
+fn verifier_rejection_degrades_only_that_probe() {
+    if !require("verifier_rejection_degrades_only_that_probe", &["ip"]) {
+        return;
+    }
+    let _g = serial();
+    let mut cfg = NetworkConfig::default();
+    cfg.hooks.insert("tcp_probe".into(), "sched_switch".into());
+    let h = start_probe(cfg);
+    let health = h.probe.health();
+    let rtt = health.iter().find(|x| x.probe == "tcp_rtt").unwrap();
+    assert!(!rtt.up);
+    let reason = rtt.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("verifier rejected program ns_tcp_probe"),
+        "{reason}"
+    );
+    assert!(
+        health.iter().filter(|x| x.probe != "tcp_rtt").all(|x| x.up),
+        "{health:?}"
+    );
+    let st = &h.status.snapshot()[0];
+    assert_eq!(st.state, ComponentState::Degraded);
+    let log = st
+        .details
+        .get("verifier_log.ns_tcp_probe")
+        .expect("verifier log kept");
+    assert!(!log.trim().is_empty());
+    let port = nodescope_testsupport::free_port();
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    let rows = h.rows_for("127.0.0.1", Some(port));
+    assert!(
+        rows.iter().any(|(_, s)| s.connect_errors[0] == 1),
+        "{rows:?}"
+    );
+}
