@@ -14,6 +14,8 @@
 
 mod cache;
 mod client;
+mod objects;
+mod peers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +26,8 @@ use nodescope_model::status::{ComponentKind, StatusRegistry};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{normalize_container_id, CacheMetrics, PodCache};
-pub use client::{ApiError, PodWatcher};
+pub use client::{ApiError, Watchers};
+pub use peers::PeerIndex;
 
 /// Default location of the in-cluster service-account credentials.
 pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -65,6 +68,18 @@ pub struct KubernetesConfig {
     pub initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Name network peers by workload: watch every Service and EndpointSlice (what
+    /// kube-proxy watches on every node) and look up the owner of pods seen in traffic.
+    /// Off: only this node's pods name peers. See docs/kubernetes.md, "Peer naming".
+    pub peers: bool,
+    /// Most Services indexed (by ClusterIP).
+    pub max_services: usize,
+    /// Most pod addresses from EndpointSlices indexed.
+    pub max_endpoints: usize,
+    /// Most pods behind Services whose owner is cached.
+    pub max_peer_pods: usize,
+    /// Owner lookups (one GET of a pod from the API server's cache) per second at most.
+    pub peer_lookups_per_second: u32,
 }
 
 impl Default for KubernetesConfig {
@@ -86,6 +101,11 @@ impl Default for KubernetesConfig {
             request_timeout: Duration::from_secs(30),
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            peers: true,
+            max_services: 20_000,
+            max_endpoints: 200_000,
+            max_peer_pods: 20_000,
+            peer_lookups_per_second: 20,
         }
     }
 }
@@ -173,6 +193,22 @@ impl KubernetesConfig {
             format!("{prefix}.max_backoff"),
             "must be at least initial_backoff and at most 1h",
         );
+        for (v, key, max) in [
+            (self.max_services, "max_services", 1_000_000),
+            (self.max_endpoints, "max_endpoints", 10_000_000),
+            (self.max_peer_pods, "max_peer_pods", 1_000_000),
+        ] {
+            issues.check(
+                (1..=max).contains(&v),
+                format!("{prefix}.{key}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+        issues.check(
+            (1..=1000).contains(&self.peer_lookups_per_second),
+            format!("{prefix}.peer_lookups_per_second"),
+            "must be between 1 and 1000",
+        );
     }
 
     /// The retry backoff of the watchers: `initial_backoff` doubling to `max_backoff`,
@@ -210,9 +246,9 @@ impl KubernetesConfig {
         Ok(format!("https://{host}:{port}"))
     }
 
-    /// Builds the cache (hand it to probes and the profiler as `Arc<dyn PodLookup>`) and
-    /// the watcher (spawn `watcher.run(shutdown)`), registering self metrics and a
-    /// `kubernetes` status component.
+    /// Builds the caches (hand them to probes and the profiler through
+    /// [`PodMetadata::lookup`]) and the watchers (spawn `watcher.run(shutdown)`),
+    /// registering self metrics and a `kubernetes` status component.
     pub fn build(
         &self,
         metrics: &SelfMetrics,
@@ -234,22 +270,70 @@ impl KubernetesConfig {
         let handle = status.register("kubernetes", ComponentKind::Collector);
         handle.set_detail("node", node.clone());
         handle.set_detail("api_server", api.clone());
-        let watcher = PodWatcher::new(
-            client::WatcherSettings {
-                api_server: api,
-                node_name: node,
-                token_file: self.token_file.clone(),
-                ca_file: self.ca_file.clone(),
-                resync_interval: self.resync_interval,
-                watch_timeout: self.watch_timeout,
-                request_timeout: self.request_timeout,
-                backoff: self.backoff_policy(),
+        handle.set_detail(
+            "peers",
+            if self.peers {
+                "services + endpointslices (cluster-wide), node pods"
+            } else {
+                "node pods only"
             },
-            cache.clone(),
+        );
+        let client = std::sync::Arc::new(client::ApiClient::new(client::WatcherSettings {
+            api_server: api,
+            token_file: self.token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            resync_interval: self.resync_interval,
+            watch_timeout: self.watch_timeout,
+            request_timeout: self.request_timeout,
+            backoff: self.backoff_policy(),
+        })?);
+        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+            Vec::new();
+        let pods = client::Watcher::new(
+            client.clone(),
+            std::sync::Arc::new(cache::PodStore {
+                cache: cache.clone(),
+                node_name: node,
+            }),
             metrics,
-            handle,
-        )?;
-        Ok(PodMetadata { cache, watcher })
+            handle.clone(),
+        );
+        tasks.push(Box::pin(async move { pods.run_forever().await }));
+        let peers = self.peers.then(|| {
+            let ix = std::sync::Arc::new(PeerIndex::new(
+                self.max_services,
+                self.max_endpoints,
+                self.max_peer_pods,
+                peers::PeerMetrics::register(metrics),
+            ));
+            let svc = client::Watcher::new(
+                client.clone(),
+                std::sync::Arc::new(peers::ServiceStore(ix.clone())),
+                metrics,
+                handle.clone(),
+            );
+            let eps = client::Watcher::new(
+                client.clone(),
+                std::sync::Arc::new(peers::EndpointStore(ix.clone())),
+                metrics,
+                handle.clone(),
+            );
+            tasks.push(Box::pin(async move { svc.run_forever().await }));
+            tasks.push(Box::pin(async move { eps.run_forever().await }));
+            tasks.push(Box::pin(
+                ix.clone()
+                    .resolve_owners(client.clone(), self.peer_lookups_per_second),
+            ));
+            ix
+        });
+        Ok(PodMetadata {
+            cache,
+            peers,
+            watcher: Watchers {
+                tasks,
+                status: handle,
+            },
+        })
     }
 }
 
@@ -275,16 +359,45 @@ impl KubernetesConfig {
 
 /// What [`KubernetesConfig::build`] returns.
 pub struct PodMetadata {
-    /// Implements [`nodescope_model::workload::PodLookup`].
+    /// This node's pods (container id → pod, pod address → workload).
     pub cache: std::sync::Arc<PodCache>,
-    /// Keeps the cache filled; run it on the runtime.
-    pub watcher: PodWatcher,
+    /// Services and pods behind Services (None with `peers = false`).
+    pub peers: Option<std::sync::Arc<PeerIndex>>,
+    /// Keeps the caches filled; run it on the runtime.
+    pub watcher: Watchers,
 }
 
 impl PodMetadata {
-    /// The cache as the trait object probes and the profiler hold.
+    /// The caches as the trait object probes and the profiler hold.
     pub fn lookup(&self) -> std::sync::Arc<dyn nodescope_model::workload::PodLookup> {
-        self.cache.clone()
+        std::sync::Arc::new(ClusterLookup {
+            pods: self.cache.clone(),
+            peers: self.peers.clone(),
+        })
+    }
+}
+
+/// [`nodescope_model::workload::PodLookup`] over this node's pods and the peer index.
+pub struct ClusterLookup {
+    pods: std::sync::Arc<PodCache>,
+    peers: Option<std::sync::Arc<PeerIndex>>,
+}
+
+impl nodescope_model::workload::PodLookup for ClusterLookup {
+    fn pod_for_container(&self, id: &str) -> Option<nodescope_model::workload::PodRef> {
+        self.pods.pod_for_container(id)
+    }
+
+    /// A Service's ClusterIP names the Service; a pod address its owner (this node's
+    /// pods at once, pods behind Services once their owner was fetched).
+    fn peer_for_ip(&self, ip: std::net::IpAddr) -> Option<nodescope_model::workload::PeerRef> {
+        let peers = self.peers.as_deref();
+        if let Some(s) = peers.and_then(|p| p.service_for_ip(ip)) {
+            return Some(s);
+        }
+        self.pods
+            .peer_for_ip(ip)
+            .or_else(|| peers.and_then(|p| p.peer_for_ip(ip)))
     }
 }
 

@@ -176,6 +176,8 @@ async fn list_watch_relist_against_recorded_api_responses() {
         ca_file: dir.path().join("absent-ca.crt"),
         watch_timeout: Duration::from_secs(60),
         initial_backoff: Duration::from_millis(200),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -445,6 +447,8 @@ async fn cache_bound_applies_to_lists() {
         api_server: format!("http://{addr}"),
         token_file: "/nonexistent/token".into(),
         max_pods: 2,
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -499,6 +503,8 @@ async fn periodic_resync_relists_while_the_watch_is_open() {
         api_server: format!("http://{addr}"),
         token_file: "/nonexistent/token".into(),
         resync_interval: Duration::from_secs(1),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -558,6 +564,8 @@ async fn failed_lists_back_off_exponentially_with_jitter() {
         token_file: "/nonexistent/token".into(),
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(10),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
