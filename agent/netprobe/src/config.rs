@@ -103,6 +103,13 @@ pub struct NetworkConfig {
     pub probes: ProbesConfig,
     /// The DNS probe (`probes.dns`).
     pub dns: DnsConfig,
+    /// Most series all network families together produce in one scrape or push. Beyond
+    /// it the least active peers fold into `peer_address="other"` (then the least active
+    /// workloads into `workload="other"`), and stay folded; the folds are counted.
+    pub series_budget: usize,
+    /// Off-cluster peers aggregated by address range: the longest matching prefix names
+    /// the peer (`peer_address=<name>`, the port kept). Peers named by Kubernetes first.
+    pub peer_cidrs: Vec<PeerCidr>,
     /// Overrides of the raw tracepoint each program attaches to, keyed by the default
     /// hook name (e.g. `tcp_probe = "tcp_probe"`), for kernels that renamed one.
     pub hooks: BTreeMap<String, String>,
@@ -123,7 +130,41 @@ impl Default for NetworkConfig {
             top_peers: 20,
             probes: ProbesConfig::default(),
             dns: DnsConfig::default(),
+            series_budget: 10_000,
+            peer_cidrs: Vec::new(),
             hooks: BTreeMap::new(),
+        }
+    }
+}
+
+/// Most entries of `peer_cidrs`.
+pub const MAX_PEER_CIDRS: usize = 1024;
+
+/// One `[[network.peer_cidrs]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerCidr {
+    /// `10.0.0.0/8`, `2001:db8::/32`.
+    pub cidr: String,
+    /// The `peer_address` value for peers in the range; empty: the range itself.
+    #[serde(default)]
+    pub name: String,
+}
+
+impl PeerCidr {
+    pub fn net(&self) -> Option<ipnet::IpNet> {
+        self.cidr
+            .trim()
+            .parse::<ipnet::IpNet>()
+            .ok()
+            .map(|n| n.trunc())
+    }
+
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.net().map(|n| n.to_string()).unwrap_or_default()
+        } else {
+            self.name.clone()
         }
     }
 }
@@ -266,6 +307,34 @@ impl NetworkConfig {
             "must be between 1 and 1000",
         );
         self.dns.validate(&k("dns"), issues);
+        issues.check(
+            (200..=10_000_000).contains(&self.series_budget),
+            k("series_budget"),
+            "must be between 200 and 10000000",
+        );
+        issues.check(
+            self.peer_cidrs.len() <= MAX_PEER_CIDRS,
+            k("peer_cidrs"),
+            format!("at most {MAX_PEER_CIDRS} entries"),
+        );
+        for (i, c) in self.peer_cidrs.iter().enumerate() {
+            if c.net().is_none() {
+                issues.push(
+                    format!("{prefix}.peer_cidrs[{i}].cidr"),
+                    format!("{:?} is not an address range like 10.0.0.0/8", c.cidr),
+                );
+            }
+            let ok = c.name.len() <= 63
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
+                && c.name != crate::aggregate::OTHER;
+            issues.check(
+                ok,
+                format!("{prefix}.peer_cidrs[{i}].name"),
+                "must be at most 63 characters [A-Za-z0-9._-:/], and not \"other\"",
+            );
+        }
         for (from, to) in &self.hooks {
             if !PROGRAMS.iter().any(|(_, _, h)| h == from) {
                 let known: Vec<&str> = PROGRAMS.iter().map(|(_, _, h)| *h).collect();
@@ -317,6 +386,7 @@ mod tests {
             rtt_sample_interval_seconds = 0.0
             workload_cache_size = 0
             top_peers = 0
+            series_budget = 5
             [dns]
             ports = []
             timeout_seconds = 0.0
@@ -325,6 +395,9 @@ mod tests {
             inflight_cap = 1
             stats_cap = 1
             other_cap = 1
+            [[peer_cidrs]]
+            cidr = "10.0.0.0/33"
+            name = "bad name"
             [hooks]
             tcp_probe = "bad name"
             nope = "x"
@@ -350,6 +423,9 @@ mod tests {
             "network.dns.inflight_cap",
             "network.dns.stats_cap",
             "network.dns.other_cap",
+            "network.series_budget",
+            "network.peer_cidrs[0].cidr",
+            "network.peer_cidrs[0].name",
             "network.hooks.tcp_probe",
             "network.hooks.nope",
         ] {

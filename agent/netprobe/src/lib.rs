@@ -11,6 +11,7 @@
 //! See docs/network.md for hooks, map bounds, labels and degradation.
 
 pub mod aggregate;
+pub mod budget;
 pub mod config;
 pub mod dns;
 pub mod events;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::aggregate::{self, add_row, ReasonNames, RowKey, Rows};
+use crate::budget::{Budget, BudgetMetrics, DnsEntry, LookupEntry, Namer, TcpEntry};
 use crate::config::{NetworkConfig, PROBE_DNS, PROGRAMS};
 use crate::dns::{self, DnsProbe, DnsRowKey, DnsRows, LookupRowKey, LookupRows};
 use crate::events;
@@ -168,6 +169,9 @@ struct Inner {
     names: ReasonNames,
     retired: Mutex<StdHashMap<(u64, u8), PeerStats>>,
     selfc: SelfCounters,
+    /// Peer naming (Kubernetes, CIDR table) and the series budget of what is exposed.
+    namer: Namer,
+    budget: Mutex<Budget>,
 }
 
 /// The network probe. Cheap to clone handles come from [`NetProbe::collector`] and
@@ -231,6 +235,11 @@ impl NetProbe {
             names: ReasonNames::default(),
             retired: Mutex::new(StdHashMap::new()),
             selfc,
+            namer: Namer::new(ctx.pods.clone(), &cfg.peer_cidrs),
+            budget: Mutex::new(Budget::new(
+                cfg.series_budget,
+                BudgetMetrics::new(&ctx.self_metrics),
+            )),
         };
         if !cfg.enabled {
             status.set_state(ComponentState::Disabled, None);
@@ -497,6 +506,11 @@ impl NetProbe {
             .with_state(self.inner.clone())
     }
 
+    /// One collection, as the collector makes it, with what the series budget did.
+    pub fn exposition(&self) -> Result<Exposition, CollectError> {
+        self.inner.exposition()
+    }
+
     /// Reads the maps and returns the current labelled rows (for tests and the API).
     pub fn snapshot(&self) -> Result<Rows, CollectError> {
         self.inner.read_rows()
@@ -650,7 +664,7 @@ impl Inner {
     }
 
     /// Reads the DNS aggregates and resolves their workloads.
-    fn read_dns_rows(&self) -> Option<(DnsRows, LookupRows)> {
+    fn read_dns_entries(&self) -> Option<(Vec<DnsEntry>, Vec<LookupEntry>)> {
         let d = self.dns.as_ref()?;
         let (snap, errors) = d.read();
         self.selfc.map_read_errors.add(errors);
@@ -667,31 +681,63 @@ impl Inner {
                 .cloned()
                 .unwrap_or_else(|| Arc::new(unknown()))
         };
+        let stats = snap
+            .stats
+            .into_iter()
+            .map(|(key, stats)| {
+                let w = get(key.cgroup_id);
+                let pod = with_pods.then(|| self.resolver.pod_for(&w));
+                DnsEntry {
+                    key,
+                    stats,
+                    workload: w,
+                    pod,
+                }
+            })
+            .collect();
+        let lookups = snap
+            .lookups
+            .into_iter()
+            .map(|(cg, stats)| {
+                let w = get(cg);
+                let pod = with_pods.then(|| self.resolver.pod_for(&w));
+                LookupEntry {
+                    cgroup_id: cg,
+                    stats,
+                    workload: w,
+                    pod,
+                }
+            })
+            .collect();
+        Some((stats, lookups))
+    }
+
+    /// The DNS aggregates as labelled rows (raw: no budget).
+    fn read_dns_rows(&self) -> Option<(DnsRows, LookupRows)> {
+        let (stats, lookups) = self.read_dns_entries()?;
         let mut rows = DnsRows::new();
-        for (k, v) in &snap.stats {
-            let w = get(k.cgroup_id);
-            let pod = with_pods.then(|| self.resolver.pod_for(&w));
-            rows.entry(DnsRowKey::new(&w, pod, k)).or_default().merge(v);
+        for e in &stats {
+            rows.entry(DnsRowKey::new(&e.workload, e.pod.clone(), &e.key))
+                .or_default()
+                .merge(&e.stats);
         }
-        let mut lookups = LookupRows::new();
-        for (cg, v) in &snap.lookups {
-            let w = get(*cg);
-            let pod = with_pods.then(|| {
-                self.resolver
-                    .pod_for(&w)
-                    .map(|p| (p.namespace, p.pod, p.container))
+        let mut lrows = LookupRows::new();
+        for e in &lookups {
+            let pod = e.pod.as_ref().map(|p| {
+                p.as_ref()
+                    .map(|p| (p.namespace.clone(), p.pod.clone(), p.container.clone()))
                     .unwrap_or_default()
             });
-            let e = lookups
+            let r = lrows
                 .entry(LookupRowKey {
-                    workload: w.id.clone(),
+                    workload: e.workload.id.clone(),
                     pod,
                 })
                 .or_default();
-            e.lookups = e.lookups.saturating_add(v.lookups);
-            e.queries = e.queries.saturating_add(v.queries);
+            r.lookups = r.lookups.saturating_add(e.stats.lookups);
+            r.queries = r.queries.saturating_add(e.stats.queries);
         }
-        Some((rows, lookups))
+        Some((rows, lrows))
     }
 
     fn emit_events(&self, evs: &[Event]) {
@@ -730,11 +776,41 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Reads the peer maps (evicting idle peers into "other"), resolves workloads and
-    /// returns labelled rows.
+    /// Reads the peer maps and returns labelled rows, one per kernel entry's labels (raw
+    /// addresses, no budget: the tests' view).
     fn read_rows(&self) -> Result<Rows, CollectError> {
+        let mut rows = Rows::new();
+        for e in self.read_entries()? {
+            add_row(
+                &mut rows,
+                RowKey::new(&e.workload, e.pod.clone(), &e.key, e.overflow),
+                &e.stats,
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Raw rows (one per address) with the peer's workload added when it is named: the
+    /// per-address detail of `/api/v1/network/connections`.
+    fn read_named_rows(&self) -> Result<Rows, CollectError> {
+        let mut rows = Rows::new();
+        for e in self.read_entries()? {
+            let mut k = RowKey::new(&e.workload, e.pod.clone(), &e.key, e.overflow);
+            if !e.overflow && self.namer.enabled() {
+                let (named, _) = self
+                    .namer
+                    .name(nodescope_ebpf::net::ip_from_bytes(&e.key.addr));
+                k.peer_named = named.filter(|(_, w)| !w.is_empty());
+            }
+            add_row(&mut rows, k, &e.stats);
+        }
+        Ok(rows)
+    }
+
+    /// Reads the peer maps (evicting idle peers into "other") and resolves workloads.
+    fn read_entries(&self) -> Result<Vec<TcpEntry>, CollectError> {
         let Some(maps) = &self.maps else {
-            return Ok(Rows::new());
+            return Ok(Vec::new());
         };
         let mut maps = maps.lock();
         let mut entries: Vec<(PeerKey, PeerStats, bool)> = Vec::new();
@@ -832,9 +908,9 @@ impl Inner {
             path: String::new(),
         });
         let with_pods = self.resolver.has_pod_lookup();
-        let mut rows = Rows::new();
-        for (k, v, overflow) in &entries {
-            if *overflow && is_zero(v) {
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v, overflow) in entries {
+            if overflow && is_zero(&v) {
                 continue;
             }
             let w = if k.cgroup_id == RETIRED_OVERFLOW_CGROUP {
@@ -846,9 +922,15 @@ impl Inner {
                     .unwrap_or_else(|| Arc::new(unknown()))
             };
             let pod = with_pods.then(|| self.resolver.pod_for(&w));
-            add_row(&mut rows, RowKey::new(&w, pod, k, *overflow), v);
+            out.push(TcpEntry {
+                key: k,
+                stats: v,
+                overflow,
+                workload: w,
+                pod,
+            });
         }
-        Ok(rows)
+        Ok(out)
     }
 
     fn read_drops(&self) -> Vec<(u32, u64)> {
@@ -899,16 +981,37 @@ impl Collector for NetCollector {
     }
 
     fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+        Ok(self.inner.exposition()?.families)
+    }
+}
+
+/// One collection of the network families, with what the series budget did to it.
+pub struct Exposition {
+    pub families: Vec<MetricFamily>,
+    /// Series of `families` (histograms count their buckets, `+Inf`, sum and count).
+    pub series: usize,
+    /// Distinct peer and DNS rows before the budget (`other` excluded).
+    pub rows_before: usize,
+    /// Rows this collection folded into `other`.
+    pub folded: usize,
+    /// Rows exposed under their own peer (`other` excluded).
+    pub exposed_rows: usize,
+}
+
+impl Inner {
+    fn exposition(&self) -> Result<Exposition, CollectError> {
         let start = Instant::now();
-        let inner = &self.inner;
+        let inner = self;
         let mut out = vec![inner.probe_up_family()];
         if inner.maps.is_none() && inner.dns.is_none() {
-            return Ok(out);
-        }
-        let rows = inner.read_rows()?;
-        out.extend(aggregate::families(&rows, &inner.names));
-        if let Some((dns_rows, lookups)) = inner.read_dns_rows() {
-            out.extend(dns::families(&dns_rows, &lookups));
+            let series = out.iter().map(|f| f.points.len()).sum();
+            return Ok(Exposition {
+                families: out,
+                series,
+                rows_before: 0,
+                folded: 0,
+                exposed_rows: 0,
+            });
         }
         if inner
             .health
@@ -917,11 +1020,29 @@ impl Collector for NetCollector {
         {
             out.push(aggregate::drops_family(&inner.read_drops(), &inner.names));
         }
+        let tcp = inner.read_entries()?;
+        let (dns_e, lookups_e) = inner.read_dns_entries().unwrap_or_default();
+        // Outside the budget's reach: probe health and drops by reason.
+        let fixed: usize = out.iter().map(|f| f.points.len()).sum();
+        let x = inner
+            .budget
+            .lock()
+            .apply(&inner.namer, tcp, dns_e, lookups_e, fixed);
+        out.extend(aggregate::families(&x.rows, &inner.names));
+        if inner.dns.is_some() {
+            out.extend(dns::families(&x.dns, &x.lookups));
+        }
         inner.status.set_detail(
             "last_collect_seconds",
             format!("{:.6}", start.elapsed().as_secs_f64()),
         );
-        Ok(out)
+        Ok(Exposition {
+            families: out,
+            series: x.series,
+            rows_before: x.rows_before,
+            folded: x.folded,
+            exposed_rows: x.exposed_rows,
+        })
     }
 }
 
@@ -940,7 +1061,7 @@ struct ConnResponse {
 async fn connections(State(inner): State<Arc<Inner>>, Query(q): Query<ConnQuery>) -> Response {
     let limit = q.limit.unwrap_or(inner.cfg.top_peers).clamp(1, 1000);
     let i2 = inner.clone();
-    let res = tokio::task::spawn_blocking(move || i2.read_rows()).await;
+    let res = tokio::task::spawn_blocking(move || i2.read_named_rows()).await;
     match res {
         Ok(Ok(rows)) => Json(ConnResponse {
             probes: inner.health.clone(),

@@ -31,8 +31,10 @@ impl DnsServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("queries.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dns_server.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3"])
+        // Real-time priority: the injected delays stay exact while other work loads the
+        // machine (a late wake-up of the server's timer thread would add to them).
+        let mut child = Command::new("chrt")
+            .args(["-f", "10", "ip", "netns", "exec", &ns.name, "python3"])
             .arg(&script)
             .args(["--addr", &ns.ns_ip.to_string(), "--port", "53", "--log"])
             .arg(&log)
@@ -184,7 +186,7 @@ const N: usize = 5;
 fn latency_rcodes_events_and_attribution_with_dig() {
     if !require(
         "dns::latency_rcodes_events_and_attribution_with_dig",
-        &["ip", "dig", "python3"],
+        &["ip", "dig", "python3", "chrt"],
     ) {
         return;
     }
@@ -328,7 +330,7 @@ fn latency_rcodes_events_and_attribution_with_dig() {
 fn unanswered_queries_are_timeouts() {
     if !require(
         "dns::unanswered_queries_are_timeouts",
-        &["ip", "dig", "python3"],
+        &["ip", "dig", "python3", "chrt"],
     ) {
         return;
     }
@@ -391,7 +393,7 @@ fn unanswered_queries_are_timeouts() {
 fn tcp_retry_after_truncation_is_one_lookup() {
     if !require(
         "dns::tcp_retry_after_truncation_is_one_lookup",
-        &["ip", "dig", "python3"],
+        &["ip", "dig", "python3", "chrt"],
     ) {
         return;
     }
@@ -441,7 +443,7 @@ fn tcp_retry_after_truncation_is_one_lookup() {
 fn glibc_search_path_fan_out_matches_the_capture() {
     if !require(
         "dns::glibc_search_path_fan_out_matches_the_capture",
-        &["ip", "getent", "unshare", "mount", "python3"],
+        &["ip", "getent", "unshare", "mount", "python3", "chrt"],
     ) {
         return;
     }
