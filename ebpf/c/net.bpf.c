@@ -104,12 +104,31 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Which drop reasons are counted (1) and which not (0: benign reasons, unless configured);
+ * filled by user space after load, before the program is attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NS_DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} drop_filter SEC(".maps");
+
+/* Drops per workload (the cgroup of the socket the skb belongs to or was received by;
+ * 0: no socket) and reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ns_drop_key);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Drops whose workload x reason did not fit in `drops`, per reason (workload "other"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NS_DROP_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
-} drops SEC(".maps");
+} drops_other SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -795,13 +814,40 @@ int BPF_PROG(ns_receive_reset, struct sock *sk)
 	return 0;
 }
 
+/* Drops by workload and reason. The reason filter comes first (one inlined array load):
+ * benign reasons such as queue_purge, one per closed loopback connection, cost no more.
+ * The workload is the socket the skb belongs to (a sender's socket, e.g. an OUTPUT drop
+ * by netfilter) or, for drops at a receiving socket (its buffer full, a listener's
+ * queue), the receiving socket; a packet dropped with no socket (forwarded, or before
+ * the socket lookup) has none (0). */
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(ns_kfree_skb, struct sk_buff *skb, void *location, int reason_arg)
+int BPF_PROG(ns_kfree_skb, struct sk_buff *skb, void *location, int reason_arg,
+	     struct sock *rx_sk)
 {
 	__u32 reason = (__u32)reason_arg;
 	__u32 slot = reason < NS_DROP_SLOTS - 1 ? reason : NS_DROP_SLOTS - 1;
-	__u64 *v = bpf_map_lookup_elem(&drops, &slot);
-	if (v)
-		*v += 1;
+	__u32 *on = bpf_map_lookup_elem(&drop_filter, &slot);
+	if (!on || !*on)
+		return 0;
+	struct sock *sk = skb->sk;
+	if (!sk)
+		sk = rx_sk;
+	struct ns_drop_key k = {};
+	k.cgroup_id = sk && sk_is_full(sk) ? sk_cgroup_id(sk) : 0;
+	k.reason = slot;
+	__u64 *v = bpf_map_lookup_elem(&drops, &k);
+	if (!v) {
+		__u64 one = 1;
+		if (!bpf_map_update_elem(&drops, &k, &one, BPF_NOEXIST))
+			return 0;
+		v = bpf_map_lookup_elem(&drops, &k);
+		if (!v) {
+			__u64 *o = bpf_map_lookup_elem(&drops_other, &slot);
+			if (o)
+				*o += 1;
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(v, 1);
 	return 0;
 }

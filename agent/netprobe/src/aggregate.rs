@@ -366,21 +366,69 @@ pub fn families(rows: &Rows, names: &ReasonNames) -> Vec<MetricFamily> {
     ]
 }
 
-/// `nodescope_packet_drops_total{reason}` from per-reason counts.
-pub fn drops_family(counts: &[(u32, u64)], names: &ReasonNames) -> MetricFamily {
-    let mut by: BTreeMap<String, u64> = BTreeMap::new();
-    for &(r, n) in counts {
-        if n > 0 {
-            *by.entry(names.drop(r)).or_default() += n;
-        }
+/// Drop reasons (`enum skb_drop_reason`, lower case) that are part of normal operation:
+/// not counted unless `[network.drops] benign = true`. Every other reason, including
+/// reasons a newer kernel adds, is harmful: counted. The table in docs/network.md says
+/// why each one is here.
+pub const BENIGN_DROPS: &[&str] = &[
+    "socket_close",
+    "queue_purge",
+    "tcp_close",
+    "tcp_reset",
+    "tcp_old_data",
+    "tcp_ofomerge",
+    "tcp_old_ack",
+    "tcp_too_old_ack",
+    "tcp_old_sequence",
+    "tcp_fastopen",
+    "unix_disconnect",
+    "unix_skip_oob",
+    "otherhost",
+    "unicast_in_l2_multicast",
+    "ipv6_ndisc_ns_otherhost",
+    "dup_frag",
+];
+
+/// `harmful` or `benign` (the `class` label of `nodescope_packet_drops_total`); a reason
+/// without a name (tracefs unreadable) is `unknown`.
+pub fn drop_class(name: &str) -> &'static str {
+    if BENIGN_DROPS.contains(&name) {
+        "benign"
+    } else if name.starts_with("reason_") {
+        "unknown"
+    } else {
+        "harmful"
     }
+}
+
+/// Drops of one workload and reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DropRow {
+    pub workload: String,
+    pub pod: Option<(String, String, String)>,
+    pub reason: String,
+}
+
+/// `nodescope_packet_drops_total{workload, [namespace, pod, container,] reason, class}`.
+pub fn drops_family(rows: &BTreeMap<DropRow, u64>) -> MetricFamily {
     let mut f = MetricFamily::new(
         "nodescope_packet_drops_total",
-        "Packets freed as dropped (kfree_skb), by kernel drop reason. Node-wide.",
+        "Packets dropped (kfree_skb), by the workload whose socket sent or was to receive them (\"unattributed\": no socket) and kernel drop reason; class harmful or benign (benign reasons only with network.drops.benign).",
         MetricType::Counter,
     );
-    for (reason, n) in by {
-        f.push([("reason", reason)], n as f64);
+    for (r, &n) in rows {
+        if n == 0 {
+            continue;
+        }
+        let mut l = vec![("workload", r.workload.clone())];
+        if let Some((ns, pod, c)) = &r.pod {
+            l.push(("namespace", ns.clone()));
+            l.push(("pod", pod.clone()));
+            l.push(("container", c.clone()));
+        }
+        l.push(("reason", r.reason.clone()));
+        l.push(("class", drop_class(&r.reason).to_string()));
+        f.push(l, n as f64);
     }
     f
 }
@@ -713,8 +761,36 @@ mod tests {
         assert_eq!(names.drop(3), "no_socket");
         assert_eq!(names.drop(5), "reason_5");
         assert_eq!(names.drop(1023), "other");
-        let d = drops_family(&[(2, 4), (3, 0), (5, 1)], &names);
+        let row = |w: &str, r: &str| DropRow {
+            workload: w.into(),
+            pod: None,
+            reason: r.into(),
+        };
+        let rows: BTreeMap<DropRow, u64> = [
+            (row("/a", "netfilter_drop"), 4),
+            (row("/a", "queue_purge"), 0),
+            (row("unattributed", "reason_5"), 1),
+        ]
+        .into_iter()
+        .collect();
+        let d = drops_family(&rows);
         assert_eq!(d.points.len(), 2);
+        let l: Vec<(&str, &str)> = d.points[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect();
+        assert_eq!(
+            l,
+            [
+                ("workload", "/a"),
+                ("reason", "netfilter_drop"),
+                ("class", "harmful")
+            ]
+        );
+        assert_eq!(drop_class("queue_purge"), "benign");
+        assert_eq!(drop_class("reason_5"), "unknown");
+        assert_eq!(drop_class("a_reason_from_a_newer_kernel"), "harmful");
     }
 
     proptest! {

@@ -103,6 +103,8 @@ pub struct NetworkConfig {
     pub probes: ProbesConfig,
     /// The DNS probe (`probes.dns`).
     pub dns: DnsConfig,
+    /// Packet drops by workload and reason (`probes.packet_drops`).
+    pub drops: DropsConfig,
     /// Most series all network families together produce in one scrape or push. Beyond
     /// it the least active peers fold into `peer_address="other"` (then the least active
     /// workloads into `workload="other"`), and stay folded; the folds are counted.
@@ -130,6 +132,7 @@ impl Default for NetworkConfig {
             top_peers: 20,
             probes: ProbesConfig::default(),
             dns: DnsConfig::default(),
+            drops: DropsConfig::default(),
             series_budget: 10_000,
             peer_cidrs: Vec::new(),
             hooks: BTreeMap::new(),
@@ -165,6 +168,26 @@ impl PeerCidr {
             self.net().map(|n| n.to_string()).unwrap_or_default()
         } else {
             self.name.clone()
+        }
+    }
+}
+
+/// `[network.drops]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropsConfig {
+    /// Count the benign reasons too (docs/network.md, "Drop reasons": e.g. `queue_purge`,
+    /// one per closed connection). Off: they cost one array load per drop and no series.
+    pub benign: bool,
+    /// Distinct workload x reason counters in the kernel; beyond it, workload "other".
+    pub cap: u32,
+}
+
+impl Default for DropsConfig {
+    fn default() -> Self {
+        DropsConfig {
+            benign: false,
+            cap: 1024,
         }
     }
 }
@@ -308,6 +331,11 @@ impl NetworkConfig {
         );
         self.dns.validate(&k("dns"), issues);
         issues.check(
+            (16..=100_000).contains(&self.drops.cap),
+            k("drops.cap"),
+            "must be between 16 and 100000",
+        );
+        issues.check(
             (200..=10_000_000).contains(&self.series_budget),
             k("series_budget"),
             "must be between 200 and 10000000",
@@ -387,6 +415,8 @@ mod tests {
             workload_cache_size = 0
             top_peers = 0
             series_budget = 5
+            [drops]
+            cap = 1
             [dns]
             ports = []
             timeout_seconds = 0.0
@@ -424,6 +454,7 @@ mod tests {
             "network.dns.stats_cap",
             "network.dns.other_cap",
             "network.series_budget",
+            "network.drops.cap",
             "network.peer_cidrs[0].cidr",
             "network.peer_cidrs[0].name",
             "network.hooks.tcp_probe",

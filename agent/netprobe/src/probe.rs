@@ -72,7 +72,8 @@ struct Maps {
     peers: BpfHashMap<MapData, PeerKey, PeerStats>,
     other: BpfHashMap<MapData, PeerKey, PeerStats>,
     counters: PerCpuArray<MapData, u64>,
-    drops: PerCpuArray<MapData, u64>,
+    drops: BpfHashMap<MapData, bpf::DropKey, u64>,
+    drops_other: PerCpuArray<MapData, u64>,
 }
 
 struct SelfCounters {
@@ -363,6 +364,7 @@ impl NetProbe {
             (bpf::MAP_SOCKS, sock_sets * bpf::SOCK_WAYS),
             (bpf::MAP_SOCK_TAGS, sock_sets),
             (bpf::MAP_RTT_LAST, (cfg.socket_cap / 2).max(128)),
+            (bpf::MAP_DROPS, cfg.drops.cap),
         ];
         let globals = [
             (
@@ -396,8 +398,32 @@ impl NetProbe {
             .map_err(|e| map_err(bpf::MAP_PEERS_OTHER, e))?;
         let counters = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_COUNTERS)?)
             .map_err(|e| map_err(bpf::MAP_COUNTERS, e))?;
-        let drops = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS)?)
+        let drops = BpfHashMap::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS)?)
             .map_err(|e| map_err(bpf::MAP_DROPS, e))?;
+        let drops_other =
+            PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS_OTHER)?)
+                .map_err(|e| map_err(bpf::MAP_DROPS_OTHER, e))?;
+        // Which reasons count, before the program that reads it is attached.
+        let mut filter: aya::maps::Array<MapData, u32> =
+            aya::maps::Array::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROP_FILTER)?)
+                .map_err(|e| map_err(bpf::MAP_DROP_FILTER, e))?;
+        let mut benign_off = 0u32;
+        for r in 0..bpf::DROP_SLOTS as u32 {
+            let name = inner.names.drop(r);
+            let on = cfg.drops.benign || aggregate::drop_class(&name) != "benign";
+            benign_off += u32::from(!on);
+            filter
+                .set(r, u32::from(on), 0)
+                .map_err(|e| map_err(bpf::MAP_DROP_FILTER, e))?;
+        }
+        inner.status.set_detail(
+            "drop_reasons",
+            if cfg.drops.benign {
+                "all reasons counted".to_string()
+            } else {
+                format!("{benign_off} benign reasons not counted (network.drops.benign = false)")
+            },
+        );
         let ringbuf = RingBuf::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_EVENTS)?)
             .map_err(|e| map_err(bpf::MAP_EVENTS, e))?;
 
@@ -436,6 +462,7 @@ impl NetProbe {
             other,
             counters,
             drops,
+            drops_other,
         }));
         *inner.ringbuf.lock() = Some(ringbuf);
         *inner._ebpf.lock() = Some(ebpf);
@@ -933,17 +960,64 @@ impl Inner {
         Ok(out)
     }
 
-    fn read_drops(&self) -> Vec<(u32, u64)> {
+    /// Drops by workload and reason (cgroup 0, no socket: `unattributed`; past the map's
+    /// bound: `other`).
+    fn read_drops(&self) -> BTreeMap<aggregate::DropRow, u64> {
+        let mut rows = BTreeMap::new();
         let Some(maps) = &self.maps else {
-            return Vec::new();
+            return rows;
         };
-        let maps = maps.lock();
-        (0..bpf::DROP_SLOTS as u32)
-            .filter_map(|i| {
-                let n = Self::sum_counter(&maps.drops, i);
-                (n > 0).then_some((i, n))
-            })
-            .collect()
+        let (entries, other) = {
+            let maps = maps.lock();
+            let entries: Vec<(bpf::DropKey, u64)> =
+                maps.drops.iter().filter_map(Result::ok).collect();
+            let other: Vec<(u32, u64)> = (0..bpf::DROP_SLOTS as u32)
+                .filter_map(|i| {
+                    let n = Self::sum_counter(&maps.drops_other, i);
+                    (n > 0).then_some((i, n))
+                })
+                .collect();
+            (entries, other)
+        };
+        let resolved = self
+            .resolver
+            .resolve_all(entries.iter().map(|(k, _)| k.cgroup_id).filter(|&c| c != 0));
+        let with_pods = self.resolver.has_pod_lookup();
+        let empty_pod = || with_pods.then(Default::default);
+        for (k, n) in entries {
+            let (workload, pod) = if k.cgroup_id == 0 {
+                ("unattributed".to_string(), empty_pod())
+            } else {
+                let w = resolved
+                    .get(&k.cgroup_id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(unknown()));
+                let pod = with_pods.then(|| {
+                    self.resolver
+                        .pod_for(&w)
+                        .map(|p| (p.namespace, p.pod, p.container))
+                        .unwrap_or_default()
+                });
+                (w.id.clone(), pod)
+            };
+            *rows
+                .entry(aggregate::DropRow {
+                    workload,
+                    pod,
+                    reason: self.names.drop(k.reason),
+                })
+                .or_default() += n;
+        }
+        for (r, n) in other {
+            *rows
+                .entry(aggregate::DropRow {
+                    workload: aggregate::OTHER.into(),
+                    pod: empty_pod(),
+                    reason: self.names.drop(r),
+                })
+                .or_default() += n;
+        }
+        rows
     }
 
     fn probe_up_family(&self) -> MetricFamily {
@@ -1018,7 +1092,7 @@ impl Inner {
             .iter()
             .any(|h| h.probe == crate::config::PROBE_DROPS && h.up)
         {
-            out.push(aggregate::drops_family(&inner.read_drops(), &inner.names));
+            out.push(aggregate::drops_family(&inner.read_drops()));
         }
         let tcp = inner.read_entries()?;
         let (dns_e, lookups_e) = inner.read_dns_entries().unwrap_or_default();

@@ -987,3 +987,116 @@ fn verifier_rejection_degrades_only_that_probe() {
         "{rows:?}"
     );
 }
+
+/// Runs `python` (a Python program) as a process of cgroup `cg` inside network namespace
+/// `ns`.
+fn python_in(cg: &TestCgroup, ns: &NetNs, python: &str) {
+    let procs = cg.dir.join("cgroup.procs");
+    let st = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec ip netns exec {} python3 -c \"$0\"",
+            procs.display(),
+            ns.name
+        ))
+        .arg(python)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// An nftables rule in a test namespace drops a workload's packets on their way out:
+/// counted as `reason="netfilter_drop", class="harmful"` for the sending workload (the
+/// cgroup of the socket the packets belong to), exactly once per packet.
+#[test]
+fn nftables_drop_is_attributed_to_the_sending_workload() {
+    if !require(
+        "nftables_drop_is_attributed_to_the_sending_workload",
+        &["ip", "nft", "python3"],
+    ) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    ns.exec(&["nft", "add", "table", "inet", "nsnet"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "nsnet",
+        "out",
+        "{ type filter hook output priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft", "add", "rule", "inet", "nsnet", "out", "udp", "dport", "9999", "drop",
+    ]);
+    let root = nodescope_netprobe::workload::default_cgroup_root();
+    let cg = TestCgroup::new(&root);
+    let h = start_probe(NetworkConfig::default());
+    let n = 25;
+    python_in(
+        &cg,
+        &ns,
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({n}):\n    try: s.sendto(b'x', ('{}', 9999))\n    except PermissionError: pass\n",
+            ns.host_ip
+        ),
+    );
+    let fams = h.probe.collector().collect().unwrap();
+    let drops = points_of(&fams, "nodescope_packet_drops_total");
+    let ours: Vec<_> = drops
+        .iter()
+        .filter(|(l, _)| l["workload"] == cg.rel)
+        .collect();
+    assert_eq!(ours.len(), 1, "{drops:?}");
+    let (l, v) = ours[0];
+    assert_eq!(l["reason"], "netfilter_drop");
+    assert_eq!(l["class"], "harmful");
+    assert_eq!(**v, Value::Number(f64::from(n)));
+}
+
+/// Benign reasons are off by default: a workload's loopback connections each leave a
+/// `queue_purge` drop that is not counted; with `drops.benign = true` it is, as benign.
+#[test]
+fn benign_drops_only_when_asked_for() {
+    if !require("benign_drops_only_when_asked_for", &["ip", "python3"]) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    let root = nodescope_netprobe::workload::default_cgroup_root();
+    let connect_loop = "import socket, threading\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(64)\na = l.getsockname()\ndef srv():\n    for _ in range(20):\n        c, _ = l.accept()\n        c.sendall(b'x')\n        c.close()\nt = threading.Thread(target=srv)\nt.start()\nfor _ in range(20):\n    s = socket.create_connection(a)\n    s.recv(1)\n    s.close()\nt.join()\n";
+    let mut seen = Vec::new();
+    for benign in [false, true] {
+        let cg = TestCgroup::new(&root);
+        let h = start_probe(NetworkConfig {
+            drops: nodescope_netprobe::config::DropsConfig {
+                benign,
+                ..Default::default()
+            },
+            ..NetworkConfig::default()
+        });
+        python_in(&cg, &ns, connect_loop);
+        let fams = h.probe.collector().collect().unwrap();
+        let classes: Vec<(String, String)> = points_of(&fams, "nodescope_packet_drops_total")
+            .iter()
+            .filter(|(l, _)| l["workload"] == cg.rel)
+            .map(|(l, _)| (l["reason"].clone(), l["class"].clone()))
+            .collect();
+        eprintln!("benign={benign}: {classes:?}");
+        seen.push(classes);
+    }
+    assert!(
+        seen[0].iter().all(|(_, c)| c != "benign"),
+        "benign counted by default: {:?}",
+        seen[0]
+    );
+    assert!(
+        seen[1]
+            .iter()
+            .any(|(r, c)| r == "queue_purge" && c == "benign"),
+        "{:?}",
+        seen[1]
+    );
+}
