@@ -61,13 +61,18 @@ volatile const __u64 cfg_sock_sets = 16384 / NS_SOCK_WAYS;
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16384 / NS_SOCK_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ns_sock_tags);
 } sock_tags SEC(".maps");
 
+/* Memory-mapped by user space, which counts the established connections per peer here
+ * (nodescope_tcp_connections_active) instead of the kernel keeping a gauge per peer:
+ * accepting a connection then touches no per-peer state at all. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ns_sock);
 } socks SEC(".maps");
@@ -327,7 +332,7 @@ static __always_inline struct ns_sock *sock_get(const struct sock *sk, __u32 slo
 }
 
 /* Claims a slot for socket `id` (or reuses its own: a socket whose close we missed, at
- * the same address) and zeroes it; NULL (counted) when its set is full. */
+ * the same address); NULL (counted) when its set is full. The caller sets every field. */
 static __always_inline struct ns_sock *sock_track(__u64 id)
 {
 	__u32 set = sock_set(id);
@@ -351,11 +356,8 @@ static __always_inline struct ns_sock *sock_track(__u64 id)
 		}
 	}
 found:
-	if (!e) {
+	if (!e)
 		count(NS_CNT_SOCK_MAP_FULL);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	return e;
 }
 
@@ -519,6 +521,9 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 		if (!st)
 			return 0;
 		st->start_ns = bpf_ktime_get_ns();
+		st->established_ns = 0;
+		st->rtt_last_ns = 0;
+		st->flags = 0;
 		key_from_sk(sk, &st->key, NS_DIR_OUTBOUND);
 		st->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(st->comm, sizeof(st->comm));
@@ -530,17 +535,19 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 		struct ns_sock *st = sock_track(id);
 		if (!st)
 			return 0;
+		/* No per-peer state here: the peer's stats are created when the connection
+		 * closes; user space counts it as active from this slot meanwhile. */
 		__u64 now = bpf_ktime_get_ns();
 		st->start_ns = now;
 		st->established_ns = now;
 		st->rtt_last_ns = now;
-		st->flags |= NS_SOCK_ESTABLISHED;
 		key_from_sk(sk, &st->key, NS_DIR_INBOUND);
-		struct ns_peer_stats *s = peer_get(&st->key);
-		if (s) {
-			__sync_fetch_and_add(&s->active, 1);
-			s->last_seen_ns = now;
-		}
+		st->pid = 0;
+		__builtin_memset(st->comm, 0, sizeof(st->comm));
+		/* Last: user space counts ESTABLISHED slots, so the key must be there first
+		 * (stores are not reordered on x86; the barrier keeps the compiler in line). */
+		asm volatile("" ::: "memory");
+		st->flags = NS_SOCK_ESTABLISHED;
 		return 0;
 	}
 
@@ -560,7 +567,6 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 					i = NS_CONNECT_BOUNDS;
 				__sync_fetch_and_add(&s->connect_hist[i], 1);
 				__sync_fetch_and_add(&s->connect_sum_ns, lat);
-				__sync_fetch_and_add(&s->active, 1);
 				s->last_seen_ns = now;
 			}
 			st->established_ns = now;
@@ -582,6 +588,7 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 				s->last_seen_ns = now;
 			}
 			emit(sk, &st->key, st, NS_EV_CONNECT_FAILED, now, lat, cls, 0, (__u16)err);
+			st->flags = 0;
 			sock_untrack(id);
 		}
 		return 0;
@@ -598,7 +605,6 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 					i = NS_DURATION_BOUNDS;
 				__sync_fetch_and_add(&s->duration_hist[i], 1);
 				__sync_fetch_and_add(&s->duration_sum_ns, dur);
-				__sync_fetch_and_add(&s->active, -1);
 				if (tp) {
 					__sync_fetch_and_add(&s->bytes_sent, tp->bytes_acked);
 					__sync_fetch_and_add(&s->bytes_received, tp->bytes_received);
@@ -611,6 +617,9 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 				s->last_seen_ns = now;
 			}
 		}
+		/* Not active any more (user space counts ESTABLISHED slots), before the slot
+		 * is given back. */
+		st->flags = 0;
 		sock_untrack(id);
 		/* rtt_last (LRU) only holds sockets older than the probe; not deleting here
 		 * saves an LRU operation per connection. A stale entry can at most delay the

@@ -92,7 +92,8 @@ struct ns_peer_key {
 	__u32 _pad;
 };
 
-/* Aggregates per peer key. Updated with atomic adds; `active` is signed. */
+/* Aggregates per peer key. Updated with atomic adds. `active` is not written by the
+ * kernel: user space fills it from the established slots of the `socks` table. */
 struct ns_peer_stats {
 	__u64 connect_hist[NS_CONNECT_BOUNDS + 1];
 	__u64 connect_sum_ns;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dns;
 pub mod events;
 pub mod probe;
+mod slots;
 pub mod workload;
 
 pub use config::{DnsConfig, NetworkConfig, ProbesConfig};

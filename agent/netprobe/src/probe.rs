@@ -74,6 +74,10 @@ struct Maps {
     counters: PerCpuArray<MapData, u64>,
     drops: BpfHashMap<MapData, bpf::DropKey, u64>,
     drops_other: PerCpuArray<MapData, u64>,
+    /// The socket table, mapped: active connections per peer.
+    socks: crate::slots::SockTable,
+    /// Keeps the mapped maps' descriptors (the mappings outlive them anyway).
+    _sock_maps: (aya::maps::Map, aya::maps::Map),
 }
 
 struct SelfCounters {
@@ -426,6 +430,34 @@ impl NetProbe {
         );
         let ringbuf = RingBuf::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_EVENTS)?)
             .map_err(|e| map_err(bpf::MAP_EVENTS, e))?;
+        let socks_map = loader::take_map(&mut ebpf, obj, bpf::MAP_SOCKS)?;
+        let tags_map = loader::take_map(&mut ebpf, obj, bpf::MAP_SOCK_TAGS)?;
+        fn data(m: &aya::maps::Map) -> Option<&MapData> {
+            match m {
+                aya::maps::Map::Array(d) => Some(d),
+                _ => None,
+            }
+        }
+        let socks = match (data(&socks_map), data(&tags_map)) {
+            (Some(s), Some(t)) => {
+                crate::slots::SockTable::new(s, t, sock_sets as usize).map_err(|e| {
+                    map_err(
+                        bpf::MAP_SOCKS,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "mmap",
+                            io_error: e,
+                        }),
+                    )
+                })?
+            }
+            _ => {
+                return Err(LoadError::Map {
+                    object: obj.into(),
+                    map: bpf::MAP_SOCKS.into(),
+                    reason: "not an array map".into(),
+                })
+            }
+        };
 
         for h in inner.health.iter_mut() {
             if !h.enabled || h.probe == PROBE_DNS {
@@ -463,6 +495,8 @@ impl NetProbe {
             counters,
             drops,
             drops_other,
+            socks,
+            _sock_maps: (socks_map, tags_map),
         }));
         *inner.ringbuf.lock() = Some(ringbuf);
         *inner._ebpf.lock() = Some(ebpf);
@@ -857,6 +891,35 @@ impl Inner {
         }
         self.selfc.map_read_errors.add(errors);
         self.selfc.peers.set(npeers as f64);
+        // Active connections, counted in the socket table: onto their peer's entry; a
+        // peer without one yet (an accepted connection still open) gets one while the
+        // peer cap allows, else its workload's "other".
+        let mut active = maps.socks.active();
+        for (k, v, overflow) in entries.iter_mut() {
+            if !*overflow {
+                v.active = active.remove(k).unwrap_or(0);
+            }
+        }
+        let mut room = (self.cfg.peer_cap as usize).saturating_sub(npeers);
+        let mut rest: Vec<(PeerKey, i64)> = active.into_iter().collect();
+        rest.sort_by_key(|(k, _)| (k.cgroup_id, k.addr, k.port, k.direction));
+        for (k, n) in rest {
+            let stats = PeerStats {
+                active: n,
+                ..PeerStats::default()
+            };
+            if room > 0 {
+                room -= 1;
+                entries.push((k, stats, false));
+            } else {
+                let o = PeerKey {
+                    cgroup_id: k.cgroup_id,
+                    direction: k.direction,
+                    ..PeerKey::default()
+                };
+                entries.push((o, stats, true));
+            }
+        }
 
         // Idle eviction: peers with no open connection and no update for the timeout
         // are removed from the kernel map; their counts move to the retired "other".
