@@ -7,14 +7,20 @@
  * (attached with BPF_F_ALLOW_MULTI through a BPF link, so programs of others on the root
  * or below keep running; both always return 1 = pass):
  *   egress   a DNS query leaving a client socket (UDP, or TCP with its length prefix) to
- *            one of the configured server ports: remembered in `dns_inflight` under its
- *            5-tuple and transaction id, with the time, the socket's cgroup, the thread,
- *            the question name (for events only) and its QTYPE;
+ *            one of the configured server ports: remembered in the in-flight table under
+ *            its 5-tuple and transaction id, with the time, the socket's cgroup, the
+ *            process, the question name (for events only) and its QTYPE;
  *   ingress  a DNS answer arriving at a client socket: matched to its query by the same
  *            5-tuple and id; its latency goes into the workload x server x qtype x rcode
  *            x transport histogram (`dns_stats`).
  * Queries never answered are timeouts: re-sent with the same 5-tuple and id (counted
- * here), or swept from `dns_inflight` by user space once older than the timeout.
+ * here), or swept from the in-flight table by user space once older than the timeout.
+ *
+ * The in-flight table is a set-associative array (NS_DNS_WAYS slots per set, the set
+ * chosen by a hash of the query key), memory-mapped by user space: a query claims a slot
+ * with one compare-and-swap on its tag and writes straight into it; its answer finds it
+ * with a few loads and gives it back with one exchange. No hash-map insert and delete
+ * (bucket lock, free list, 320-byte value copy) per query.
  *
  * Cost: every packet of every socket passes through these programs, so the first test
  * uses only the socket (skb->sk, no packet access): packets of a socket connected to a
@@ -61,13 +67,26 @@ volatile const __u64 cfg_timeout_ns = 5000000000ULL;
 /* 1: NXDOMAIN answers are events too (off: search-path expansions make them common). */
 volatile const __u64 cfg_nxdomain_events = 0;
 
-/* Queries waiting for their answer. max_entries bounds queries in flight node-wide. */
+/* Sets of the in-flight table: dns_slots' max_entries / NS_DNS_WAYS (user space sets
+ * both). */
+volatile const __u64 cfg_dns_sets = 4096 / NS_DNS_WAYS;
+
+/* Queries waiting for their answer: the owners of each set's slots, and the slots. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096 / NS_DNS_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ns_dns_tags);
+} dns_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4096);
-	__type(key, struct ns_dns_qkey);
-	__type(value, struct ns_dns_query);
-} dns_inflight SEC(".maps");
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ns_dns_slot);
+} dns_slots SEC(".maps");
 
 /* Aggregates per workload x server x qtype x rcode x transport. */
 struct {
@@ -94,9 +113,10 @@ struct {
 	__type(value, struct ns_dns_lookup_state);
 } dns_lookup_state SEC(".maps");
 
-/* Lookups and queries per workload. */
+/* Lookups and queries per workload, per CPU (16 bytes per workload and CPU: no atomic
+ * adds on the query path). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct ns_dns_lookup_stats);
@@ -108,14 +128,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } dns_counters SEC(".maps");
-
-/* Where a query is built before it is copied into dns_inflight (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ns_dns_query);
-} dns_scratch SEC(".maps");
 
 /* One all-zero value used to insert new aggregates (never written). */
 struct {
@@ -357,16 +369,10 @@ static __always_inline int rate_ok(__u64 now)
 	return 1;
 }
 
-static __always_inline void emit(const struct ns_dns_query *q, const struct ns_dns_qkey *qk,
-				 __u8 kind, __u8 rcode, __u64 lat, __u64 now)
+static __always_inline void fill_event(struct ns_dns_event *e, const struct ns_dns_query *q,
+				       const struct ns_dns_qkey *qk, __u8 kind, __u8 rcode,
+				       __u64 lat, __u64 now)
 {
-	if (!rate_ok(now))
-		return;
-	struct ns_dns_event *e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
-	if (!e) {
-		count(NS_DNS_CNT_EVENTS_LOST);
-		return;
-	}
 	e->ts_ns = now;
 	e->cgroup_id = q->cgroup_id;
 	e->latency_ns = lat;
@@ -385,8 +391,54 @@ static __always_inline void emit(const struct ns_dns_query *q, const struct ns_d
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	__builtin_memcpy(e->comm, q->comm, sizeof(e->comm));
 	__builtin_memcpy(e->name, q->name, sizeof(e->name));
+}
+
+static __always_inline void emit(const struct ns_dns_query *q, const struct ns_dns_qkey *qk,
+				 __u8 kind, __u8 rcode, __u64 lat, __u64 now)
+{
+	if (!rate_ok(now))
+		return;
+	struct ns_dns_event *e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
+	if (!e) {
+		count(NS_DNS_CNT_EVENTS_LOST);
+		return;
+	}
+	fill_event(e, q, qk, kind, rcode, lat, now);
 	bpf_ringbuf_submit(e, 0);
 	count(NS_DNS_CNT_EVENTS_SENT);
+}
+
+/* A hash of the query key, never 0 (the tag of its slot). */
+static __always_inline __u64 qkey_hash(const struct ns_dns_qkey *k)
+{
+	__u64 w[5];
+	__builtin_memcpy(w, k, sizeof(w));
+	__u64 h = 0;
+#pragma unroll
+	for (int i = 0; i < 5; i++) {
+		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 29;
+	}
+	return h | 1;
+}
+
+static __always_inline int qkey_eq(const struct ns_dns_qkey *a, const struct ns_dns_qkey *b)
+{
+	__u64 x[5], y[5];
+	__builtin_memcpy(x, a, sizeof(x));
+	__builtin_memcpy(y, b, sizeof(y));
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+static __always_inline __u32 qkey_set(__u64 h)
+{
+	return (__u32)(((h >> 32) * cfg_dns_sets) >> 32);
+}
+
+static __always_inline struct ns_dns_slot *dns_slot(__u32 set, __u32 way)
+{
+	__u32 i = set * NS_DNS_WAYS + way;
+	return bpf_map_lookup_elem(&dns_slots, &i);
 }
 
 static __always_inline void key_of(struct ns_dns_key *k, const struct ns_dns_query *q,
@@ -435,19 +487,67 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 		count(NS_DNS_CNT_MALFORMED);
 		return;
 	}
-	__u32 z = 0;
-	struct ns_dns_query *q = bpf_map_lookup_elem(&dns_scratch, &z);
-	if (!q)
+	struct ns_dns_qkey qk __attribute__((aligned(8)));
+	__builtin_memcpy(qk.client, p->saddr, 16);
+	__builtin_memcpy(qk.server, p->daddr, 16);
+	qk.client_port = p->sport;
+	qk.server_port = p->dport;
+	qk.id = bpf_ntohs(h.id);
+	qk.transport = p->transport;
+	qk._pad = 0;
+	__u64 tag = qkey_hash(&qk);
+	__u32 set = qkey_set(tag);
+	struct ns_dns_tags *t = bpf_map_lookup_elem(&dns_tags, &set);
+	if (!t)
 		return;
+	__u64 now = bpf_ktime_get_ns();
+	count(NS_DNS_CNT_QUERIES);
+
+	/* The same query again? Over TCP that is a segment retransmission (the first copy
+	 * is still the one being answered); over UDP the client gave up waiting: the
+	 * earlier attempt timed out, and this one takes its slot. */
+	struct ns_dns_slot *sl = 0;
+	int resent = 0;
+#pragma unroll
+	for (__u32 w = 0; w < NS_DNS_WAYS; w++) {
+		if (t->tag[w] == tag) {
+			struct ns_dns_slot *o = dns_slot(set, w);
+			if (o && o->q.start_ns && qkey_eq(&o->key, &qk)) {
+				if (p->transport == NS_DNS_TCP)
+					return;
+				struct ns_dns_key k;
+				key_of(&k, &o->q, &o->key, NS_DNS_RCODE_TIMEOUT);
+				stats_add(&k, 0, 0, now);
+				emit(&o->q, &o->key, NS_DNS_EV_TIMEOUT, NS_DNS_RCODE_TIMEOUT,
+				     now - o->q.start_ns, now);
+				count(NS_DNS_CNT_RETRANSMITS);
+				sl = o;
+				resent = 1;
+			}
+			break;
+		}
+	}
+	if (!sl) {
+#pragma unroll
+		for (__u32 w = 0; w < NS_DNS_WAYS; w++) {
+			if (t->tag[w] == 0 && __sync_val_compare_and_swap(&t->tag[w], 0, tag) == 0) {
+				sl = dns_slot(set, w);
+				break;
+			}
+		}
+	}
+	if (!sl) {
+		count(NS_DNS_CNT_INFLIGHT_FULL);
+		return;
+	}
+	struct ns_dns_query *q = &sl->q;
+	q->start_ns = 0; /* not yet: the sweep leaves the slot alone while it is filled */
+	sl->key = qk;
 	__u32 n = p->len - sizeof(h);
 	if (n > NS_DNS_NAME_MAX)
 		n = NS_DNS_NAME_MAX;
-	if (n < 1)
-		return;
-	if (bpf_skb_load_bytes(skb, p->off + sizeof(h), q->name, n)) {
-		count(NS_DNS_CNT_MALFORMED);
-		return;
-	}
+	if (n < 1 || bpf_skb_load_bytes(skb, p->off + sizeof(h), q->name, n))
+		n = 0;
 	/* The question name ends at a zero label; its QTYPE follows. */
 	__u32 pos = 0, end = n;
 	for (int i = 0; i < NS_DNS_MAX_LABELS; i++) {
@@ -469,48 +569,16 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 	/* With its zero label when complete; without one user space knows it was cut. */
 	q->name_len = end < n ? end + 1 : n;
 
-	__u64 now = bpf_ktime_get_ns();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	q->start_ns = now;
 	q->cgroup_id = bpf_skb_cgroup_id(skb);
 	q->pid = pid_tgid >> 32;
 	q->family = p->family;
 	q->lkey.cgroup_id = q->cgroup_id;
 	q->lkey.pid = pid_tgid >> 32;
-	q->lkey.label_hash = label_hash(q->name, n);
+	q->lkey.label_hash = n ? label_hash(q->name, n) : 0;
 	bpf_get_current_comm(q->comm, sizeof(q->comm));
-
-	struct ns_dns_qkey qk;
-	__builtin_memcpy(qk.client, p->saddr, 16);
-	__builtin_memcpy(qk.server, p->daddr, 16);
-	qk.client_port = p->sport;
-	qk.server_port = p->dport;
-	qk.id = bpf_ntohs(h.id);
-	qk.transport = p->transport;
-	qk._pad = 0;
-
-	int resent = 0;
-	long ret = bpf_map_update_elem(&dns_inflight, &qk, q, BPF_NOEXIST);
-	if (ret == -EEXIST) {
-		/* The same query again. Over TCP that is a segment retransmission (the first
-		 * copy is still the one being answered); over UDP the client gave up waiting:
-		 * the earlier attempt timed out. */
-		if (p->transport == NS_DNS_TCP)
-			return;
-		struct ns_dns_query *old = bpf_map_lookup_elem(&dns_inflight, &qk);
-		if (old) {
-			struct ns_dns_key k;
-			key_of(&k, old, &qk, NS_DNS_RCODE_TIMEOUT);
-			stats_add(&k, 0, 0, now);
-			emit(old, &qk, NS_DNS_EV_TIMEOUT, NS_DNS_RCODE_TIMEOUT, now - old->start_ns, now);
-		}
-		bpf_map_update_elem(&dns_inflight, &qk, q, BPF_EXIST);
-		count(NS_DNS_CNT_RETRANSMITS);
-		resent = 1;
-	} else if (ret) {
-		count(NS_DNS_CNT_INFLIGHT_FULL);
-	}
-	count(NS_DNS_CNT_QUERIES);
+	asm volatile("" ::: "memory");
+	q->start_ns = now;
 
 	/* Lookup accounting. */
 	int fresh = 0;
@@ -536,9 +604,9 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 			return;
 		}
 	}
-	if (fresh)
-		__sync_fetch_and_add(&ls->lookups, 1);
-	__sync_fetch_and_add(&ls->queries, 1);
+	/* This CPU's copy: plain adds. */
+	ls->lookups += fresh;
+	ls->queries += 1;
 }
 
 static __always_inline int is_failure(__u8 rcode)
@@ -555,7 +623,7 @@ static __always_inline void on_answer(struct __sk_buff *skb, struct pkt *p)
 	__u16 flags = bpf_ntohs(h.flags);
 	if (!(flags & DNS_QR))
 		return; /* a query arriving: we are the server */
-	struct ns_dns_qkey qk;
+	struct ns_dns_qkey qk __attribute__((aligned(8)));
 	__builtin_memcpy(qk.client, p->daddr, 16);
 	__builtin_memcpy(qk.server, p->saddr, 16);
 	qk.client_port = p->dport;
@@ -563,39 +631,73 @@ static __always_inline void on_answer(struct __sk_buff *skb, struct pkt *p)
 	qk.id = bpf_ntohs(h.id);
 	qk.transport = p->transport;
 	qk._pad = 0;
-	struct ns_dns_query *q = bpf_map_lookup_elem(&dns_inflight, &qk);
-	if (!q) {
+	__u64 tag = qkey_hash(&qk);
+	__u32 set = qkey_set(tag);
+	struct ns_dns_tags *t = bpf_map_lookup_elem(&dns_tags, &set);
+	if (!t)
+		return;
+	struct ns_dns_slot *sl = 0;
+	__u32 way = 0;
+#pragma unroll
+	for (__u32 w = 0; w < NS_DNS_WAYS; w++) {
+		if (t->tag[w] == tag) {
+			sl = dns_slot(set, w);
+			way = w;
+			break;
+		}
+	}
+	if (!sl || !sl->q.start_ns || !qkey_eq(&sl->key, &qk)) {
 		count(NS_DNS_CNT_UNMATCHED);
 		return;
 	}
+	struct ns_dns_query *q = &sl->q;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now - q->start_ns;
 	__u8 rcode = flags & 0xf;
 	if (p->transport == NS_DNS_UDP && (flags & DNS_TC))
 		rcode = NS_DNS_RCODE_TRUNCATED;
-
 	struct ns_dns_key k;
 	key_of(&k, q, &qk, rcode);
-	stats_add(&k, lat, 1, now);
-
-	struct ns_dns_lookup_state *st = bpf_map_lookup_elem(&dns_lookup_state, &q->lkey);
-	if (st) {
-		if (st->outstanding)
-			__sync_fetch_and_add(&st->outstanding, -1);
-		st->last_ns = now;
-		if (rcode == 0 && h.ancount)
-			st->done |= done_bit(q->qtype);
-	}
+	struct ns_dns_lkey lk = q->lkey;
+	__u16 qtype = q->qtype;
 
 	__u8 kind = 0;
 	if (is_failure(rcode) || (rcode == 3 && cfg_nxdomain_events))
 		kind = NS_DNS_EV_FAILED;
 	else if (lat >= cfg_slow_ns)
 		kind = NS_DNS_EV_SLOW;
-	if (kind)
-		emit(q, &qk, kind, rcode, lat, now);
+	struct ns_dns_event *e = 0;
+	if (kind && rate_ok(now)) {
+		e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
+		if (e)
+			fill_event(e, q, &qk, kind, rcode, lat, now);
+		else
+			count(NS_DNS_CNT_EVENTS_LOST);
+	}
+	/* Give the slot back; if the sweep took it meanwhile (it counted a timeout), this
+	 * answer is not counted again. */
+	q->start_ns = 0;
+	if (__sync_lock_test_and_set(&t->tag[way & (NS_DNS_WAYS - 1)], 0) != tag) {
+		if (e)
+			bpf_ringbuf_discard(e, 0);
+		count(NS_DNS_CNT_LATE);
+		return;
+	}
+	if (e) {
+		bpf_ringbuf_submit(e, 0);
+		count(NS_DNS_CNT_EVENTS_SENT);
+	}
+	stats_add(&k, lat, 1, now);
+
+	struct ns_dns_lookup_state *st = bpf_map_lookup_elem(&dns_lookup_state, &lk);
+	if (st) {
+		if (st->outstanding)
+			__sync_fetch_and_add(&st->outstanding, -1);
+		st->last_ns = now;
+		if (rcode == 0 && h.ancount)
+			st->done |= done_bit(qtype);
+	}
 	count(NS_DNS_CNT_ANSWERS);
-	bpf_map_delete_elem(&dns_inflight, &qk);
 }
 
 SEC("cgroup_skb/egress")

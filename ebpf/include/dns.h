@@ -27,6 +27,9 @@
 /* Ports recognised as DNS (user space fills unused slots with the first port). */
 #define NS_DNS_PORTS 4
 
+/* Slots per set of the in-flight table (set-associative, like the TCP socket table). */
+#define NS_DNS_WAYS 8
+
 /* `rcode` of an aggregate: the DNS RCODE (0..15) of the answer, or one of these. */
 #define NS_DNS_RCODE_TIMEOUT 16   /* no answer: retransmitted, or swept after the timeout */
 #define NS_DNS_RCODE_TRUNCATED 17 /* a UDP answer with TC set (the client retries over TCP) */
@@ -53,6 +56,7 @@
 #define NS_DNS_CNT_EVENTS_SENT 9
 #define NS_DNS_CNT_LOOKUPS_FULL 10    /* dns_lookups full: a lookup's counts lost */
 #define NS_DNS_CNT_MALFORMED 11       /* port-53 payload that is not a DNS message we parse */
+#define NS_DNS_CNT_LATE 12            /* answer to a query user space had just swept as a timeout */
 #define NS_DNS_CNT_SLOTS 16
 
 /* Event kinds (struct ns_dns_event.kind). */
@@ -133,6 +137,21 @@ struct ns_dns_query {
 	__u16 _pad2[3];
 	char comm[16];
 	__u8 name[NS_DNS_NAME_MAX];
+};
+
+/* The owners of the NS_DNS_WAYS slots of one set of the in-flight table (`dns_tags`): a
+ * hash of the query key, never 0; 0 = free. Claimed by compare-and-swap in the kernel,
+ * released by exchange in the kernel (answer) or by compare-and-swap in user space (a
+ * swept timeout), through the memory mapping. */
+struct ns_dns_tags {
+	__u64 tag[NS_DNS_WAYS];
+};
+
+/* One slot of the in-flight table (`dns_slots`): the query and its key. `q.start_ns` is
+ * 0 while the slot is being filled or given back, so the sweep never takes it then. */
+struct ns_dns_slot {
+	struct ns_dns_qkey key;
+	struct ns_dns_query q;
 };
 
 /* One notable DNS event (ring buffer record). */

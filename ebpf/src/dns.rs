@@ -35,6 +35,8 @@ pub const BOUNDS_NS: [u64; 14] = [
 pub const NAME_MAX: usize = 256;
 pub const MAX_LABELS: usize = 64;
 pub const PORTS: usize = 4;
+/// Slots per set of the in-flight table (C: NS_DNS_WAYS).
+pub const WAYS: usize = 8;
 pub const RCODE_TIMEOUT: u8 = 16;
 pub const RCODE_TRUNCATED: u8 = 17;
 pub const RCODE_SLOTS: usize = 18;
@@ -55,6 +57,7 @@ pub const CNT_EVENTS_LOST: u32 = 8;
 pub const CNT_EVENTS_SENT: u32 = 9;
 pub const CNT_LOOKUPS_FULL: u32 = 10;
 pub const CNT_MALFORMED: u32 = 11;
+pub const CNT_LATE: u32 = 12;
 pub const CNT_SLOTS: u32 = 16;
 
 pub const EV_SLOW: u8 = 1;
@@ -66,7 +69,8 @@ pub const DONE_AAAA: u32 = 2;
 pub const DONE_OTHER: u32 = 4;
 
 /// Map names in the object.
-pub const MAP_INFLIGHT: &str = "dns_inflight";
+pub const MAP_TAGS: &str = "dns_tags";
+pub const MAP_SLOTS: &str = "dns_slots";
 pub const MAP_STATS: &str = "dns_stats";
 pub const MAP_STATS_OTHER: &str = "dns_stats_other";
 pub const MAP_LOOKUP_STATE: &str = "dns_lookup_state";
@@ -86,6 +90,8 @@ pub const CFG_EVENTS_PER_SEC: &str = "cfg_events_per_sec";
 pub const CFG_LOOKUP_GAP_NS: &str = "cfg_lookup_gap_ns";
 pub const CFG_TIMEOUT_NS: &str = "cfg_timeout_ns";
 pub const CFG_NXDOMAIN_EVENTS: &str = "cfg_nxdomain_events";
+/// Number of sets of the in-flight table (`dns_slots` max_entries / [`WAYS`]).
+pub const CFG_SETS: &str = "cfg_dns_sets";
 
 /// `struct ns_dns_key`.
 #[repr(C)]
@@ -196,6 +202,21 @@ impl Default for Query {
     }
 }
 
+/// `struct ns_dns_tags`: the owners of one set's slots (a hash of the query key; 0 = free).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tags {
+    pub tag: [u64; WAYS],
+}
+
+/// `struct ns_dns_slot`: one slot of the in-flight table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    pub key: QueryKey,
+    pub q: Query,
+}
+
 /// `struct ns_dns_event`, decoded from ring-buffer bytes by [`DnsEvent::decode`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +273,8 @@ const _: () = assert!(core::mem::size_of::<LookupKey>() == 16);
 const _: () = assert!(core::mem::size_of::<LookupState>() == 16);
 const _: () = assert!(core::mem::size_of::<LookupStats>() == 16);
 const _: () = assert!(core::mem::size_of::<Query>() == 64 + NAME_MAX);
+const _: () = assert!(core::mem::size_of::<Tags>() == 8 * WAYS);
+const _: () = assert!(core::mem::size_of::<Slot>() == 40 + 64 + NAME_MAX);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 96 + NAME_MAX);
 
 // SAFETY: plain-old-data #[repr(C)] structs of integers and byte arrays without padding
@@ -538,6 +561,8 @@ mod tests {
             "ns_dns_query" => Query {
                 start_ns, cgroup_id, lkey, pid, qtype, family, _pad, name_len, _pad2, comm, name
             }
+            "ns_dns_tags" => Tags { tag }
+            "ns_dns_slot" => Slot { key, q }
             "ns_dns_event" => DnsEvent {
                 ts_ns, cgroup_id, latency_ns, client, server, client_port, server_port, pid,
                 id, qtype, kind, rcode, transport, family, name_len, _pad, comm, name
@@ -559,6 +584,7 @@ int main(void) {
   for (unsigned i = 0; i < sizeof b / sizeof b[0]; i++) printf("bound.%u %llu\n", i, b[i]);
   for (unsigned i = 0; i < sizeof q / sizeof q[0]; i++) printf("qtype.%u %u\n", i, q[i]);
   STRUCTS
+  printf("WAYS %d LATE %d\n", NS_DNS_WAYS, NS_DNS_CNT_LATE);
   printf("CONST %d %d %d %d %d %d %d %d %d %d\n", NS_DNS_NAME_MAX, NS_DNS_MAX_LABELS, NS_DNS_PORTS, NS_DNS_RCODE_TIMEOUT, NS_DNS_RCODE_TRUNCATED, NS_DNS_RCODE_SLOTS, NS_DNS_UDP, NS_DNS_TCP, NS_DNS_NQTYPES, NS_DNS_DONE_A | NS_DNS_DONE_AAAA << 4 | NS_DNS_DONE_OTHER << 8);
   printf("CNT %d %d %d %d %d %d %d %d %d %d %d %d %d\n", NS_DNS_CNT_QUERIES, NS_DNS_CNT_ANSWERS, NS_DNS_CNT_UNMATCHED, NS_DNS_CNT_INFLIGHT_FULL, NS_DNS_CNT_RETRANSMITS, NS_DNS_CNT_STATS_OVERFLOW, NS_DNS_CNT_OTHER_FULL, NS_DNS_CNT_EVENTS_RATE_LIMITED, NS_DNS_CNT_EVENTS_LOST, NS_DNS_CNT_EVENTS_SENT, NS_DNS_CNT_LOOKUPS_FULL, NS_DNS_CNT_MALFORMED, NS_DNS_CNT_SLOTS);
   printf("EV %d %d %d\n", NS_DNS_EV_SLOW, NS_DNS_EV_FAILED, NS_DNS_EV_TIMEOUT);
@@ -607,6 +633,7 @@ int main(void) {
             ),
         );
         rust.insert("EV".into(), format!("{EV_SLOW} {EV_FAILED} {EV_TIMEOUT}"));
+        rust.insert("WAYS".into(), format!("{WAYS} LATE {CNT_LATE}"));
         assert_eq!(c, rust, "ebpf/include/dns.h and ebpf/src/dns.rs disagree");
         // The decoder's hard-coded offsets must agree with the mirror too.
         assert_eq!(offset_of!(DnsEvent, name), 96);

@@ -5,10 +5,11 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::mem::size_of;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::{Btf, Ebpf};
 use nodescope_ebpf::dns::{
     self as bpf, decode_name, qtype_class, qtype_name, rcode_name, transport_name, DnsEvent,
@@ -22,6 +23,7 @@ use nodescope_model::{Histogram, Labels, LogRecord, MetricFamily, MetricType, Se
 use parking_lot::Mutex;
 
 use crate::config::{DnsConfig, NetworkConfig};
+use crate::slots::Mapping;
 use crate::workload::Resolved;
 
 /// `nodescope_dns_request_duration_seconds` bounds, seconds.
@@ -30,11 +32,17 @@ pub fn bounds() -> Vec<f64> {
 }
 
 struct Maps {
-    inflight: BpfHashMap<MapData, QueryKey, Query>,
+    /// The in-flight table (`dns_tags`, writable: the sweep takes slots back with a
+    /// compare-and-swap; `dns_slots`), memory-mapped.
+    tags: Mapping,
+    slots: Mapping,
+    sets: usize,
     stats: BpfHashMap<MapData, DnsKey, DnsStats>,
     other: BpfHashMap<MapData, DnsKey, DnsStats>,
-    lookups: BpfHashMap<MapData, u64, LookupStats>,
+    lookups: PerCpuHashMap<MapData, u64, LookupStats>,
     counters: PerCpuArray<MapData, u64>,
+    /// Keeps the mapped maps' descriptors.
+    _mapped: (aya::maps::Map, aya::maps::Map),
 }
 
 struct SelfCounters {
@@ -50,6 +58,7 @@ struct SelfCounters {
     events_sent: Counter,
     lookups_full: Counter,
     malformed: Counter,
+    late: Counter,
     swept: Counter,
     swept_rate_limited: Counter,
     swept_store_full: Counter,
@@ -83,6 +92,11 @@ impl SelfCounters {
             malformed: m.counter(
                 "nodescope_netprobe_dns_malformed_total",
                 "Packets to or from a DNS port whose payload is not a DNS message the probe parses.",
+                &[],
+            ),
+            late: m.counter(
+                "nodescope_netprobe_dns_answers_late_total",
+                "DNS answers that arrived as the sweep took their query as a timeout (counted as the timeout only).",
                 &[],
             ),
             inflight_full: m.counter(D, DH, &[("reason", "dns_inflight_full")]),
@@ -162,8 +176,10 @@ impl DnsProbe {
     ) -> Result<(DnsProbe, RingBuf<MapData>, Vec<String>), LoadError> {
         let obj = bpf::DNS_OBJ_NAME;
         let d = &cfg.dns;
+        let sets = (d.inflight_cap / bpf::WAYS as u32).max(1);
         let max_entries = [
-            (bpf::MAP_INFLIGHT, d.inflight_cap),
+            (bpf::MAP_TAGS, sets),
+            (bpf::MAP_SLOTS, sets * bpf::WAYS as u32),
             (bpf::MAP_STATS, d.stats_cap),
             (bpf::MAP_STATS_OTHER, d.other_cap),
             (bpf::MAP_LOOKUP_STATE, d.inflight_cap.saturating_mul(2)),
@@ -184,6 +200,7 @@ impl DnsProbe {
             (bpf::CFG_LOOKUP_GAP_NS, ns(d.lookup_gap_seconds)),
             (bpf::CFG_TIMEOUT_NS, ns(d.timeout_seconds)),
             (bpf::CFG_NXDOMAIN_EVENTS, u64::from(d.nxdomain_events)),
+            (bpf::CFG_SETS, u64::from(sets)),
         ];
         let mut ebpf = loader::load_with_btf(
             obj,
@@ -200,13 +217,36 @@ impl DnsProbe {
             reason: e.to_string(),
         };
         let take = |ebpf: &mut Ebpf, name: &str| loader::take_map(ebpf, obj, name);
-        let inflight = BpfHashMap::try_from(take(&mut ebpf, bpf::MAP_INFLIGHT)?)
-            .map_err(|e| map_err(bpf::MAP_INFLIGHT, e))?;
+        let tags_map = take(&mut ebpf, bpf::MAP_TAGS)?;
+        let slots_map = take(&mut ebpf, bpf::MAP_SLOTS)?;
+        let mapped = |m: &aya::maps::Map, n: usize, size: usize, w: bool, name: &str| {
+            let aya::maps::Map::Array(data) = m else {
+                return Err(LoadError::Map {
+                    object: obj.into(),
+                    map: name.into(),
+                    reason: "not an array map".into(),
+                });
+            };
+            Mapping::new(data, n, size, w).map_err(|e| LoadError::Map {
+                object: obj.into(),
+                map: name.into(),
+                reason: format!("mmap: {e}"),
+            })
+        };
+        let sets = sets as usize;
+        let tags = mapped(&tags_map, sets, size_of::<bpf::Tags>(), true, bpf::MAP_TAGS)?;
+        let slots = mapped(
+            &slots_map,
+            sets * bpf::WAYS,
+            size_of::<bpf::Slot>(),
+            false,
+            bpf::MAP_SLOTS,
+        )?;
         let stats = BpfHashMap::try_from(take(&mut ebpf, bpf::MAP_STATS)?)
             .map_err(|e| map_err(bpf::MAP_STATS, e))?;
         let other = BpfHashMap::try_from(take(&mut ebpf, bpf::MAP_STATS_OTHER)?)
             .map_err(|e| map_err(bpf::MAP_STATS_OTHER, e))?;
-        let lookups = BpfHashMap::try_from(take(&mut ebpf, bpf::MAP_LOOKUPS)?)
+        let lookups = PerCpuHashMap::try_from(take(&mut ebpf, bpf::MAP_LOOKUPS)?)
             .map_err(|e| map_err(bpf::MAP_LOOKUPS, e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, bpf::MAP_COUNTERS)?)
             .map_err(|e| map_err(bpf::MAP_COUNTERS, e))?;
@@ -226,11 +266,14 @@ impl DnsProbe {
         let probe = DnsProbe {
             cfg: d.clone(),
             maps: Mutex::new(Maps {
-                inflight,
+                tags,
+                slots,
+                sets,
                 stats,
                 other,
                 lookups,
                 counters,
+                _mapped: (tags_map, slots_map),
             }),
             swept: Mutex::new(HashMap::new()),
             window: Mutex::new(Window {
@@ -249,13 +292,31 @@ impl DnsProbe {
     /// the events-per-second budget).
     pub(crate) fn sweep(&self, now_ns: u64) -> Vec<DnsEvent> {
         let timeout = (self.cfg.timeout_seconds * 1e9) as u64;
-        let mut maps = self.maps.lock();
-        let stale: Vec<(QueryKey, Query)> = maps
-            .inflight
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, q)| now_ns.saturating_sub(q.start_ns) >= timeout)
-            .collect();
+        let maps = self.maps.lock();
+        let mut stale: Vec<(QueryKey, Query)> = Vec::new();
+        for set in 0..maps.sets {
+            let Some(t) = maps.tags.get::<bpf::Tags>(set) else {
+                break;
+            };
+            for (way, &tag) in t.tag.iter().enumerate() {
+                if tag == 0 {
+                    continue;
+                }
+                let Some(sl) = maps.slots.get::<bpf::Slot>(set * bpf::WAYS + way) else {
+                    continue;
+                };
+                // start_ns is 0 while the kernel fills or gives back the slot.
+                if sl.q.start_ns == 0 || now_ns.saturating_sub(sl.q.start_ns) < timeout {
+                    continue;
+                }
+                // Take the slot back unless the answer (or a new query) got there first.
+                let off = set * size_of::<bpf::Tags>() + way * 8;
+                if maps.tags.compare_exchange_u64(off, tag, 0) {
+                    stale.push((sl.key, sl.q));
+                }
+            }
+        }
+        drop(maps);
         let mut events = Vec::new();
         if stale.is_empty() {
             return events;
@@ -264,10 +325,6 @@ impl DnsProbe {
         let cap = self.cfg.stats_cap as usize;
         let mut window = self.window.lock();
         for (k, q) in stale {
-            // Answered in between (the kernel deleted it first): not a timeout.
-            if maps.inflight.remove(&k).is_err() {
-                continue;
-            }
             self.selfc.swept.inc();
             let mut key = DnsKey {
                 cgroup_id: q.cgroup_id,
@@ -320,7 +377,14 @@ impl DnsProbe {
         }
         for r in maps.lookups.iter() {
             match r {
-                Ok(kv) => snap.lookups.push(kv),
+                Ok((cg, per_cpu)) => {
+                    let mut sum = LookupStats::default();
+                    for v in per_cpu.iter() {
+                        sum.lookups = sum.lookups.saturating_add(v.lookups);
+                        sum.queries = sum.queries.saturating_add(v.queries);
+                    }
+                    snap.lookups.push((cg, sum));
+                }
                 Err(_) => errors += 1,
             }
         }
@@ -339,6 +403,7 @@ impl DnsProbe {
             (&s.events_sent, bpf::CNT_EVENTS_SENT),
             (&s.lookups_full, bpf::CNT_LOOKUPS_FULL),
             (&s.malformed, bpf::CNT_MALFORMED),
+            (&s.late, bpf::CNT_LATE),
         ] {
             counter.set(Self::sum(c, idx));
         }

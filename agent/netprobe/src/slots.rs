@@ -11,29 +11,41 @@ use nodescope_ebpf::net::{PeerKey, SockState, SockTags, SOCK_WAYS};
 /// Flag of an established tracked socket (C: NS_SOCK_ESTABLISHED).
 const ESTABLISHED: u8 = 1;
 
-/// A read-only `mmap` of a `BPF_F_MMAPABLE` array map.
-struct Mapping {
-    ptr: *const u8,
+/// An `mmap` of a `BPF_F_MMAPABLE` array map (shared with the kernel).
+pub(crate) struct Mapping {
+    ptr: *mut u8,
     len: usize,
 }
 
-// SAFETY: the mapping is read-only shared memory the kernel updates; we only read it with
-// volatile loads of plain integers, from any thread.
+// SAFETY: the mapping is shared memory the kernel updates; we read it with volatile loads
+// of plain integers and write only with atomic compare-and-swap, from any thread.
 unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(map: &aya::maps::MapData, entries: usize, value_size: usize) -> std::io::Result<Self> {
+    /// Maps the `entries` values of `value_size` bytes of array `map`; `writable` for
+    /// [`Mapping::compare_exchange_u64`].
+    pub(crate) fn new(
+        map: &aya::maps::MapData,
+        entries: usize,
+        value_size: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
         let page = 4096usize;
         let len = (entries * value_size.next_multiple_of(8)).next_multiple_of(page);
-        // SAFETY: mapping a BPF array's values read-only and shared; the fd is valid
-        // for the call, and the kernel keeps the mapping valid after it is closed.
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: mapping a BPF array's values, shared; the fd is valid for the call, and
+        // the kernel keeps the mapping valid after it is closed.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
                 0,
@@ -49,7 +61,7 @@ impl Mapping {
     }
 
     /// The `i`th `T` (element size `T`'s size rounded to 8), or None past the end.
-    fn get<T: Copy>(&self, i: usize) -> Option<T> {
+    pub(crate) fn get<T: Copy>(&self, i: usize) -> Option<T> {
         let size = std::mem::size_of::<T>().next_multiple_of(8);
         let off = i.checked_mul(size)?;
         if off + std::mem::size_of::<T>() > self.len {
@@ -59,6 +71,26 @@ impl Mapping {
         // alignment <= 8) and every bit pattern is a valid T (plain integer structs). The
         // kernel may change it meanwhile: a torn read is possible and harmless (a gauge).
         Some(unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<T>()) })
+    }
+}
+
+impl Mapping {
+    /// Atomically replaces the u64 at byte offset `off` by `new` if it is `current`
+    /// (the kernel updates the same words with its own atomic instructions).
+    pub(crate) fn compare_exchange_u64(&self, off: usize, current: u64, new: u64) -> bool {
+        if off % 8 != 0 || off + 8 > self.len {
+            return false;
+        }
+        // SAFETY: in bounds and 8-aligned (checked); the mapping is writable when this
+        // is used (the in-flight table), and AtomicU64 has u64's layout.
+        let a = unsafe { &*(self.ptr.add(off) as *const std::sync::atomic::AtomicU64) };
+        a.compare_exchange(
+            current,
+            new,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        )
+        .is_ok()
     }
 }
 
@@ -87,8 +119,9 @@ impl SockTable {
                 socks,
                 sets * SOCK_WAYS as usize,
                 std::mem::size_of::<SockState>(),
+                false,
             )?,
-            tags: Mapping::new(tags, sets, std::mem::size_of::<SockTags>())?,
+            tags: Mapping::new(tags, sets, std::mem::size_of::<SockTags>(), false)?,
             sets,
         })
     }
