@@ -78,7 +78,7 @@ impl Mapping {
     /// Atomically replaces the u64 at byte offset `off` by `new` if it is `current`
     /// (the kernel updates the same words with its own atomic instructions).
     pub(crate) fn compare_exchange_u64(&self, off: usize, current: u64, new: u64) -> bool {
-        if off % 8 != 0 || off + 8 > self.len {
+        if !off.is_multiple_of(8) || off + 8 > self.len {
             return false;
         }
         // SAFETY: in bounds and 8-aligned (checked); the mapping is writable when this
