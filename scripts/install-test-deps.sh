@@ -10,7 +10,7 @@ DEBS=(
   clang-19 llvm-19 libbpf-dev bpftool   # eBPF objects: rebuild + staleness check
   linux-perf                 # profiler benchmark anchor (perf record)
   iproute2 iptables nftables # netns/veth ground-truth network tests
-  bind9-dnsutils tcpdump     # DNS probe tests: dig as the client, tcpdump captures what glibc sent
+  bind9-dnsutils             # DNS probe tests: dig as the client (the test server logs what it receives)
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
 )
