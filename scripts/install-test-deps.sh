@@ -10,10 +10,11 @@ DEBS=(
   clang-19 llvm-19 libbpf-dev bpftool   # eBPF objects: rebuild + staleness check
   linux-perf                 # profiler benchmark anchor (perf record)
   iproute2 iptables nftables # netns/veth ground-truth network tests
+  bind9-dnsutils             # DNS probe tests: dig as the client (the test server logs what it receives)
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
 )
-PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml)
+PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 
 missing=()
 for p in "${DEBS[@]}"; do
@@ -32,7 +33,7 @@ for svc in prometheus prometheus-node-exporter; do
 done
 
 py=${PYTHON:-python3}
-if ! "$py" -c 'import opentelemetry.proto, grpc, kubernetes_validate, cramjam, yaml' 2>/dev/null; then
+if ! "$py" -c 'import opentelemetry.proto, grpc, kubernetes_validate, cramjam, yaml, dnslib' 2>/dev/null; then
   echo "install-test-deps: installing PyPI packages: ${PIP[*]}"
   "$py" -m pip install -q --disable-pip-version-check "${PIP[@]}"
 fi

@@ -61,13 +61,18 @@ volatile const __u64 cfg_sock_sets = 16384 / NS_SOCK_WAYS;
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16384 / NS_SOCK_WAYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ns_sock_tags);
 } sock_tags SEC(".maps");
 
+/* Memory-mapped by user space, which counts the established connections per peer here
+ * (nodescope_tcp_connections_active) instead of the kernel keeping a gauge per peer:
+ * accepting a connection then touches no per-peer state at all. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct ns_sock);
 } socks SEC(".maps");
@@ -104,12 +109,31 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Which drop reasons are counted (1) and which not (0: benign reasons, unless configured);
+ * filled by user space after load, before the program is attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NS_DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} drop_filter SEC(".maps");
+
+/* Drops per workload (the cgroup of the socket the skb belongs to or was received by;
+ * 0: no socket) and reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ns_drop_key);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Drops whose workload x reason did not fit in `drops`, per reason (workload "other"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NS_DROP_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
-} drops SEC(".maps");
+} drops_other SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -215,12 +239,26 @@ static __always_inline void local_addr(const struct sock_common *c, __u8 *dst)
 	}
 }
 
+/* The local port of a socket. A full socket whose port number was already released
+ * (tcp_set_state(TCP_CLOSE) -> inet_put_port zeroes skc_num, e.g. before the reset of
+ * an SO_LINGER 0 close) still has it in inet_sport, as the tcp_send_reset tracepoint's
+ * own format reads it. */
+static __always_inline __u16 sk_local_port(const struct sock *sk)
+{
+	__u16 p = sk->__sk_common.skc_num;
+	if (p || !sk_is_full(sk))
+		return p;
+	__be16 sp = 0;
+	bpf_core_read(&sp, sizeof(sp), &((const struct inet_sock *)sk)->inet_sport);
+	return bpf_ntohs(sp);
+}
+
 /* Builds the peer key of a socket. dir < 0: unknown (socket older than the probe):
  * inbound when the local port is below the remote one (we are the server). */
 static __always_inline void key_from_sk(const struct sock *sk, struct ns_peer_key *k, int dir)
 {
 	const struct sock_common *c = &sk->__sk_common;
-	__u16 lport = c->skc_num;
+	__u16 lport = dir < 0 ? sk_local_port(sk) : c->skc_num;
 	__u16 rport = bpf_ntohs(c->skc_dport);
 
 	remote_addr(c, k->addr, &k->family);
@@ -294,7 +332,7 @@ static __always_inline struct ns_sock *sock_get(const struct sock *sk, __u32 slo
 }
 
 /* Claims a slot for socket `id` (or reuses its own: a socket whose close we missed, at
- * the same address) and zeroes it; NULL (counted) when its set is full. */
+ * the same address); NULL (counted) when its set is full. The caller sets every field. */
 static __always_inline struct ns_sock *sock_track(__u64 id)
 {
 	__u32 set = sock_set(id);
@@ -318,11 +356,8 @@ static __always_inline struct ns_sock *sock_track(__u64 id)
 		}
 	}
 found:
-	if (!e) {
+	if (!e)
 		count(NS_CNT_SOCK_MAP_FULL);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	return e;
 }
 
@@ -418,7 +453,7 @@ static __always_inline void emit(const struct sock *sk, const struct ns_peer_key
 	e->latency_ns = latency;
 	local_addr(c, e->saddr);
 	remote_addr(c, e->daddr, &e->family);
-	e->sport = c->skc_num;
+	e->sport = sk_local_port(sk);
 	e->dport = bpf_ntohs(c->skc_dport);
 	e->kind = kind;
 	e->direction = k->direction;
@@ -486,6 +521,9 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 		if (!st)
 			return 0;
 		st->start_ns = bpf_ktime_get_ns();
+		st->established_ns = 0;
+		st->rtt_last_ns = 0;
+		st->flags = 0;
 		key_from_sk(sk, &st->key, NS_DIR_OUTBOUND);
 		st->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(st->comm, sizeof(st->comm));
@@ -497,17 +535,19 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 		struct ns_sock *st = sock_track(id);
 		if (!st)
 			return 0;
+		/* No per-peer state here: the peer's stats are created when the connection
+		 * closes; user space counts it as active from this slot meanwhile. */
 		__u64 now = bpf_ktime_get_ns();
 		st->start_ns = now;
 		st->established_ns = now;
 		st->rtt_last_ns = now;
-		st->flags |= NS_SOCK_ESTABLISHED;
 		key_from_sk(sk, &st->key, NS_DIR_INBOUND);
-		struct ns_peer_stats *s = peer_get(&st->key);
-		if (s) {
-			__sync_fetch_and_add(&s->active, 1);
-			s->last_seen_ns = now;
-		}
+		st->pid = 0;
+		__builtin_memset(st->comm, 0, sizeof(st->comm));
+		/* Last: user space counts ESTABLISHED slots, so the key must be there first
+		 * (stores are not reordered on x86; the barrier keeps the compiler in line). */
+		asm volatile("" ::: "memory");
+		st->flags = NS_SOCK_ESTABLISHED;
 		return 0;
 	}
 
@@ -527,7 +567,6 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 					i = NS_CONNECT_BOUNDS;
 				__sync_fetch_and_add(&s->connect_hist[i], 1);
 				__sync_fetch_and_add(&s->connect_sum_ns, lat);
-				__sync_fetch_and_add(&s->active, 1);
 				s->last_seen_ns = now;
 			}
 			st->established_ns = now;
@@ -549,6 +588,7 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 				s->last_seen_ns = now;
 			}
 			emit(sk, &st->key, st, NS_EV_CONNECT_FAILED, now, lat, cls, 0, (__u16)err);
+			st->flags = 0;
 			sock_untrack(id);
 		}
 		return 0;
@@ -565,7 +605,6 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 					i = NS_DURATION_BOUNDS;
 				__sync_fetch_and_add(&s->duration_hist[i], 1);
 				__sync_fetch_and_add(&s->duration_sum_ns, dur);
-				__sync_fetch_and_add(&s->active, -1);
 				if (tp) {
 					__sync_fetch_and_add(&s->bytes_sent, tp->bytes_acked);
 					__sync_fetch_and_add(&s->bytes_received, tp->bytes_received);
@@ -578,6 +617,9 @@ int BPF_PROG(ns_set_state, struct sock *sk, int oldstate, int newstate)
 				s->last_seen_ns = now;
 			}
 		}
+		/* Not active any more (user space counts ESTABLISHED slots), before the slot
+		 * is given back. */
+		st->flags = 0;
 		sock_untrack(id);
 		/* rtt_last (LRU) only holds sockets older than the probe; not deleting here
 		 * saves an LRU operation per connection. A stale entry can at most delay the
@@ -668,8 +710,10 @@ int BPF_PROG(ns_retransmit_synack, struct sock *listener, struct request_sock *r
 	return 0;
 }
 
-/* A reset sent with no socket: the peer is the packet's source, the port its destination. */
-static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_peer_key *k)
+/* A reset sent with no socket, from the packet that caused it: the peer is the packet's
+ * source (`k->addr`, `*rport`), the local end its destination (`laddr`, `k->port`). */
+static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_peer_key *k,
+					__u8 *laddr, __u16 *rport)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
@@ -684,12 +728,14 @@ static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_pee
 		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
 			return -1;
 		set_mapped_v4(k->addr, ip.saddr);
+		set_mapped_v4(laddr, ip.daddr);
 		k->family = AF_INET;
 	} else if ((vihl >> 4) == 6) {
 		struct ipv6hdr ip6;
 		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
 			return -1;
 		__builtin_memcpy(k->addr, &ip6.saddr, 16);
+		__builtin_memcpy(laddr, &ip6.daddr, 16);
 		k->family = AF_INET6;
 	} else {
 		return -1;
@@ -697,6 +743,7 @@ static __always_inline int key_from_skb(const struct sk_buff *skb, struct ns_pee
 	if (bpf_probe_read_kernel(&t, sizeof(t), head + th))
 		return -1;
 	k->port = bpf_ntohs(t.dest);
+	*rport = bpf_ntohs(t.source);
 	k->direction = NS_DIR_INBOUND;
 	k->cgroup_id = 0;
 	return 0;
@@ -709,6 +756,8 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 	struct ns_peer_key k = {};
 	struct ns_sock *st = 0;
 	__u64 now = bpf_ktime_get_ns();
+	__u8 laddr[16] = {};
+	__u16 rport = 0;
 
 	if (sk) {
 		st = sock_get(sk, NS_SCRATCH_SEND_RESET);
@@ -716,7 +765,7 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 			k = st->key;
 		else
 			key_from_sk(sk, &k, -1);
-	} else if (!skb || key_from_skb(skb, &k)) {
+	} else if (!skb || key_from_skb(skb, &k, laddr, &rport)) {
 		return 0;
 	}
 	__u32 slot = reason < NS_RST_REASON_SLOTS - 1 ? reason : NS_RST_REASON_SLOTS - 1;
@@ -738,9 +787,11 @@ int BPF_PROG(ns_send_reset, struct sock *sk, struct sk_buff *skb, int reason_arg
 		}
 		__builtin_memset(e, 0, sizeof(*e));
 		e->ts_ns = now;
+		__builtin_memcpy(e->saddr, laddr, 16);
 		__builtin_memcpy(e->daddr, k.addr, 16);
 		e->family = k.family;
 		e->sport = k.port;
+		e->dport = rport;
 		e->kind = NS_EV_RESET_SENT;
 		e->direction = NS_DIR_INBOUND;
 		e->reason = (__u16)reason;
@@ -772,13 +823,40 @@ int BPF_PROG(ns_receive_reset, struct sock *sk)
 	return 0;
 }
 
+/* Drops by workload and reason. The reason filter comes first (one inlined array load):
+ * benign reasons such as queue_purge, one per closed loopback connection, cost no more.
+ * The workload is the socket the skb belongs to (a sender's socket, e.g. an OUTPUT drop
+ * by netfilter) or, for drops at a receiving socket (its buffer full, a listener's
+ * queue), the receiving socket; a packet dropped with no socket (forwarded, or before
+ * the socket lookup) has none (0). */
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(ns_kfree_skb, struct sk_buff *skb, void *location, int reason_arg)
+int BPF_PROG(ns_kfree_skb, struct sk_buff *skb, void *location, int reason_arg,
+	     struct sock *rx_sk)
 {
 	__u32 reason = (__u32)reason_arg;
 	__u32 slot = reason < NS_DROP_SLOTS - 1 ? reason : NS_DROP_SLOTS - 1;
-	__u64 *v = bpf_map_lookup_elem(&drops, &slot);
-	if (v)
-		*v += 1;
+	__u32 *on = bpf_map_lookup_elem(&drop_filter, &slot);
+	if (!on || !*on)
+		return 0;
+	struct sock *sk = skb->sk;
+	if (!sk)
+		sk = rx_sk;
+	struct ns_drop_key k = {};
+	k.cgroup_id = sk && sk_is_full(sk) ? sk_cgroup_id(sk) : 0;
+	k.reason = slot;
+	__u64 *v = bpf_map_lookup_elem(&drops, &k);
+	if (!v) {
+		__u64 one = 1;
+		if (!bpf_map_update_elem(&drops, &k, &one, BPF_NOEXIST))
+			return 0;
+		v = bpf_map_lookup_elem(&drops, &k);
+		if (!v) {
+			__u64 *o = bpf_map_lookup_elem(&drops_other, &slot);
+			if (o)
+				*o += 1;
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(v, 1);
 	return 0;
 }

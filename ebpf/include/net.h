@@ -53,6 +53,13 @@
  * larger (subsystem) reasons. */
 #define NS_DROP_SLOTS 1024
 
+/* Key of the `drops` map: workload (cgroup v2 id; 0 = no socket) x drop reason slot. */
+struct ns_drop_key {
+	__u64 cgroup_id;
+	__u32 reason;
+	__u32 _pad;
+};
+
 /* Indices of the `counters` per-CPU array: what the kernel side dropped or overflowed. */
 #define NS_CNT_SOCK_MAP_FULL 0       /* socket not tracked: socks map full */
 #define NS_CNT_PEER_OVERFLOW 1       /* peer cap reached: counted under peer "other" */
@@ -85,7 +92,8 @@ struct ns_peer_key {
 	__u32 _pad;
 };
 
-/* Aggregates per peer key. Updated with atomic adds; `active` is signed. */
+/* Aggregates per peer key. Updated with atomic adds. `active` is not written by the
+ * kernel: user space fills it from the established slots of the `socks` table. */
 struct ns_peer_stats {
 	__u64 connect_hist[NS_CONNECT_BOUNDS + 1];
 	__u64 connect_sum_ns;

@@ -3,6 +3,7 @@
 //! the structs they share with user space, and the helpers that prepare the kernel
 //! filesystems and load objects with aya.
 
+pub mod dns;
 pub mod loader;
 pub mod net;
 pub mod profile;

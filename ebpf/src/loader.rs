@@ -503,6 +503,60 @@ pub fn load_btf_tracepoint(
     Ok(())
 }
 
+/// The direction a `cgroup_skb` program filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupSkbDirection {
+    Ingress,
+    Egress,
+}
+
+/// Loads (verifies) the `cgroup_skb` program `program` and attaches it to the cgroup v2
+/// directory `cgroup` (normally the root: every socket of every workload), through a BPF
+/// link (multi-attach semantics), so programs others attached to the same cgroup or below
+/// keep running. A missing or unopenable directory is an [`LoadError::Attach`] naming it.
+pub fn load_cgroup_skb(
+    ebpf: &mut Ebpf,
+    object: &str,
+    program: &str,
+    cgroup: &Path,
+    direction: CgroupSkbDirection,
+) -> Result<(), LoadError> {
+    use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+    let hook = format!(
+        "cgroup_skb/{} on {}",
+        match direction {
+            CgroupSkbDirection::Ingress => "ingress",
+            CgroupSkbDirection::Egress => "egress",
+        },
+        cgroup.display()
+    );
+    let dir = std::fs::File::open(cgroup).map_err(|e| {
+        if is_perm(&e) {
+            LoadError::NotPermitted {
+                what: format!("opening cgroup {}", cgroup.display()),
+                reason: e.to_string(),
+            }
+        } else {
+            LoadError::Attach {
+                program: program.into(),
+                hook: hook.clone(),
+                reason: format!("opening the cgroup directory: {e}"),
+            }
+        }
+    })?;
+    let prog: &mut CgroupSkb = program_as(ebpf, object, program)?;
+    prog.load().map_err(|e| program_error(program, e))?;
+    let ty = match direction {
+        CgroupSkbDirection::Ingress => CgroupSkbAttachType::Ingress,
+        CgroupSkbDirection::Egress => CgroupSkbAttachType::Egress,
+    };
+    // A BPF link (kernel >= 5.7, which aya uses then) is always attached as with
+    // BPF_F_ALLOW_MULTI; the kernel refuses explicit flags on link creation, so Single (0).
+    prog.attach(dir, ty, CgroupAttachMode::Single)
+        .map_err(|e| attach_error(program, &hook, e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,8 @@ pub const MAP_PEERS_OTHER: &str = "peers_other";
 pub const MAP_RTT_LAST: &str = "rtt_last";
 pub const MAP_COUNTERS: &str = "counters";
 pub const MAP_DROPS: &str = "drops";
+pub const MAP_DROPS_OTHER: &str = "drops_other";
+pub const MAP_DROP_FILTER: &str = "drop_filter";
 pub const MAP_EVENTS: &str = "events";
 
 /// Tunables (`volatile const __u64` globals).
@@ -99,6 +101,15 @@ pub struct PeerKey {
     pub port: u16,
     pub direction: u8,
     pub family: u8,
+    pub _pad: u32,
+}
+
+/// `struct ns_drop_key`: workload (cgroup v2 id; 0 = no socket) x drop reason slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    pub cgroup_id: u64,
+    pub reason: u32,
     pub _pad: u32,
 }
 
@@ -212,6 +223,7 @@ pub struct Event {
 }
 
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
+const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PeerStats>() == 104 * 8);
 const _: () = assert!(core::mem::size_of::<SockState>() == 80);
 const _: () = assert!(core::mem::size_of::<SockTags>() == 64);
@@ -222,6 +234,8 @@ const _: () = assert!(core::mem::size_of::<Event>() == 88);
 unsafe impl aya::Pod for PeerKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PeerStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DropKey {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -354,6 +368,7 @@ mod tests {
         };
         let (structs_c, structs_rust) = layout! {
             "ns_peer_key" => PeerKey { cgroup_id, addr, port, direction, family, _pad }
+            "ns_drop_key" => DropKey { cgroup_id, reason, _pad }
             "ns_peer_stats" => PeerStats {
                 connect_hist, connect_sum_ns, rtt_hist, rtt_sum_us, duration_hist,
                 duration_sum_ns, connect_errors, resets_sent, resets_received, retransmits,

@@ -1,14 +1,17 @@
-//! The bounded pod cache: pods by uid, plus an index container id → (pod uid, container
-//! name). Readers (probes, profiler) take a read lock for one hash lookup.
+//! The bounded pod cache of this node's pods: pods by uid, plus indexes container id →
+//! (pod, container name) and pod address → workload. Readers (probes, profiler) take a
+//! read lock for one hash lookup.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
-use nodescope_model::workload::{PodLookup, PodRef};
+use nodescope_model::workload::{PeerRef, PodLookup, PodRef};
 use parking_lot::RwLock;
 
-use crate::client::Pod;
+use crate::client::Store;
+use crate::objects::Pod;
 
 /// Containers indexed per pod at most (regular + init + ephemeral); the rest is counted
 /// as an eviction with reason `containers_per_pod`.
@@ -79,6 +82,7 @@ impl CacheMetrics {
 struct CachedPod {
     pod_ref: Arc<PodShared>,
     containers: Vec<String>,
+    ips: Vec<IpAddr>,
     /// Update sequence number: the smallest is evicted first when full.
     seq: u64,
 }
@@ -94,6 +98,8 @@ struct PodShared {
 struct Inner {
     pods: HashMap<String, CachedPod>,
     by_container: HashMap<String, (Arc<PodShared>, String)>,
+    /// Pod address → (pod uid, its workload).
+    by_ip: HashMap<IpAddr, (String, Arc<PeerRef>)>,
     seq: u64,
 }
 
@@ -195,6 +201,13 @@ impl PodCache {
             pod: pod.metadata.name.clone().unwrap_or_default(),
             labels,
         });
+        let ips = pod.ips();
+        if let Some(w) = pod.workload() {
+            let w = Arc::new(w);
+            for ip in &ips {
+                inner.by_ip.insert(*ip, (uid.clone(), w.clone()));
+            }
+        }
         let mut containers = Vec::new();
         for (id, name) in pod.container_ids() {
             if containers.len() >= MAX_CONTAINERS_PER_POD {
@@ -213,6 +226,7 @@ impl PodCache {
             CachedPod {
                 pod_ref: shared,
                 containers,
+                ips,
                 seq,
             },
         );
@@ -221,6 +235,12 @@ impl PodCache {
 
 fn remove_from(inner: &mut Inner, uid: &str) {
     if let Some(old) = inner.pods.remove(uid) {
+        for ip in &old.ips {
+            // Only if the address still belongs to this pod (a new pod may have it now).
+            if inner.by_ip.get(ip).is_some_and(|(u, _)| u == uid) {
+                inner.by_ip.remove(ip);
+            }
+        }
         for c in old.containers {
             // Only drop the index entry if it still points at this pod.
             if inner
@@ -230,6 +250,44 @@ fn remove_from(inner: &mut Inner, uid: &str) {
             {
                 inner.by_container.remove(&c);
             }
+        }
+    }
+}
+
+impl PodCache {
+    /// The workload of the node's pod with address `ip`.
+    pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PeerRef> {
+        self.inner.read().by_ip.get(&ip).map(|(_, w)| (**w).clone())
+    }
+}
+
+/// The node's pods as a [`Store`] for the generic watcher.
+pub(crate) struct PodStore {
+    pub cache: Arc<PodCache>,
+    pub node_name: String,
+}
+
+impl Store for PodStore {
+    type Item = Pod;
+    fn resource(&self) -> &'static str {
+        "pods"
+    }
+    fn path(&self) -> &'static str {
+        "/api/v1/pods"
+    }
+    fn field_selector(&self) -> Option<String> {
+        Some(format!("spec.nodeName={}", self.node_name))
+    }
+    fn replace(&self, items: Vec<Pod>) -> usize {
+        self.cache.replace(items);
+        self.cache.len()
+    }
+    fn upsert(&self, item: Pod) {
+        self.cache.upsert(item);
+    }
+    fn remove(&self, item: &Pod) {
+        if let Some(k) = item.key() {
+            self.cache.remove(&k);
         }
     }
 }
@@ -335,6 +393,24 @@ mod tests {
         c.upsert(pod("u1", "big", &refs));
         assert_eq!(c.metrics().evicted_containers.get(), 3);
         assert_eq!(c.metrics().containers.get(), MAX_CONTAINERS_PER_POD as f64);
+    }
+
+    #[test]
+    fn pod_addresses_name_their_workload_until_removed() {
+        let c = cache(10);
+        let mut p = pod("u1", "web-abc12-x", &[("c", &format!("containerd://{A}"))]);
+        p.status.as_mut().unwrap().pod_ip = Some("10.244.0.9".into());
+        c.upsert(p);
+        let ip: IpAddr = "10.244.0.9".parse().unwrap();
+        assert_eq!(c.peer_for_ip(ip).unwrap().workload, "web-abc12-x");
+        // The address moves to a new pod before the old one's deletion arrives.
+        let mut q = pod("u2", "api-1", &[]);
+        q.status.as_mut().unwrap().pod_ip = Some("10.244.0.9".into());
+        c.upsert(q);
+        c.remove("u1");
+        assert_eq!(c.peer_for_ip(ip).unwrap().workload, "api-1");
+        c.remove("u2");
+        assert!(c.peer_for_ip(ip).is_none());
     }
 
     #[test]

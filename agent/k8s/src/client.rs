@@ -1,91 +1,26 @@
-//! List + watch of this node's pods against the Kubernetes API server.
+//! List + watch against the Kubernetes API server: one generic loop ([`Watcher`]) over
+//! a [`Store`] per resource (this node's pods; with peer naming, every Service and
+//! EndpointSlice), and the API client they share.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nodescope_model::backoff::{jittered, Backoff, BackoffPolicy};
 use nodescope_model::selfmetrics::{Counter, SelfMetrics};
 use nodescope_model::status::{ComponentState, StatusHandle};
 use serde::Deserialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::cache::{normalize_container_id, PodCache};
-use crate::K8sError;
+use crate::objects::Object;
+use crate::{K8sError, RESYNC_JITTER};
 
 /// Longest single watch event line accepted (a pod object is a few KiB; 8 MiB leaves
 /// room for pods with huge annotations while keeping memory bounded).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 /// Page size of list requests.
 pub const LIST_PAGE: u32 = 500;
-
-// ---- The parts of the API's JSON we read (unknown fields are ignored: this is external
-// input and the API adds fields over time). ----
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ObjectMeta {
-    pub name: Option<String>,
-    pub namespace: Option<String>,
-    pub uid: Option<String>,
-    #[serde(rename = "resourceVersion")]
-    pub resource_version: Option<String>,
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ContainerStatus {
-    pub name: Option<String>,
-    #[serde(rename = "containerID")]
-    pub container_id: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct PodStatus {
-    #[serde(rename = "containerStatuses", default)]
-    pub container_statuses: Vec<ContainerStatus>,
-    #[serde(rename = "initContainerStatuses", default)]
-    pub init_container_statuses: Vec<ContainerStatus>,
-    #[serde(rename = "ephemeralContainerStatuses", default)]
-    pub ephemeral_container_statuses: Vec<ContainerStatus>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct Pod {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub status: Option<PodStatus>,
-}
-
-impl Pod {
-    /// Cache key: the uid, else namespace/name.
-    pub fn key(&self) -> Option<String> {
-        if let Some(uid) = self.metadata.uid.as_ref().filter(|u| !u.is_empty()) {
-            return Some(uid.clone());
-        }
-        match (&self.metadata.namespace, &self.metadata.name) {
-            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
-            _ => None,
-        }
-    }
-
-    /// (normalized container id, container name) of every started container.
-    pub fn container_ids(&self) -> Vec<(String, &str)> {
-        let Some(st) = &self.status else {
-            return Vec::new();
-        };
-        st.container_statuses
-            .iter()
-            .chain(&st.init_container_statuses)
-            .chain(&st.ephemeral_container_statuses)
-            .filter_map(|c| {
-                let id = normalize_container_id(c.container_id.as_deref()?)?;
-                Some((id, c.name.as_deref().unwrap_or("")))
-            })
-            .collect()
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct ListMeta {
@@ -96,11 +31,12 @@ struct ListMeta {
 }
 
 #[derive(Debug, Deserialize)]
-struct PodList {
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct List<T> {
     #[serde(default)]
     metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<Pod>,
+    #[serde(default = "Vec::new")]
+    items: Vec<T>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,93 +79,28 @@ pub enum ApiError {
     WatchError(String),
 }
 
+#[derive(Clone)]
 pub(crate) struct WatcherSettings {
     pub api_server: String,
-    pub node_name: String,
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
     pub resync_interval: Duration,
     pub watch_timeout: Duration,
     pub request_timeout: Duration,
+    pub backoff: BackoffPolicy,
 }
 
-#[derive(Clone)]
-struct WatcherMetrics {
-    relist: [Counter; 4],
-    events: [Counter; 6],
-    api_errors: Counter,
-}
-
-const RELIST_REASONS: [&str; 4] = ["initial", "resync", "gone", "error"];
-const EVENT_TYPES: [&str; 6] = ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "other"];
-
-impl WatcherMetrics {
-    fn register(m: &SelfMetrics) -> Self {
-        Self {
-            relist: RELIST_REASONS.map(|r| {
-                m.counter(
-                    "nodescope_k8s_relists_total",
-                    "Full pod lists fetched from the API server, by reason.",
-                    &[("reason", r)],
-                )
-            }),
-            events: EVENT_TYPES.map(|t| {
-                m.counter(
-                    "nodescope_k8s_watch_events_total",
-                    "Pod watch events received, by type.",
-                    &[("type", t)],
-                )
-            }),
-            api_errors: m.counter(
-                "nodescope_k8s_api_errors_total",
-                "Failed API server requests (list or watch).",
-                &[],
-            ),
-        }
-    }
-    fn event(&self, kind: &str) {
-        let i = EVENT_TYPES
-            .iter()
-            .position(|t| *t == kind)
-            .unwrap_or(EVENT_TYPES.len() - 1);
-        self.events[i].inc();
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Relist {
-    Initial = 0,
-    Resync = 1,
-    Gone = 2,
-    Error = 3,
-}
-
-/// Keeps a [`PodCache`] in sync with the API server.
-pub struct PodWatcher {
-    s: WatcherSettings,
+/// The HTTP client, base URL and credentials every request uses.
+pub(crate) struct ApiClient {
+    pub s: WatcherSettings,
     http: reqwest::Client,
-    cache: Arc<PodCache>,
-    metrics: WatcherMetrics,
-    status: StatusHandle,
 }
 
-enum WatchEnd {
-    /// Server closed the stream normally (timeoutSeconds): resume from the last version.
-    Resume,
-    /// Time for the periodic full re-list.
-    Resync,
-}
-
-impl PodWatcher {
-    pub(crate) fn new(
-        s: WatcherSettings,
-        cache: Arc<PodCache>,
-        metrics: &SelfMetrics,
-        status: StatusHandle,
-    ) -> Result<Self, K8sError> {
+impl ApiClient {
+    pub(crate) fn new(s: WatcherSettings) -> Result<Self, K8sError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(2)
+            .pool_max_idle_per_host(4)
             .user_agent(concat!("nodescope/", env!("CARGO_PKG_VERSION")));
         if s.api_server.starts_with("https://") && s.ca_file.exists() {
             let pem = std::fs::read(&s.ca_file).map_err(|e| K8sError::Ca {
@@ -255,70 +126,214 @@ impl PodWatcher {
             url: s.api_server.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Self {
-            s,
-            http,
-            cache,
-            metrics: WatcherMetrics::register(metrics),
-            status,
-        })
+        Ok(ApiClient { s, http })
     }
 
-    /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let span = info_span!("k8s_pods", node = %self.s.node_name);
-        tokio::select! {
-            _ = shutdown => {
-                self.status.set_state(ComponentState::Stopped, None);
-            }
-            _ = self.run_forever().instrument(span) => {}
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.s.api_server)
+    }
+
+    /// A GET of `url` with the bearer token (re-read per request: projected tokens
+    /// rotate; a missing file sends none).
+    pub(crate) async fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(url);
+        match tokio::fs::read_to_string(&self.s.token_file).await {
+            Ok(t) if !t.trim().is_empty() => req.bearer_auth(t.trim()),
+            _ => req,
         }
     }
 
-    async fn run_forever(&self) {
+    /// GETs one object (`resourceVersion=0`: from the watch cache). Ok(None): 404.
+    pub(crate) async fn get_object<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, ApiError> {
+        let url = self.url(path);
+        let resp = self
+            .get(&url)
+            .await
+            .query(&[("resourceVersion", "0")])
+            .timeout(self.s.request_timeout)
+            .send()
+            .await
+            .map_err(|source| ApiError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check_status(&url, resp).await?;
+        let body = resp.bytes().await.map_err(|source| ApiError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| ApiError::Decode {
+                what: "object",
+                url,
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Where one resource's objects go: replaced by a list, updated by watch events.
+pub(crate) trait Store: Send + Sync + 'static {
+    type Item: Object;
+    /// `pods`, `services`, `endpointslices`: the `resource` label of the watcher's self
+    /// metrics and its status detail.
+    fn resource(&self) -> &'static str;
+    /// The collection's API path, e.g. `/api/v1/pods`.
+    fn path(&self) -> &'static str;
+    fn field_selector(&self) -> Option<String>;
+    /// Replaces everything with a fresh list; returns how many objects were kept.
+    fn replace(&self, items: Vec<Self::Item>) -> usize;
+    fn upsert(&self, item: Self::Item);
+    fn remove(&self, item: &Self::Item);
+}
+
+#[derive(Clone)]
+struct WatcherMetrics {
+    relist: [Counter; 4],
+    events: [Counter; 6],
+    api_errors: Counter,
+}
+
+const RELIST_REASONS: [&str; 4] = ["initial", "resync", "gone", "error"];
+const EVENT_TYPES: [&str; 6] = ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "other"];
+
+impl WatcherMetrics {
+    fn register(m: &SelfMetrics, resource: &'static str) -> Self {
+        Self {
+            relist: RELIST_REASONS.map(|r| {
+                m.counter(
+                    "nodescope_k8s_relists_total",
+                    "Full lists fetched from the API server, by resource and reason.",
+                    &[("resource", resource), ("reason", r)],
+                )
+            }),
+            events: EVENT_TYPES.map(|t| {
+                m.counter(
+                    "nodescope_k8s_watch_events_total",
+                    "Watch events received, by resource and type.",
+                    &[("resource", resource), ("type", t)],
+                )
+            }),
+            api_errors: m.counter(
+                "nodescope_k8s_api_errors_total",
+                "Failed API server requests (list or watch), by resource.",
+                &[("resource", resource)],
+            ),
+        }
+    }
+    fn event(&self, kind: &str) {
+        let i = EVENT_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(EVENT_TYPES.len() - 1);
+        self.events[i].inc();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relist {
+    Initial = 0,
+    Resync = 1,
+    Gone = 2,
+    Error = 3,
+}
+
+enum WatchEnd {
+    /// Server closed the stream normally (timeoutSeconds): resume from the last version.
+    Resume,
+    /// Time for the periodic full re-list.
+    Resync,
+}
+
+/// Keeps one [`Store`] in sync with the API server.
+pub(crate) struct Watcher<S: Store> {
+    api: Arc<ApiClient>,
+    store: Arc<S>,
+    metrics: WatcherMetrics,
+    status: StatusHandle,
+}
+
+impl<S: Store> Watcher<S> {
+    pub(crate) fn new(
+        api: Arc<ApiClient>,
+        store: Arc<S>,
+        metrics: &SelfMetrics,
+        status: StatusHandle,
+    ) -> Self {
+        let metrics = WatcherMetrics::register(metrics, store.resource());
+        Watcher {
+            api,
+            store,
+            metrics,
+            status,
+        }
+    }
+
+    /// Lists, then watches, forever (until the future is dropped).
+    pub(crate) async fn run_forever(&self) {
+        let span = info_span!("k8s_watch", resource = self.store.resource());
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(&self) {
         let mut reason = Relist::Initial;
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(self.api.s.backoff);
+        // The newest resourceVersion seen (list or watch): a re-list asks the API
+        // server's watch cache for a state not older than it. None: "0", any cached state.
+        let mut last_rv: Option<String> = None;
+        let what = self.store.resource();
         loop {
             self.metrics.relist[reason as usize].inc();
             let t0 = Instant::now();
-            let rv = match self.list().await {
-                Ok((pods, rv)) => {
-                    let n = pods.len();
-                    self.cache.replace(pods);
+            let rv = match self.list(last_rv.as_deref()).await {
+                Ok((items, rv)) => {
+                    let n = self.store.replace(items);
                     self.status.success(t0.elapsed());
-                    self.status.set_detail("pods", n.to_string());
-                    info!(pods = n, resource_version = %rv, reason = ?reason, "listed pods");
-                    backoff = Duration::from_secs(1);
+                    self.status.set_detail(what, n.to_string());
+                    info!(resource = what, objects = n, resource_version = %rv, reason = ?reason, "listed");
+                    backoff.reset();
                     rv
                 }
                 Err(e) => {
                     self.metrics.api_errors.inc();
-                    warn!(error = %e, retry_in = ?backoff, "listing pods failed");
+                    let delay = backoff.next_delay(None);
+                    warn!(resource = what, error = %e, retry_in = ?delay, "list failed");
                     self.status.failure(
                         ComponentState::Degraded,
                         e.to_string(),
                         Some(t0.elapsed()),
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    // The cache may lag behind the version we asked for: take any state.
+                    last_rv = None;
+                    tokio::time::sleep(delay).await;
                     reason = Relist::Error;
                     continue;
                 }
             };
-            reason = self.watch_until_relist(rv).await;
+            let mut rv = rv;
+            reason = self.watch_until_relist(&mut rv).await;
+            last_rv = Some(rv).filter(|v| !v.is_empty());
             if reason == Relist::Error {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_delay(None)).await;
             }
         }
     }
 
     /// Watches from `rv`, resuming after normal stream ends, until a re-list is needed.
-    async fn watch_until_relist(&self, mut rv: String) -> Relist {
-        let resync_at = tokio::time::Instant::now() + self.s.resync_interval;
+    /// `rv` is left at the newest resourceVersion seen.
+    async fn watch_until_relist(&self, rv: &mut String) -> Relist {
+        // Jittered, so the agents of a cluster started together do not re-list together.
+        let resync_at =
+            tokio::time::Instant::now() + jittered(self.api.s.resync_interval, RESYNC_JITTER);
         loop {
             let res = tokio::select! {
-                r = self.watch_once(&mut rv) => r,
+                r = self.watch_once(rv) => r,
                 _ = tokio::time::sleep_until(resync_at) => Ok(WatchEnd::Resync),
             };
             match res {
@@ -332,7 +347,7 @@ impl PodWatcher {
                 }
                 Err(e) => {
                     self.metrics.api_errors.inc();
-                    warn!(error = %e, "pod watch failed; re-listing");
+                    warn!(error = %e, "watch failed; re-listing");
                     self.status
                         .failure(ComponentState::Degraded, e.to_string(), None);
                     return Relist::Error;
@@ -341,41 +356,42 @@ impl PodWatcher {
         }
     }
 
-    fn pods_url(&self) -> String {
-        format!("{}/api/v1/pods", self.s.api_server)
+    fn base_query(&self) -> Vec<(&'static str, String)> {
+        self.store
+            .field_selector()
+            .map(|f| vec![("fieldSelector", f)])
+            .unwrap_or_default()
     }
 
-    fn field_selector(&self) -> String {
-        format!("spec.nodeName={}", self.s.node_name)
-    }
-
-    async fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match tokio::fs::read_to_string(&self.s.token_file).await {
-            Ok(t) if !t.trim().is_empty() => req.bearer_auth(t.trim()),
-            _ => req,
-        }
-    }
-
-    async fn list(&self) -> Result<(Vec<Pod>, String), ApiError> {
-        let url = self.pods_url();
+    /// Lists from the API server's watch cache, not from etcd: with
+    /// `resourceVersion=0` (any cached state; the initial list and after errors) or
+    /// `resourceVersion=<min_rv>` (a state not older than what we already saw; re-lists
+    /// after a resync or `410 Gone`), as client-go's reflector does. The cache ignores
+    /// `limit` for `0`; for a version, paging is left off so the cache can answer.
+    /// Pages after the first carry only `continue` (the API refuses a version with it).
+    async fn list(&self, min_rv: Option<&str>) -> Result<(Vec<S::Item>, String), ApiError> {
+        let url = self.api.url(self.store.path());
         let mut all = Vec::new();
         let mut cont: Option<String> = None;
         loop {
-            let mut q: Vec<(&str, String)> = vec![
-                ("fieldSelector", self.field_selector()),
-                ("limit", LIST_PAGE.to_string()),
-            ];
-            if let Some(c) = &cont {
-                q.push(("continue", c.clone()));
+            let mut q = self.base_query();
+            match (&cont, min_rv) {
+                (Some(c), _) => {
+                    q.push(("limit", LIST_PAGE.to_string()));
+                    q.push(("continue", c.clone()));
+                }
+                (None, None) => {
+                    q.push(("resourceVersion", "0".into()));
+                    q.push(("limit", LIST_PAGE.to_string()));
+                }
+                (None, Some(rv)) => q.push(("resourceVersion", rv.to_string())),
             }
             let req = self
-                .authorized(
-                    self.http
-                        .get(&url)
-                        .query(&q)
-                        .timeout(self.s.request_timeout),
-                )
-                .await;
+                .api
+                .get(&url)
+                .await
+                .query(&q)
+                .timeout(self.api.s.request_timeout);
             let resp = req.send().await.map_err(|source| ApiError::Http {
                 url: url.clone(),
                 source,
@@ -385,11 +401,12 @@ impl PodWatcher {
                 url: url.clone(),
                 source,
             })?;
-            let page: PodList = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
-                what: "pod list",
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            let page: List<S::Item> =
+                serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+                    what: "list",
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
             all.extend(page.items);
             match page.metadata.continue_token.filter(|c| !c.is_empty()) {
                 Some(c) => cont = Some(c),
@@ -402,22 +419,23 @@ impl PodWatcher {
     }
 
     async fn watch_once(&self, rv: &mut String) -> Result<WatchEnd, ApiError> {
-        let url = self.pods_url();
-        let q: Vec<(&str, String)> = vec![
-            ("fieldSelector", self.field_selector()),
+        let url = self.api.url(self.store.path());
+        let mut q = self.base_query();
+        q.extend([
             ("watch", "true".into()),
             ("resourceVersion", rv.clone()),
             ("allowWatchBookmarks", "true".into()),
-            ("timeoutSeconds", self.s.watch_timeout.as_secs().to_string()),
-        ];
+            (
+                "timeoutSeconds",
+                self.api.s.watch_timeout.as_secs().to_string(),
+            ),
+        ]);
         let req = self
-            .authorized(
-                self.http
-                    .get(&url)
-                    .query(&q)
-                    .timeout(self.s.watch_timeout + Duration::from_secs(30)),
-            )
-            .await;
+            .api
+            .get(&url)
+            .await
+            .query(&q)
+            .timeout(self.api.s.watch_timeout + Duration::from_secs(30));
         let resp = req.send().await.map_err(|source| ApiError::Http {
             url: url.clone(),
             source,
@@ -448,7 +466,7 @@ impl PodWatcher {
         }
     }
 
-    /// Applies one watch event line to the cache and advances `rv`.
+    /// Applies one watch event line to the store and advances `rv`.
     fn apply_line(&self, url: &str, line: &[u8], rv: &mut String) -> Result<(), ApiError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
@@ -473,19 +491,15 @@ impl PodWatcher {
                 ApiError::WatchError(msg)
             });
         }
-        let pod: Pod = serde_json::from_value(ev.object).map_err(|e| ApiError::Decode {
-            what: "pod in watch event",
+        let obj: S::Item = serde_json::from_value(ev.object).map_err(|e| ApiError::Decode {
+            what: "object in watch event",
             url: url.to_string(),
             reason: e.to_string(),
         })?;
-        let new_rv = pod.metadata.resource_version.clone();
+        let new_rv = obj.meta().resource_version.clone();
         match ev.kind.as_str() {
-            "ADDED" | "MODIFIED" => self.cache.upsert(pod),
-            "DELETED" => {
-                if let Some(k) = pod.key() {
-                    self.cache.remove(&k);
-                }
-            }
+            "ADDED" | "MODIFIED" => self.store.upsert(obj),
+            "DELETED" => self.store.remove(&obj),
             "BOOKMARK" => {}
             other => debug!(kind = other, "ignoring unknown watch event type"),
         }
@@ -494,6 +508,38 @@ impl PodWatcher {
         }
         Ok(())
     }
+}
+
+/// Every watcher of the `[kubernetes]` component; run them with [`Watchers::run`].
+pub struct Watchers {
+    pub(crate) tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pub(crate) status: StatusHandle,
+}
+
+impl Watchers {
+    /// Runs every watcher (and the peer owner resolver) until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let all = futures_join_all(self.tasks);
+        tokio::select! {
+            _ = shutdown => {
+                self.status.set_state(ComponentState::Stopped, None);
+            }
+            _ = all => {}
+        }
+    }
+}
+
+/// Polls every future to completion (they run forever here).
+async fn futures_join_all(mut v: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>) {
+    std::future::poll_fn(move |cx| {
+        v.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if v.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn check_status(url: &str, resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
@@ -521,6 +567,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    use crate::objects::Pod;
+
     #[test]
     fn pod_without_status_or_ids_has_no_containers() {
         let p: Pod = serde_json::from_str(
@@ -538,7 +586,7 @@ mod tests {
         fn decoding_arbitrary_json_never_panics(s in ".{0,400}") {
             let _ = serde_json::from_str::<Pod>(&s).map(|p| p.container_ids().len());
             let _ = serde_json::from_str::<WatchEvent>(&s);
-            let _ = serde_json::from_str::<PodList>(&s);
+            let _ = serde_json::from_str::<List<Pod>>(&s);
         }
     }
 }

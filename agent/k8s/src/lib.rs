@@ -15,6 +15,8 @@
 mod cache;
 mod client;
 mod component;
+mod objects;
+mod peers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +27,8 @@ use nodescope_model::status::{ComponentKind, StatusRegistry};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{normalize_container_id, CacheMetrics, PodCache};
-pub use client::{ApiError, PodWatcher};
+pub use client::{ApiError, Watchers};
+pub use peers::PeerIndex;
 
 /// Default location of the in-cluster service-account credentials.
 pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -60,6 +63,24 @@ pub struct KubernetesConfig {
     /// Timeout of one list request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// First retry delay after a failed list or watch; doubles up to `max_backoff`, each
+    /// delay jittered by ±20 % so the agents of a cluster do not retry in lockstep.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Name network peers by workload: watch every Service and EndpointSlice (what
+    /// kube-proxy watches on every node) and look up the owner of pods seen in traffic.
+    /// Off: only this node's pods name peers. See docs/kubernetes.md, "Peer naming".
+    pub peers: bool,
+    /// Most Services indexed (by ClusterIP).
+    pub max_services: usize,
+    /// Most pod addresses from EndpointSlices indexed.
+    pub max_endpoints: usize,
+    /// Most pods behind Services whose owner is cached.
+    pub max_peer_pods: usize,
+    /// Owner lookups (one GET of a pod from the API server's cache) per second at most.
+    pub peer_lookups_per_second: u32,
 }
 
 impl Default for KubernetesConfig {
@@ -79,9 +100,20 @@ impl Default for KubernetesConfig {
             resync_interval: Duration::from_secs(600),
             watch_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            peers: true,
+            max_services: 20_000,
+            max_endpoints: 200_000,
+            max_peer_pods: 20_000,
+            peer_lookups_per_second: 20,
         }
     }
 }
+
+/// Jitter of retry delays and of the re-list period (±20 % / ±10 %).
+pub const RETRY_JITTER: f64 = 0.2;
+pub const RESYNC_JITTER: f64 = 0.1;
 
 /// Upper bound on `pod_labels` entries.
 pub const MAX_POD_LABELS: usize = 32;
@@ -151,6 +183,45 @@ impl KubernetesConfig {
             format!("{prefix}.request_timeout"),
             "must be between 1s and 10m",
         );
+        issues.check(
+            (Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.initial_backoff),
+            format!("{prefix}.initial_backoff"),
+            "must be between 10ms and 10m",
+        );
+        issues.check(
+            self.max_backoff >= self.initial_backoff
+                && self.max_backoff <= Duration::from_secs(3600),
+            format!("{prefix}.max_backoff"),
+            "must be at least initial_backoff and at most 1h",
+        );
+        for (v, key, max) in [
+            (self.max_services, "max_services", 1_000_000),
+            (self.max_endpoints, "max_endpoints", 10_000_000),
+            (self.max_peer_pods, "max_peer_pods", 1_000_000),
+        ] {
+            issues.check(
+                (1..=max).contains(&v),
+                format!("{prefix}.{key}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+        issues.check(
+            (1..=1000).contains(&self.peer_lookups_per_second),
+            format!("{prefix}.peer_lookups_per_second"),
+            "must be between 1 and 1000",
+        );
+    }
+
+    /// The retry backoff of the watchers: `initial_backoff` doubling to `max_backoff`,
+    /// ±20 % jitter.
+    pub fn backoff_policy(&self) -> nodescope_model::backoff::BackoffPolicy {
+        nodescope_model::backoff::BackoffPolicy {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+            multiplier: 2.0,
+            jitter: RETRY_JITTER,
+            ..Default::default()
+        }
     }
 
     /// `node_name`, else `$NODE_NAME`.
@@ -176,9 +247,9 @@ impl KubernetesConfig {
         Ok(format!("https://{host}:{port}"))
     }
 
-    /// Builds the cache (hand it to probes and the profiler as `Arc<dyn PodLookup>`) and
-    /// the watcher (spawn `watcher.run(shutdown)`), registering self metrics and a
-    /// `kubernetes` status component.
+    /// Builds the caches (hand them to probes and the profiler through
+    /// [`PodMetadata::lookup`]) and the watchers (spawn `watcher.run(shutdown)`),
+    /// registering self metrics and a `kubernetes` status component.
     pub fn build(
         &self,
         metrics: &SelfMetrics,
@@ -200,21 +271,70 @@ impl KubernetesConfig {
         let handle = status.register("kubernetes", ComponentKind::Collector);
         handle.set_detail("node", node.clone());
         handle.set_detail("api_server", api.clone());
-        let watcher = PodWatcher::new(
-            client::WatcherSettings {
-                api_server: api,
-                node_name: node,
-                token_file: self.token_file.clone(),
-                ca_file: self.ca_file.clone(),
-                resync_interval: self.resync_interval,
-                watch_timeout: self.watch_timeout,
-                request_timeout: self.request_timeout,
+        handle.set_detail(
+            "peers",
+            if self.peers {
+                "services + endpointslices (cluster-wide), node pods"
+            } else {
+                "node pods only"
             },
-            cache.clone(),
+        );
+        let client = std::sync::Arc::new(client::ApiClient::new(client::WatcherSettings {
+            api_server: api,
+            token_file: self.token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            resync_interval: self.resync_interval,
+            watch_timeout: self.watch_timeout,
+            request_timeout: self.request_timeout,
+            backoff: self.backoff_policy(),
+        })?);
+        let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+            Vec::new();
+        let pods = client::Watcher::new(
+            client.clone(),
+            std::sync::Arc::new(cache::PodStore {
+                cache: cache.clone(),
+                node_name: node,
+            }),
             metrics,
-            handle,
-        )?;
-        Ok(PodMetadata { cache, watcher })
+            handle.clone(),
+        );
+        tasks.push(Box::pin(async move { pods.run_forever().await }));
+        let peers = self.peers.then(|| {
+            let ix = std::sync::Arc::new(PeerIndex::new(
+                self.max_services,
+                self.max_endpoints,
+                self.max_peer_pods,
+                peers::PeerMetrics::register(metrics),
+            ));
+            let svc = client::Watcher::new(
+                client.clone(),
+                std::sync::Arc::new(peers::ServiceStore(ix.clone())),
+                metrics,
+                handle.clone(),
+            );
+            let eps = client::Watcher::new(
+                client.clone(),
+                std::sync::Arc::new(peers::EndpointStore(ix.clone())),
+                metrics,
+                handle.clone(),
+            );
+            tasks.push(Box::pin(async move { svc.run_forever().await }));
+            tasks.push(Box::pin(async move { eps.run_forever().await }));
+            tasks.push(Box::pin(
+                ix.clone()
+                    .resolve_owners(client.clone(), self.peer_lookups_per_second),
+            ));
+            ix
+        });
+        Ok(PodMetadata {
+            cache,
+            peers,
+            watcher: Watchers {
+                tasks,
+                status: handle,
+            },
+        })
     }
 }
 
@@ -240,16 +360,45 @@ impl KubernetesConfig {
 
 /// What [`KubernetesConfig::build`] returns.
 pub struct PodMetadata {
-    /// Implements [`nodescope_model::workload::PodLookup`].
+    /// This node's pods (container id → pod, pod address → workload).
     pub cache: std::sync::Arc<PodCache>,
-    /// Keeps the cache filled; run it on the runtime.
-    pub watcher: PodWatcher,
+    /// Services and pods behind Services (None with `peers = false`).
+    pub peers: Option<std::sync::Arc<PeerIndex>>,
+    /// Keeps the caches filled; run it on the runtime.
+    pub watcher: Watchers,
 }
 
 impl PodMetadata {
-    /// The cache as the trait object probes and the profiler hold.
+    /// The caches as the trait object probes and the profiler hold.
     pub fn lookup(&self) -> std::sync::Arc<dyn nodescope_model::workload::PodLookup> {
-        self.cache.clone()
+        std::sync::Arc::new(ClusterLookup {
+            pods: self.cache.clone(),
+            peers: self.peers.clone(),
+        })
+    }
+}
+
+/// [`nodescope_model::workload::PodLookup`] over this node's pods and the peer index.
+pub struct ClusterLookup {
+    pods: std::sync::Arc<PodCache>,
+    peers: Option<std::sync::Arc<PeerIndex>>,
+}
+
+impl nodescope_model::workload::PodLookup for ClusterLookup {
+    fn pod_for_container(&self, id: &str) -> Option<nodescope_model::workload::PodRef> {
+        self.pods.pod_for_container(id)
+    }
+
+    /// A Service's ClusterIP names the Service; a pod address its owner (this node's
+    /// pods at once, pods behind Services once their owner was fetched).
+    fn peer_for_ip(&self, ip: std::net::IpAddr) -> Option<nodescope_model::workload::PeerRef> {
+        let peers = self.peers.as_deref();
+        if let Some(s) = peers.and_then(|p| p.service_for_ip(ip)) {
+            return Some(s);
+        }
+        self.pods
+            .peer_for_ip(ip)
+            .or_else(|| peers.and_then(|p| p.peer_for_ip(ip)))
     }
 }
 
@@ -298,6 +447,8 @@ mod tests {
             resync_interval: Duration::from_millis(500),
             watch_timeout: Duration::ZERO,
             request_timeout: Duration::ZERO,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::from_secs(7200),
             ..Default::default()
         };
         let mut issues = Issues::default();
@@ -312,6 +463,8 @@ mod tests {
                 "kubernetes.resync_interval",
                 "kubernetes.watch_timeout",
                 "kubernetes.request_timeout",
+                "kubernetes.initial_backoff",
+                "kubernetes.max_backoff",
             ]
         );
     }

@@ -203,11 +203,16 @@ fn check_objects(name: &str, objs: &[Value], variant: Variant) {
         }
     }
 
-    // RBAC: read-only access to pods, nothing else.
+    // RBAC: read-only access to pods, Services and EndpointSlices (peer naming), nothing
+    // else.
     let role = one(objs, "ClusterRole");
     assert_eq!(
         role["rules"],
-        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}
+        ]),
         "{name}: ClusterRole"
     );
     let binding = one(objs, "ClusterRoleBinding");

@@ -42,6 +42,7 @@ type Chunk = Result<axum::body::Bytes, std::io::Error>;
 struct Seen {
     query: HashMap<String, String>,
     auth: Option<String>,
+    at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -51,8 +52,8 @@ struct Api {
     lists: VecDeque<String>,
     /// Each watch request hands the test a sender for its event stream.
     watch_tx: Option<mpsc::Sender<mpsc::Sender<Chunk>>>,
-    /// Answer the next list with 500.
-    fail_next_list: bool,
+    /// Answer the next this many lists with 500.
+    fail_lists: usize,
 }
 
 struct ReceiverStream(mpsc::Receiver<Chunk>);
@@ -79,6 +80,7 @@ async fn pods(
     a.seen.push(Seen {
         query: q.clone(),
         auth,
+        at: std::time::Instant::now(),
     });
     if q.get("watch").map(String::as_str) == Some("true") {
         let (tx, rx) = mpsc::channel::<Chunk>(16);
@@ -92,8 +94,8 @@ async fn pods(
             .body(Body::from_stream(ReceiverStream(rx)))
             .unwrap();
     }
-    if a.fail_next_list {
-        a.fail_next_list = false;
+    if a.fail_lists > 0 {
+        a.fail_lists -= 1;
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: leader changed","code":500}"#,
@@ -154,7 +156,7 @@ async fn list_watch_relist_against_recorded_api_responses() {
         a.watch_tx = Some(wtx);
         a.lists.push_back(fixture("pod-list-page1.json"));
         a.lists.push_back(fixture("pod-list-relist.json"));
-        a.fail_next_list = true; // first list fails: backoff, then retried
+        a.fail_lists = 1; // first list fails: backoff, then retried
     }
     let app = Router::new()
         .route("/api/v1/pods", get(pods))
@@ -173,6 +175,9 @@ async fn list_watch_relist_against_recorded_api_responses() {
         token_file: token.clone(),
         ca_file: dir.path().join("absent-ca.crt"),
         watch_timeout: Duration::from_secs(60),
+        initial_backoff: Duration::from_millis(200),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -185,7 +190,7 @@ async fn list_watch_relist_against_recorded_api_responses() {
         let _ = stop_rx.await;
     }));
 
-    // Initial list (after one 500 and a 1 s backoff), two pages.
+    // Initial list (after one 500 and a ~200 ms backoff), two pages.
     wait_for("initial list", || cache.len() == 3).await;
     let nginx = lookup
         .pod_for_container(WEB_NGINX)
@@ -250,6 +255,15 @@ async fn list_watch_relist_against_recorded_api_responses() {
             .query
             .get("continue")
             .is_some_and(|c| !c.is_empty()));
+        // Served by the API server's watch cache, not etcd: resourceVersion=0 on the
+        // first page (also after the failure); the continued page carries no version
+        // (the API refuses one with `continue`).
+        for l in &lists[..2] {
+            let q = &l.query;
+            assert_eq!(q.get("resourceVersion").map(String::as_str), Some("0"));
+            assert_eq!(q.get("limit").map(String::as_str), Some("500"));
+        }
+        assert!(!lists[2].query.contains_key("resourceVersion"));
         let w = a.seen.last().unwrap();
         assert_eq!(
             w.query.get("resourceVersion").map(String::as_str),
@@ -350,6 +364,18 @@ async fn list_watch_relist_against_recorded_api_responses() {
                 .map(String::as_str),
             Some("2000")
         );
+        // The re-list after 410 asks the watch cache for a state not older than the
+        // newest version seen (the bookmark's), unpaged so the cache can serve it.
+        let relist = a
+            .seen
+            .iter()
+            .rfind(|s| !s.query.contains_key("watch"))
+            .unwrap();
+        assert_eq!(
+            relist.query.get("resourceVersion").map(String::as_str),
+            Some("1010")
+        );
+        assert!(!relist.query.contains_key("limit"), "{:?}", relist.query);
     }
 
     assert_eq!(
@@ -421,6 +447,8 @@ async fn cache_bound_applies_to_lists() {
         api_server: format!("http://{addr}"),
         token_file: "/nonexistent/token".into(),
         max_pods: 2,
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -475,6 +503,8 @@ async fn periodic_resync_relists_while_the_watch_is_open() {
         api_server: format!("http://{addr}"),
         token_file: "/nonexistent/token".into(),
         resync_interval: Duration::from_secs(1),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
         ..Default::default()
     };
     let metrics = SelfMetrics::new();
@@ -506,4 +536,71 @@ async fn periodic_resync_relists_while_the_watch_is_open() {
         2
     );
     task.abort();
+}
+
+/// Failed lists are retried with the shared exponential backoff, jittered: the delays
+/// grow 100, 200, 400, 800 ms each within ±20 % (plus scheduling slack), and they are not
+/// the exact doublings every agent of a cluster would otherwise share.
+#[tokio::test]
+async fn failed_lists_back_off_exponentially_with_jitter() {
+    let api = Arc::new(Mutex::new(Api::default()));
+    let (wtx, mut wrx) = mpsc::channel(4);
+    {
+        let mut a = api.lock();
+        a.watch_tx = Some(wtx);
+        a.fail_lists = 4;
+        a.lists.push_back(fixture("pod-list-relist.json"));
+    }
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cfg = KubernetesConfig {
+        enabled: true,
+        node_name: "node-a".into(),
+        api_server: format!("http://{addr}"),
+        token_file: "/nonexistent/token".into(),
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(10),
+        // This test is about the pod watch; peers have their own (tests/peers.rs).
+        peers: false,
+        ..Default::default()
+    };
+    let metrics = SelfMetrics::new();
+    let md = cfg.build(&metrics, &StatusRegistry::default()).unwrap();
+    let task = tokio::spawn(md.watcher.run(std::future::pending()));
+    let _watch = tokio::time::timeout(Duration::from_secs(10), wrx.recv())
+        .await
+        .expect("watch after the retried lists")
+        .unwrap();
+    task.abort();
+    let a = api.lock();
+    let times: Vec<std::time::Instant> = a
+        .seen
+        .iter()
+        .filter(|s| !s.query.contains_key("watch"))
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(times.len(), 5, "4 failures then the list");
+    let mut ratios = Vec::new();
+    for (i, w) in times.windows(2).enumerate() {
+        let gap = (w[1] - w[0]).as_secs_f64();
+        let nominal = 0.1 * f64::from(1u32 << i);
+        let r = gap / nominal;
+        eprintln!("retry {i}: {gap:.3} s (nominal {nominal:.1} s, x{r:.3})");
+        assert!(
+            (0.79..=1.2 + 0.05 / nominal).contains(&r),
+            "retry {i} after {gap} s, nominal {nominal} s"
+        );
+        ratios.push(r);
+    }
+    let spread = ratios.iter().cloned().fold(f64::MIN, f64::max)
+        - ratios.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 0.01, "no jitter: {ratios:?}");
+    assert_eq!(
+        counter(&metrics, "nodescope_k8s_relists_total", ("reason", "error")),
+        4.0
+    );
 }

@@ -5,6 +5,7 @@
 //! (cumulative counters, cumulative histograms, gauges) because every nodescope source —
 //! `/proc` counters, eBPF maps — is already aggregated when it is read.
 
+pub mod backoff;
 pub mod collector;
 pub mod config;
 pub mod exporter;

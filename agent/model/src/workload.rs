@@ -43,10 +43,30 @@ pub struct PodRef {
     pub labels: Vec<(String, String)>,
 }
 
-/// Resolves a container id to its pod. Implemented by the Kubernetes metadata cache;
-/// probes and the profiler hold an `Option<Arc<dyn PodLookup>>`.
+/// What a network peer's address is in the cluster: the workload that owns the pod with
+/// that address, or the Service whose ClusterIP it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerRef {
+    pub namespace: String,
+    /// The owning workload's name (a Deployment, StatefulSet, DaemonSet, Job, ...; the
+    /// pod's own name when it has no owner), or the Service's name.
+    pub workload: String,
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `ReplicaSet`, `Pod`, `Service`, ...
+    pub kind: String,
+}
+
+/// Resolves a container id to its pod, and a peer address to its workload. Implemented
+/// by the Kubernetes metadata cache; probes and the profiler hold an
+/// `Option<Arc<dyn PodLookup>>`.
 pub trait PodLookup: Send + Sync + 'static {
     fn pod_for_container(&self, container_id: &str) -> Option<PodRef>;
+
+    /// The cluster object behind a peer IP address, if known. Called for every peer at
+    /// every collection: implementations answer from memory and never block on I/O (an
+    /// unknown address may be looked up in the background and answered later).
+    fn peer_for_ip(&self, _ip: std::net::IpAddr) -> Option<PeerRef> {
+        None
+    }
 }
 
 pub type SharedPodLookup = Option<Arc<dyn PodLookup>>;

@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@
 
 static int lfd;
 static int nconn;
+static int cgfd = -1;
 
 static void *accept_loop(void *a)
 {
@@ -203,6 +205,25 @@ int main(int argc, char **argv)
 				}
 				bpf_object__for_each_program(p, o)
 				{
+					enum bpf_prog_type t = bpf_program__type(p);
+					if (nl < MAXP && (t == BPF_PROG_TYPE_CGROUP_SKB ||
+							  t == BPF_PROG_TYPE_CGROUP_SOCK ||
+							  t == BPF_PROG_TYPE_SOCK_OPS)) {
+						/* Cgroup programs: on the cgroup2 root (CGROUP=... to
+						 * override), like the agent attaches them. */
+						if (cgfd < 0)
+							cgfd = open(getenv("CGROUP") ? getenv("CGROUP")
+										     : "/sys/fs/cgroup/unified",
+								    O_RDONLY);
+						links[nl] = bpf_program__attach_cgroup(p, cgfd);
+						if (!links[nl]) {
+							fprintf(stderr, "attaching %s to the cgroup failed\n",
+								bpf_program__name(p));
+							return 1;
+						}
+						nl++;
+						continue;
+					}
 					if (nl == MAXP || !(links[nl] = bpf_program__attach(p))) {
 						fprintf(stderr, "attaching %s failed\n", bpf_program__name(p));
 						return 1;

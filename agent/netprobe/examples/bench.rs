@@ -1,19 +1,26 @@
-//! Probes on vs off, in one run, alternating: a loopback connect/accept loop and a bulk
-//! loopback TCP transfer. Reports the ratio of medians, the kernel CPU time of each BPF
-//! program under load (BPF run-time stats), and this process's RSS with the probes on.
+//! Probes on vs off, in one run, alternating: a loopback connect/accept loop, a bulk
+//! loopback TCP transfer and a UDP DNS query loop against a local server. Three sides
+//! per round, in rotating order: **off** (nothing loaded), **tcp** (every network probe
+//! but DNS) and **all** (every network probe, DNS included). Reports the ratio of medians
+//! to off, the median of per-round ratios, the kernel CPU time of each BPF program per
+//! workload (BPF run-time stats, after the rounds), and this process's RSS with every
+//! probe on.
 //!
 //! Run as root:
-//!   cargo run --release -p nodescope-netprobe --example bench -- [rounds] [connects] [bulk_mib]
-//! (defaults 40 rounds, 5000 connects, 1024 MiB). See docs/bench/network.md.
+//!   cargo run --release -p nodescope-netprobe --example bench -- [rounds] [connects] [bulk_mib] [dns_queries]
+//! (defaults 40 rounds, 5000 connects, 1024 MiB, 5000 queries). Pin it to one CPU with
+//! `taskset -c 0` for the single-CPU regime. See docs/bench/network.md.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{Emitter, StatusRegistry};
-use nodescope_netprobe::{NetProbe, NetProbeContext, NetworkConfig};
+use nodescope_netprobe::{NetProbe, NetProbeContext, NetworkConfig, ProbesConfig};
 
 fn connect_loop(n: usize) -> Duration {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -65,6 +72,74 @@ fn bulk(mib: usize) -> f64 {
     mib as f64 / el.as_secs_f64()
 }
 
+/// A DNS server on a loopback UDP port answering every query at once: the question
+/// echoed back as a NOERROR answer without records (flags QR, RD, RA).
+struct DnsServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    fn start() -> DnsServer {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n >= 12 {
+                    buf[2] = 0x81;
+                    buf[3] = 0x80;
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        DnsServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `n` sequential queries (`www.example.com` A, a new id each) over one connected UDP
+/// socket, each waiting for its answer.
+fn dns_loop(port: u16, n: usize) -> Duration {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut q: Vec<u8> = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["www", "example", "com"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut buf = [0u8; 512];
+    let t = Instant::now();
+    for i in 0..n {
+        q[..2].copy_from_slice(&(i as u16).to_be_bytes());
+        c.send(&q).unwrap();
+        c.recv(&mut buf).expect("answer");
+    }
+    t.elapsed()
+}
+
 /// User + system CPU time of the whole process (all threads), seconds.
 fn cpu_secs() -> f64 {
     // SAFETY: getrusage writes into a valid, zeroed rusage.
@@ -75,7 +150,8 @@ fn cpu_secs() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     if n % 2 == 1 {
@@ -97,14 +173,33 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn probe_on(rt: &tokio::runtime::Runtime) -> (NetProbe, tokio_util::sync::CancellationToken) {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Off,
+    Tcp,
+    All,
+}
+
+const SIDES: [Side; 3] = [Side::Off, Side::Tcp, Side::All];
+
+fn probe_on(
+    rt: &tokio::runtime::Runtime,
+    side: Side,
+    dns_port: u16,
+) -> (NetProbe, tokio_util::sync::CancellationToken) {
     let (emitter, rx) = Emitter::for_test(1024);
     // Drain events like the pipeline would.
     rt.spawn(async move {
         let mut rx = rx;
         while rx.recv().await.is_some() {}
     });
-    let p = NetworkConfig::default().build(NetProbeContext {
+    let mut cfg = NetworkConfig::default();
+    cfg.dns.ports = vec![dns_port];
+    cfg.probes = ProbesConfig {
+        dns: side == Side::All,
+        ..ProbesConfig::default()
+    };
+    let p = cfg.build(NetProbeContext {
         emitter,
         status: StatusRegistry::default(),
         self_metrics: SelfMetrics::new(),
@@ -112,7 +207,7 @@ fn probe_on(rt: &tokio::runtime::Runtime) -> (NetProbe, tokio_util::sync::Cancel
         cgroup_root: PathBuf::new(),
     });
     assert!(
-        p.health().iter().all(|h| h.up),
+        p.health().iter().all(|h| h.up || !h.enabled),
         "probes not up: {:?}",
         p.health()
     );
@@ -134,6 +229,17 @@ fn prog_stats() -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Per side: wall and CPU of each workload, every round.
+#[derive(Default)]
+struct Samples {
+    connect_wall: Vec<f64>,
+    connect_cpu: Vec<f64>,
+    bulk_tput: Vec<f64>,
+    bulk_cpu: Vec<f64>,
+    dns_wall: Vec<f64>,
+    dns_cpu: Vec<f64>,
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -142,6 +248,7 @@ fn main() {
     let rounds = args.first().copied().unwrap_or(40).max(10);
     let connects = args.get(1).copied().unwrap_or(5000);
     let mib = args.get(2).copied().unwrap_or(1024);
+    let queries = args.get(3).copied().unwrap_or(5000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -154,6 +261,19 @@ fn main() {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
     println!("kernel.bpf_stats_enabled during the rounds: {stats_sysctl}");
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| {
+            // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size given.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let ok = unsafe {
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+            } == 0;
+            // SAFETY: c < CPU_SETSIZE.
+            ok && unsafe { libc::CPU_ISSET(c, &set) }
+        })
+        .collect();
+    println!("CPUs this process may run on: {cpus:?}");
     // Other load on this 2-vCPU machine changes the baseline cost of a connection (the
     // vCPUs share caches and may be hyperthread siblings): say what it was.
     let loadavg = || {
@@ -162,64 +282,146 @@ fn main() {
             .unwrap_or_else(|_| "unknown".into())
     };
     println!("load average before the rounds: {}", loadavg());
+    let dns = DnsServer::start();
     // Warm-up (page cache, TCP memory, code paths).
     connect_loop(connects / 4);
     bulk(mib / 4);
+    dns_loop(dns.port, queries / 4);
     let rss_off = rss_kib();
 
-    let mut c_on = Vec::new();
-    let mut c_off = Vec::new();
-    let mut b_on = Vec::new();
-    let mut b_off = Vec::new();
+    let mut s: [Samples; 3] = Default::default();
     let mut rss_on = 0;
-    let (mut cc_on, mut cc_off, mut bc_on, mut bc_off) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
-        // Alternate which side goes first to cancel drift.
-        let order = if r % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for on in order {
-            let probe = on.then(|| probe_on(&rt));
-            // Same short warm-up in both conditions (caches after loading the object).
+        for k in 0..SIDES.len() {
+            // Rotate which side goes first to cancel drift.
+            let side = SIDES[(r + k) % SIDES.len()];
+            let idx = SIDES.iter().position(|x| *x == side).unwrap();
+            let probe = (side != Side::Off).then(|| probe_on(&rt, side, dns.port));
+            // Same short warm-up in every condition (caches after loading the objects).
             connect_loop(200);
+            dns_loop(dns.port, 200);
             let t0 = cpu_secs();
             let c = connect_loop(connects).as_secs_f64();
             let t1 = cpu_secs();
             let b = bulk(mib);
             let t2 = cpu_secs();
-            let (cc, bc) = (t1 - t0, t2 - t1);
-            if on {
-                cc_on.push(cc);
-                bc_on.push(bc);
-                c_on.push(c);
-                b_on.push(b);
+            let d = dns_loop(dns.port, queries).as_secs_f64();
+            let t3 = cpu_secs();
+            let x = &mut s[idx];
+            x.connect_wall.push(c);
+            x.connect_cpu.push(t1 - t0);
+            x.bulk_tput.push(b);
+            x.bulk_cpu.push(t2 - t1);
+            x.dns_wall.push(d);
+            x.dns_cpu.push(t3 - t2);
+            if side == Side::All {
                 rss_on = rss_on.max(rss_kib());
-                if let Some((p, tok)) = &probe {
-                    // Exercise the collector like a scrape would.
-                    let _ = p.collector().collect();
-                    tok.cancel();
-                }
-            } else {
-                cc_off.push(cc);
-                bc_off.push(bc);
-                c_off.push(c);
-                b_off.push(b);
+            }
+            if let Some((p, tok)) = &probe {
+                // Exercise the collector like a scrape would.
+                let _ = p.collector().collect();
+                tok.cancel();
             }
             drop(probe);
         }
+        let last = |v: &Vec<f64>| *v.last().unwrap();
         eprintln!(
-            "round {r}: connect on {:.3}s off {:.3}s | bulk on {:.0} off {:.0} MiB/s",
-            c_on[r], c_off[r], b_on[r], b_off[r]
+            "round {r}: connect off {:.3}s tcp {:.3}s all {:.3}s | bulk off {:.0} tcp {:.0} all {:.0} MiB/s | dns off {:.3}s all {:.3}s",
+            last(&s[0].connect_wall),
+            last(&s[1].connect_wall),
+            last(&s[2].connect_wall),
+            last(&s[0].bulk_tput),
+            last(&s[1].bulk_tput),
+            last(&s[2].bulk_tput),
+            last(&s[0].dns_wall),
+            last(&s[2].dns_wall),
         );
     }
+    println!("load average after the rounds: {}", loadavg());
+    println!(
+        "rounds: {rounds} (sides off / tcp / all, rotating), per round: {connects} connects, {mib} MiB bulk, {queries} DNS queries"
+    );
+    let ratio = |on: &[f64], off: &[f64]| median(on) / median(off);
+    let paired = |on: &[f64], off: &[f64]| {
+        let r: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
+        median(&r)
+    };
+    let line = |what: &str,
+                off: &[f64],
+                tcp: &[f64],
+                all: &[f64],
+                unit: &str,
+                higher_is_worse: bool| {
+        let (rt, ra) = (ratio(tcp, off), ratio(all, off));
+        let pct = |x: f64| {
+            if higher_is_worse {
+                (x - 1.0) * 100.0
+            } else {
+                (1.0 - x) * 100.0
+            }
+        };
+        println!(
+            "{what}: median off {:.4} {unit}, tcp {:.4}, all {:.4} -> tcp/off {rt:.4} ({:+.2}% worse), all/off {ra:.4} ({:+.2}% worse); per-round ratio medians tcp {:.4}, all {:.4}",
+            median(off),
+            median(tcp),
+            median(all),
+            pct(rt),
+            pct(ra),
+            paired(tcp, off),
+            paired(all, off),
+        );
+    };
+    let [o, t, a] = &s;
+    line(
+        "connect loop wall",
+        &o.connect_wall,
+        &t.connect_wall,
+        &a.connect_wall,
+        "s",
+        true,
+    );
+    line(
+        "connect loop CPU",
+        &o.connect_cpu,
+        &t.connect_cpu,
+        &a.connect_cpu,
+        "s",
+        true,
+    );
+    line(
+        "bulk throughput",
+        &o.bulk_tput,
+        &t.bulk_tput,
+        &a.bulk_tput,
+        "MiB/s",
+        false,
+    );
+    line("bulk CPU", &o.bulk_cpu, &t.bulk_cpu, &a.bulk_cpu, "s", true);
+    line(
+        "DNS query loop wall",
+        &o.dns_wall,
+        &t.dns_wall,
+        &a.dns_wall,
+        "s",
+        true,
+    );
+    line(
+        "DNS query loop CPU",
+        &o.dns_cpu,
+        &t.dns_cpu,
+        &a.dns_cpu,
+        "s",
+        true,
+    );
+    println!(
+        "RSS of this process: {} KiB before probes, max {} KiB with every probe on",
+        rss_off, rss_on
+    );
 
-    // CPU cost of each program per phase, with BPF run-time stats enabled (only now: the
-    // stats add two clock reads per program run, which must not weigh on the rounds).
+    // CPU cost of each program per workload, with BPF run-time stats enabled (only now:
+    // the stats add two clock reads per program run, which must not weigh on the rounds).
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime);
-    let (probe, tok) = probe_on(&rt);
+    let (probe, tok) = probe_on(&rt, Side::All, dns.port);
     connect_loop(200);
     let s0 = prog_stats();
     let t = Instant::now();
@@ -230,67 +432,16 @@ fn main() {
     let tput = bulk(mib);
     let wall_b = t.elapsed().as_secs_f64();
     let s2 = prog_stats();
+    let t = Instant::now();
+    let dl = dns_loop(dns.port, queries);
+    let wall_d = t.elapsed().as_secs_f64();
+    let s3 = prog_stats();
     let tc = Instant::now();
     let fams = probe.collector().collect().expect("collect");
     let collect_ms = tc.elapsed().as_secs_f64() * 1e3;
     let points: usize = fams.iter().map(|f| f.points.len()).sum();
     tok.cancel();
     drop(probe);
-
-    // Secondary statistic: the median of the per-round on/off ratios (each round's pair
-    // ran back to back, so slow drifts of the machine cancel).
-    let paired = |on: &[f64], off: &[f64]| {
-        let mut r: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
-        median(&mut r)
-    };
-    let (pc, pb) = (paired(&c_on, &c_off), paired(&b_on, &b_off));
-    let (pcc, pbc) = (paired(&cc_on, &cc_off), paired(&bc_on, &bc_off));
-    println!("load average after the rounds: {}", loadavg());
-    let mc_on = median(&mut c_on);
-    let mc_off = median(&mut c_off);
-    let mb_on = median(&mut b_on);
-    let mb_off = median(&mut b_off);
-    println!(
-        "rounds: {rounds} (alternating on/off), connects/round: {connects}, bulk/round: {mib} MiB"
-    );
-    println!(
-        "connect loop: median off {:.4} s, on {:.4} s -> on/off time ratio {:.4} ({:+.2}% slower)",
-        mc_off,
-        mc_on,
-        mc_on / mc_off,
-        (mc_on / mc_off - 1.0) * 100.0
-    );
-    println!(
-        "bulk transfer: median off {:.0} MiB/s, on {:.0} MiB/s -> on/off throughput ratio {:.4} ({:+.2}%)",
-        mb_off,
-        mb_on,
-        mb_on / mb_off,
-        (mb_on / mb_off - 1.0) * 100.0
-    );
-    let (mcc_on, mcc_off) = (median(&mut cc_on), median(&mut cc_off));
-    let (mbc_on, mbc_off) = (median(&mut bc_on), median(&mut bc_off));
-    println!(
-        "connect loop CPU (user+sys, all threads): median off {:.4} s, on {:.4} s -> ratio {:.4} ({:+.2}%)",
-        mcc_off,
-        mcc_on,
-        mcc_on / mcc_off,
-        (mcc_on / mcc_off - 1.0) * 100.0
-    );
-    println!(
-        "bulk CPU per {mib} MiB (user+sys, all threads): median off {:.4} s, on {:.4} s -> ratio {:.4} ({:+.2}%)",
-        mbc_off,
-        mbc_on,
-        mbc_on / mbc_off,
-        (mbc_on / mbc_off - 1.0) * 100.0
-    );
-    println!(
-        "median of per-round on/off ratios: connect time {pc:.4}, connect CPU {pcc:.4}, \
-         bulk throughput {pb:.4}, bulk CPU {pbc:.4}"
-    );
-    println!(
-        "RSS of this process: {} KiB before probes, max {} KiB with probes on",
-        rss_off, rss_on
-    );
     println!("collect(): {collect_ms:.2} ms for {points} points");
     match stats_fd {
         Ok(_fd) => {
@@ -298,23 +449,29 @@ fn main() {
                 "BPF program cost during {connects} connects ({:.3} s, wall {wall_c:.3} s):",
                 cl.as_secs_f64()
             );
-            print_delta(&s0, &s1, wall_c, Some(connects));
+            print_delta(&s0, &s1, wall_c, Some((connects, "connection")));
             println!(
                 "BPF program cost during {mib} MiB bulk ({tput:.0} MiB/s, wall {wall_b:.3} s):"
             );
             print_delta(&s1, &s2, wall_b, None);
+            println!(
+                "BPF program cost during {queries} DNS queries ({:.3} s, wall {wall_d:.3} s):",
+                dl.as_secs_f64()
+            );
+            print_delta(&s2, &s3, wall_d, Some((queries, "query")));
         }
         Err(e) => println!("BPF run-time stats unavailable: {e}"),
     }
+    drop(dns);
 }
 
 /// Prints the per-program run-time deltas between two `prog_stats()` snapshots. The
-/// programs are node-wide: other processes' TCP traffic is included.
+/// programs are node-wide: other processes' traffic is included.
 fn print_delta(
     before: &[(String, u64, u64)],
     after: &[(String, u64, u64)],
     wall: f64,
-    connects: Option<usize>,
+    per: Option<(usize, &str)>,
 ) {
     let mut total = 0u64;
     for (name, rt_ns, cnt) in after {
@@ -336,9 +493,9 @@ fn print_delta(
             d_rt as f64 / 1e9 / wall * 100.0
         );
     }
-    if let Some(n) = connects.filter(|n| *n > 0) {
+    if let Some((n, unit)) = per.filter(|(n, _)| *n > 0) {
         println!(
-            "  all programs: {:.0} ns of BPF run time per connection",
+            "  all programs: {:.0} ns of BPF run time per {unit}",
             total as f64 / n as f64
         );
     }

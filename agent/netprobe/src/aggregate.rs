@@ -122,6 +122,9 @@ pub struct RowKey {
     /// `(namespace, pod, container)` when a pod lookup is configured (empty strings when
     /// it does not resolve); None when no lookup is configured.
     pub pod: Option<(String, String, String)>,
+    /// `(peer_namespace, peer_workload)` when peer naming is on (a pod lookup is
+    /// configured or a CIDR table is set): empty strings for a peer with no name.
+    pub peer_named: Option<(String, String)>,
     pub peer_address: String,
     pub peer_port: String,
     pub direction: &'static str,
@@ -148,10 +151,27 @@ impl RowKey {
                 p.map(|p| (p.namespace, p.pod, p.container))
                     .unwrap_or_default()
             }),
+            peer_named: None,
             peer_address,
             peer_port,
             direction: direction_name(key.direction),
         }
+    }
+
+    /// This row's key folded into its workload's `other` peer.
+    pub fn to_other(&self) -> RowKey {
+        RowKey {
+            workload: self.workload.clone(),
+            pod: self.pod.clone(),
+            peer_named: self.peer_named.as_ref().map(|_| Default::default()),
+            peer_address: OTHER.into(),
+            peer_port: OTHER.into(),
+            direction: self.direction,
+        }
+    }
+
+    pub fn is_other(&self) -> bool {
+        self.peer_address == OTHER && self.peer_named.as_ref().is_none_or(|(_, w)| w.is_empty())
     }
 
     fn labels(&self) -> Vec<(&'static str, String)> {
@@ -160,6 +180,10 @@ impl RowKey {
             l.push(("namespace", ns.clone()));
             l.push(("pod", pod.clone()));
             l.push(("container", c.clone()));
+        }
+        if let Some((ns, w)) = &self.peer_named {
+            l.push(("peer_namespace", ns.clone()));
+            l.push(("peer_workload", w.clone()));
         }
         l.push(("peer_address", self.peer_address.clone()));
         l.push(("peer_port", self.peer_port.clone()));
@@ -342,21 +366,69 @@ pub fn families(rows: &Rows, names: &ReasonNames) -> Vec<MetricFamily> {
     ]
 }
 
-/// `nodescope_packet_drops_total{reason}` from per-reason counts.
-pub fn drops_family(counts: &[(u32, u64)], names: &ReasonNames) -> MetricFamily {
-    let mut by: BTreeMap<String, u64> = BTreeMap::new();
-    for &(r, n) in counts {
-        if n > 0 {
-            *by.entry(names.drop(r)).or_default() += n;
-        }
+/// Drop reasons (`enum skb_drop_reason`, lower case) that are part of normal operation:
+/// not counted unless `[network.drops] benign = true`. Every other reason, including
+/// reasons a newer kernel adds, is harmful: counted. The table in docs/network.md says
+/// why each one is here.
+pub const BENIGN_DROPS: &[&str] = &[
+    "socket_close",
+    "queue_purge",
+    "tcp_close",
+    "tcp_reset",
+    "tcp_old_data",
+    "tcp_ofomerge",
+    "tcp_old_ack",
+    "tcp_too_old_ack",
+    "tcp_old_sequence",
+    "tcp_fastopen",
+    "unix_disconnect",
+    "unix_skip_oob",
+    "otherhost",
+    "unicast_in_l2_multicast",
+    "ipv6_ndisc_ns_otherhost",
+    "dup_frag",
+];
+
+/// `harmful` or `benign` (the `class` label of `nodescope_packet_drops_total`); a reason
+/// without a name (tracefs unreadable) is `unknown`.
+pub fn drop_class(name: &str) -> &'static str {
+    if BENIGN_DROPS.contains(&name) {
+        "benign"
+    } else if name.starts_with("reason_") {
+        "unknown"
+    } else {
+        "harmful"
     }
+}
+
+/// Drops of one workload and reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DropRow {
+    pub workload: String,
+    pub pod: Option<(String, String, String)>,
+    pub reason: String,
+}
+
+/// `nodescope_packet_drops_total{workload, [namespace, pod, container,] reason, class}`.
+pub fn drops_family(rows: &BTreeMap<DropRow, u64>) -> MetricFamily {
     let mut f = MetricFamily::new(
         "nodescope_packet_drops_total",
-        "Packets freed as dropped (kfree_skb), by kernel drop reason. Node-wide.",
+        "Packets dropped (kfree_skb), by the workload whose socket sent or was to receive them (\"unattributed\": no socket) and kernel drop reason; class harmful or benign (benign reasons only with network.drops.benign).",
         MetricType::Counter,
     );
-    for (reason, n) in by {
-        f.push([("reason", reason)], n as f64);
+    for (r, &n) in rows {
+        if n == 0 {
+            continue;
+        }
+        let mut l = vec![("workload", r.workload.clone())];
+        if let Some((ns, pod, c)) = &r.pod {
+            l.push(("namespace", ns.clone()));
+            l.push(("pod", pod.clone()));
+            l.push(("container", c.clone()));
+        }
+        l.push(("reason", r.reason.clone()));
+        l.push(("class", drop_class(&r.reason).to_string()));
+        f.push(l, n as f64);
     }
     f
 }
@@ -364,6 +436,10 @@ pub fn drops_family(counts: &[(u32, u64)], names: &ReasonNames) -> MetricFamily 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PeerSummary {
     pub workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -399,6 +475,8 @@ pub fn summarize(k: &RowKey, s: &PeerStats) -> PeerSummary {
     };
     PeerSummary {
         workload: k.workload.clone(),
+        peer_namespace: k.peer_named.as_ref().map(|(n, _)| n.clone()),
+        peer_workload: k.peer_named.as_ref().map(|(_, w)| w.clone()),
         namespace,
         pod,
         container,
@@ -430,6 +508,46 @@ pub fn top_peers(rows: &Rows, n: usize) -> TopPeers {
         by_connect_p99: pick(|p| p.connect_p99_seconds),
         by_rtt_p99: pick(|p| p.rtt_p99_seconds),
     }
+}
+
+/// The series a row contributes to [`families`] at most (histogram buckets, `+Inf`, sum
+/// and count; one per counter or gauge value, per error class and per reset reason), for
+/// the series budget. An upper bound: rows that share labels but not the direction merge
+/// their reset and byte series.
+pub fn row_series(s: &PeerStats) -> usize {
+    let h = |counts: &[u64], bounds: usize| {
+        if counts.iter().any(|&n| n > 0) {
+            bounds + 3
+        } else {
+            0
+        }
+    };
+    let nconnect: u64 = s.connect_hist.iter().sum();
+    let nclosed: u64 = s.duration_hist.iter().sum();
+    let nonzero = |v: &[u64]| v.iter().filter(|&&n| n > 0).count();
+    h(&s.connect_hist, CONNECT_BOUNDS_NS.len())
+        + h(&s.rtt_hist, RTT_BOUNDS_US.len())
+        + h(&s.duration_hist, DURATION_BOUNDS_NS.len())
+        + nonzero(&s.connect_errors)
+        + usize::from(s.retransmits > 0)
+        + usize::from(nconnect > 0 || nclosed > 0 || s.active != 0)
+        + nonzero(&s.resets_sent)
+        + nonzero(&s.resets_received)
+        + usize::from(s.bytes_sent > 0)
+        + usize::from(s.bytes_received > 0)
+}
+
+/// How much a row has done: connects, failures, closes, RTT samples, retransmits and
+/// resets. The series budget folds the least active rows first.
+pub fn activity(s: &PeerStats) -> u64 {
+    let sum = |v: &[u64]| v.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    sum(&s.connect_hist)
+        .saturating_add(sum(&s.connect_errors))
+        .saturating_add(sum(&s.duration_hist))
+        .saturating_add(sum(&s.rtt_hist))
+        .saturating_add(s.retransmits)
+        .saturating_add(sum(&s.resets_sent))
+        .saturating_add(sum(&s.resets_received))
 }
 
 /// Label keys used by the families, for docs and tests.
@@ -643,8 +761,36 @@ mod tests {
         assert_eq!(names.drop(3), "no_socket");
         assert_eq!(names.drop(5), "reason_5");
         assert_eq!(names.drop(1023), "other");
-        let d = drops_family(&[(2, 4), (3, 0), (5, 1)], &names);
+        let row = |w: &str, r: &str| DropRow {
+            workload: w.into(),
+            pod: None,
+            reason: r.into(),
+        };
+        let rows: BTreeMap<DropRow, u64> = [
+            (row("/a", "netfilter_drop"), 4),
+            (row("/a", "queue_purge"), 0),
+            (row("unattributed", "reason_5"), 1),
+        ]
+        .into_iter()
+        .collect();
+        let d = drops_family(&rows);
         assert_eq!(d.points.len(), 2);
+        let l: Vec<(&str, &str)> = d.points[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect();
+        assert_eq!(
+            l,
+            [
+                ("workload", "/a"),
+                ("reason", "netfilter_drop"),
+                ("class", "harmful")
+            ]
+        );
+        assert_eq!(drop_class("queue_purge"), "benign");
+        assert_eq!(drop_class("reason_5"), "unknown");
+        assert_eq!(drop_class("a_reason_from_a_newer_kernel"), "harmful");
     }
 
     proptest! {

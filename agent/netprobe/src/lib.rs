@@ -11,11 +11,14 @@
 //! See docs/network.md for hooks, map bounds, labels and degradation.
 
 pub mod aggregate;
+pub mod budget;
 mod component;
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod probe;
+mod slots;
 pub mod workload;
 
-pub use config::{NetworkConfig, ProbesConfig};
+pub use config::{DnsConfig, NetworkConfig, ProbesConfig};
 pub use probe::{NetProbe, NetProbeContext, ProbeHealth};

@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::aggregate::{self, add_row, ReasonNames, RowKey, Rows};
-use crate::config::{NetworkConfig, PROGRAMS};
+use crate::budget::{Budget, BudgetMetrics, DnsEntry, LookupEntry, Namer, TcpEntry};
+use crate::config::{NetworkConfig, PROBE_DNS, PROGRAMS};
+use crate::dns::{self, DnsProbe, DnsRowKey, DnsRows, LookupRowKey, LookupRows};
 use crate::events;
 use crate::workload::{default_cgroup_root, Resolved, WorkloadResolver};
 
@@ -70,7 +72,12 @@ struct Maps {
     peers: BpfHashMap<MapData, PeerKey, PeerStats>,
     other: BpfHashMap<MapData, PeerKey, PeerStats>,
     counters: PerCpuArray<MapData, u64>,
-    drops: PerCpuArray<MapData, u64>,
+    drops: BpfHashMap<MapData, bpf::DropKey, u64>,
+    drops_other: PerCpuArray<MapData, u64>,
+    /// The socket table, mapped: active connections per peer.
+    socks: crate::slots::SockTable,
+    /// Keeps the mapped maps' descriptors (the mappings outlive them anyway).
+    _sock_maps: (aya::maps::Map, aya::maps::Map),
 }
 
 struct SelfCounters {
@@ -160,10 +167,16 @@ struct Inner {
     ringbuf: Mutex<Option<RingBuf<MapData>>>,
     /// Keeps programs and their links alive; dropping it detaches everything.
     _ebpf: Mutex<Option<Ebpf>>,
+    /// The DNS probe (its own object, programs and ring buffer), when up.
+    dns: Option<DnsProbe>,
+    dns_ringbuf: Mutex<Option<RingBuf<MapData>>>,
     resolver: WorkloadResolver,
     names: ReasonNames,
     retired: Mutex<StdHashMap<(u64, u8), PeerStats>>,
     selfc: SelfCounters,
+    /// Peer naming (Kubernetes, CIDR table) and the series budget of what is exposed.
+    namer: Namer,
+    budget: Mutex<Budget>,
 }
 
 /// The network probe. Cheap to clone handles come from [`NetProbe::collector`] and
@@ -195,11 +208,14 @@ impl NetProbe {
             ctx.cgroup_root.clone()
         };
         status.set_detail("cgroup_root", cgroup_root.display().to_string());
-        let resolver =
-            WorkloadResolver::new(cgroup_root, cfg.workload_cache_size, ctx.pods.clone());
+        let resolver = WorkloadResolver::new(
+            cgroup_root.clone(),
+            cfg.workload_cache_size,
+            ctx.pods.clone(),
+        );
         let selfc = SelfCounters::new(&ctx.self_metrics);
         let mut health: Vec<ProbeHealth> = Vec::new();
-        for (probe, _, _) in PROGRAMS {
+        for probe in PROGRAMS.iter().map(|(p, _, _)| *p).chain([PROBE_DNS]) {
             if !health.iter().any(|h| h.probe == probe) {
                 health.push(ProbeHealth {
                     probe,
@@ -218,10 +234,17 @@ impl NetProbe {
             maps: None,
             ringbuf: Mutex::new(None),
             _ebpf: Mutex::new(None),
+            dns: None,
+            dns_ringbuf: Mutex::new(None),
             resolver,
             names: ReasonNames::default(),
             retired: Mutex::new(StdHashMap::new()),
             selfc,
+            namer: Namer::new(ctx.pods.clone(), &cfg.peer_cidrs),
+            budget: Mutex::new(Budget::new(
+                cfg.series_budget,
+                BudgetMetrics::new(&ctx.self_metrics),
+            )),
         };
         if !cfg.enabled {
             status.set_state(ComponentState::Disabled, None);
@@ -242,21 +265,57 @@ impl NetProbe {
                 );
             }
         }
-        match Self::load(&cfg, &mut inner) {
-            Ok(()) => {}
-            Err(e) => {
-                let text = err_text(&e);
-                tracing::warn!(error = %text, "network probes unavailable");
-                for h in inner.health.iter_mut().filter(|h| h.enabled) {
-                    h.up = false;
-                    h.reason = Some(text.clone());
+        // Parsed once: CO-RE relocation of both objects and every tp_btf attach target.
+        match loader::kernel_btf() {
+            Err(e) => Self::all_down(&mut inner, |_| true, &e),
+            Ok(btf) => {
+                let tcp = |p: &str| p != PROBE_DNS;
+                if inner.health.iter().any(|h| h.enabled && tcp(h.probe)) {
+                    if let Err(e) = Self::load(&cfg, &mut inner, &btf) {
+                        Self::all_down(&mut inner, tcp, &e);
+                    }
                 }
-                if let Some(log) = e.verifier_log() {
-                    status.set_detail("verifier_log", log.to_string());
+                if inner
+                    .health
+                    .iter()
+                    .any(|h| h.enabled && h.probe == PROBE_DNS)
+                {
+                    match DnsProbe::load(&cfg, &btf, &cgroup_root, &ctx.self_metrics) {
+                        Ok((probe, rb, hooks)) => {
+                            inner.dns = Some(probe);
+                            *inner.dns_ringbuf.lock() = Some(rb);
+                            if let Some(h) = inner.health.iter_mut().find(|h| h.probe == PROBE_DNS)
+                            {
+                                h.up = true;
+                                h.hooks = hooks;
+                            }
+                        }
+                        Err(e) => Self::all_down(&mut inner, |p| p == PROBE_DNS, &e),
+                    }
                 }
-                status.set_state(ComponentState::Unavailable, Some(text));
             }
         }
+        let (any_up, any_down) = inner
+            .health
+            .iter()
+            .filter(|h| h.enabled)
+            .fold((false, false), |(u, d), h| (u || h.up, d || !h.up));
+        let state = match (any_up, any_down) {
+            (true, false) => ComponentState::Ok,
+            (true, true) => ComponentState::Degraded,
+            (false, true) => ComponentState::Unavailable,
+            (false, false) => ComponentState::Disabled,
+        };
+        let err = any_down.then(|| {
+            inner
+                .health
+                .iter()
+                .filter(|h| h.enabled && !h.up)
+                .filter_map(|h| h.reason.as_ref().map(|r| format!("{}: {r}", h.probe)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        status.set_state(state, err);
         for h in &inner.health {
             let v = match (h.enabled, h.up, &h.reason) {
                 (false, _, _) => "disabled".to_string(),
@@ -270,7 +329,36 @@ impl NetProbe {
         }
     }
 
-    fn load(cfg: &NetworkConfig, inner: &mut Inner) -> Result<(), LoadError> {
+    /// Marks the enabled probes selected by `which` down with `e` as the reason.
+    fn all_down(inner: &mut Inner, which: impl Fn(&str) -> bool, e: &LoadError) {
+        let text = err_text(e);
+        let names: Vec<&str> = inner
+            .health
+            .iter()
+            .filter(|h| h.enabled && which(h.probe))
+            .map(|h| h.probe)
+            .collect();
+        tracing::warn!(error = %text, probes = ?names, "network probes unavailable");
+        for h in inner
+            .health
+            .iter_mut()
+            .filter(|h| h.enabled && which(h.probe))
+        {
+            h.up = false;
+            h.reason = Some(text.clone());
+        }
+        if let Some(log) = e.verifier_log() {
+            let key = if names == [PROBE_DNS] {
+                "verifier_log.dns"
+            } else {
+                "verifier_log"
+            };
+            inner.status.set_detail(key, log.to_string());
+        }
+    }
+
+    /// Loads net.bpf.o and attaches the TCP probes' programs one by one.
+    fn load(cfg: &NetworkConfig, inner: &mut Inner, btf: &aya::Btf) -> Result<(), LoadError> {
         let obj = bpf::NET_OBJ_NAME;
         let sock_sets = (cfg.socket_cap / bpf::SOCK_WAYS).max(1);
         let max_entries = [
@@ -280,6 +368,7 @@ impl NetProbe {
             (bpf::MAP_SOCKS, sock_sets * bpf::SOCK_WAYS),
             (bpf::MAP_SOCK_TAGS, sock_sets),
             (bpf::MAP_RTT_LAST, (cfg.socket_cap / 2).max(128)),
+            (bpf::MAP_DROPS, cfg.drops.cap),
         ];
         let globals = [
             (
@@ -293,8 +382,6 @@ impl NetProbe {
             (bpf::CFG_EVENTS_PER_SEC, cfg.events_per_second as u64),
             (bpf::CFG_SOCK_SETS, u64::from(sock_sets)),
         ];
-        // Parsed once: CO-RE relocation and every tp_btf program's attach target.
-        let btf = loader::kernel_btf()?;
         let mut ebpf = loader::load_with_btf(
             obj,
             bpf::NET_OBJ,
@@ -302,7 +389,7 @@ impl NetProbe {
                 max_entries: &max_entries,
                 globals_u64: &globals,
             },
-            &btf,
+            btf,
         )?;
         let map_err = |map: &str, e: aya::maps::MapError| LoadError::Map {
             object: obj.into(),
@@ -315,15 +402,65 @@ impl NetProbe {
             .map_err(|e| map_err(bpf::MAP_PEERS_OTHER, e))?;
         let counters = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_COUNTERS)?)
             .map_err(|e| map_err(bpf::MAP_COUNTERS, e))?;
-        let drops = PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS)?)
+        let drops = BpfHashMap::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS)?)
             .map_err(|e| map_err(bpf::MAP_DROPS, e))?;
+        let drops_other =
+            PerCpuArray::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROPS_OTHER)?)
+                .map_err(|e| map_err(bpf::MAP_DROPS_OTHER, e))?;
+        // Which reasons count, before the program that reads it is attached.
+        let mut filter: aya::maps::Array<MapData, u32> =
+            aya::maps::Array::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_DROP_FILTER)?)
+                .map_err(|e| map_err(bpf::MAP_DROP_FILTER, e))?;
+        let mut benign_off = 0u32;
+        for r in 0..bpf::DROP_SLOTS as u32 {
+            let name = inner.names.drop(r);
+            let on = cfg.drops.benign || aggregate::drop_class(&name) != "benign";
+            benign_off += u32::from(!on);
+            filter
+                .set(r, u32::from(on), 0)
+                .map_err(|e| map_err(bpf::MAP_DROP_FILTER, e))?;
+        }
+        inner.status.set_detail(
+            "drop_reasons",
+            if cfg.drops.benign {
+                "all reasons counted".to_string()
+            } else {
+                format!("{benign_off} benign reasons not counted (network.drops.benign = false)")
+            },
+        );
         let ringbuf = RingBuf::try_from(loader::take_map(&mut ebpf, obj, bpf::MAP_EVENTS)?)
             .map_err(|e| map_err(bpf::MAP_EVENTS, e))?;
+        let socks_map = loader::take_map(&mut ebpf, obj, bpf::MAP_SOCKS)?;
+        let tags_map = loader::take_map(&mut ebpf, obj, bpf::MAP_SOCK_TAGS)?;
+        fn data(m: &aya::maps::Map) -> Option<&MapData> {
+            match m {
+                aya::maps::Map::Array(d) => Some(d),
+                _ => None,
+            }
+        }
+        let socks = match (data(&socks_map), data(&tags_map)) {
+            (Some(s), Some(t)) => {
+                crate::slots::SockTable::new(s, t, sock_sets as usize).map_err(|e| {
+                    map_err(
+                        bpf::MAP_SOCKS,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "mmap",
+                            io_error: e,
+                        }),
+                    )
+                })?
+            }
+            _ => {
+                return Err(LoadError::Map {
+                    object: obj.into(),
+                    map: bpf::MAP_SOCKS.into(),
+                    reason: "not an array map".into(),
+                })
+            }
+        };
 
-        let mut any_up = false;
-        let mut any_down = false;
         for h in inner.health.iter_mut() {
-            if !h.enabled {
+            if !h.enabled || h.probe == PROBE_DNS {
                 continue;
             }
             let mut reasons = Vec::new();
@@ -332,7 +469,7 @@ impl NetProbe {
                     continue;
                 }
                 let hook = cfg.hook_for(default_hook);
-                match loader::load_btf_tracepoint(&mut ebpf, obj, program, hook, &btf) {
+                match loader::load_btf_tracepoint(&mut ebpf, obj, program, hook, btf) {
                     Ok(()) => h.hooks.push(format!("{program} -> tp_btf/{hook}")),
                     Err(e) => {
                         tracing::warn!(probe = h.probe, program, hook, error = %e, "probe program not attached");
@@ -347,11 +484,9 @@ impl NetProbe {
             }
             if reasons.is_empty() {
                 h.up = true;
-                any_up = true;
             } else {
                 h.up = false;
                 h.reason = Some(reasons.join("; "));
-                any_down = true;
             }
         }
         inner.maps = Some(Mutex::new(Maps {
@@ -359,24 +494,12 @@ impl NetProbe {
             other,
             counters,
             drops,
+            drops_other,
+            socks,
+            _sock_maps: (socks_map, tags_map),
         }));
         *inner.ringbuf.lock() = Some(ringbuf);
         *inner._ebpf.lock() = Some(ebpf);
-        let state = match (any_up, any_down) {
-            (true, false) => ComponentState::Ok,
-            (true, true) => ComponentState::Degraded,
-            (false, true) => ComponentState::Unavailable,
-            (false, false) => ComponentState::Disabled,
-        };
-        let err = any_down.then(|| {
-            inner
-                .health
-                .iter()
-                .filter_map(|h| h.reason.as_ref().map(|r| format!("{}: {r}", h.probe)))
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        inner.status.set_state(state, err);
         Ok(())
     }
 
@@ -406,21 +529,39 @@ impl NetProbe {
             );
             return None;
         }
-        let rb = self.inner.ringbuf.lock().take()?;
         let inner = self.inner.clone();
-        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
-        // AsyncFd (which owns the RingBuf) is dropped.
-        let afd =
+        let register = |rb: RingBuf<MapData>, what: &str| {
+            // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+            // AsyncFd (which owns the RingBuf) is dropped.
             match unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) } {
-                Ok(a) => a,
+                Ok(a) => Some(a),
                 Err(e) => {
                     inner
                         .status
-                        .set_detail("events", format!("ring buffer not pollable: {e}"));
-                    return None;
+                        .set_detail(what, format!("ring buffer not pollable: {e}"));
+                    None
                 }
-            };
-        Some(event_loop(inner, afd, shutdown).instrument(tracing::info_span!("netprobe_events")))
+            }
+        };
+        let net = self
+            .inner
+            .ringbuf
+            .lock()
+            .take()
+            .and_then(|rb| register(rb, "events"));
+        let dns = self
+            .inner
+            .dns_ringbuf
+            .lock()
+            .take()
+            .and_then(|rb| register(rb, "dns_events"));
+        if net.is_none() && dns.is_none() {
+            return None;
+        }
+        Some(
+            event_loop(inner, net, dns, shutdown)
+                .instrument(tracing::info_span!("netprobe_events")),
+        )
     }
 
     /// Spawns [`NetProbe::event_task`] on the current runtime (tests and embedders; the
@@ -436,55 +577,240 @@ impl NetProbe {
             .with_state(self.inner.clone())
     }
 
+    /// One collection, as the collector makes it, with what the series budget did.
+    pub fn exposition(&self) -> Result<Exposition, CollectError> {
+        self.inner.exposition()
+    }
+
     /// Reads the maps and returns the current labelled rows (for tests and the API).
     pub fn snapshot(&self) -> Result<Rows, CollectError> {
         self.inner.read_rows()
     }
+
+    /// The DNS aggregates and lookups as labelled rows (None: DNS probe not up).
+    pub fn dns_snapshot(&self) -> Option<(DnsRows, LookupRows)> {
+        self.inner.read_dns_rows()
+    }
+
+    /// Runs the sweep of unanswered DNS queries now (normally once a second in the
+    /// event task) and returns the timeout events it produced (they are also emitted).
+    pub fn sweep_dns_now(&self) -> usize {
+        let evs = self.inner.sweep_dns();
+        let n = evs.len();
+        if n > 0 {
+            self.inner.emit_dns_events(&evs);
+        }
+        n
+    }
 }
 
+/// Records decoded per wake-up at most; the rest is read on the next one.
+const MAX_RECORDS_PER_WAKE: usize = 4096;
+
+/// Waits until `afd` is readable; never when there is no ring buffer.
+async fn readable(
+    afd: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match afd {
+        Some(a) => a.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drains up to [`MAX_RECORDS_PER_WAKE`] records, decoding each with `decode`; clears the
+/// readiness only when the ring buffer was emptied.
+fn drain<T, E: std::fmt::Display>(
+    mut guard: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+    errors: &Counter,
+) -> Vec<T> {
+    let rb = guard.get_inner_mut();
+    let mut decoded = Vec::new();
+    let mut drained = true;
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Ok(e) => decoded.push(e),
+            Err(err) => {
+                errors.inc();
+                tracing::debug!(error = %err, "bad ring buffer record");
+            }
+        }
+        if decoded.len() >= MAX_RECORDS_PER_WAKE {
+            drained = false;
+            break;
+        }
+    }
+    if drained {
+        guard.clear_ready();
+    }
+    decoded
+}
+
+/// Reads both ring buffers and, once a second, sweeps unanswered DNS queries.
 async fn event_loop(
     inner: Arc<Inner>,
-    mut afd: AsyncFd<RingBuf<MapData>>,
+    mut net: Option<AsyncFd<RingBuf<MapData>>>,
+    mut dns: Option<AsyncFd<RingBuf<MapData>>>,
     shutdown: CancellationToken,
 ) {
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            g = afd.readable_mut() => match g {
-                Ok(g) => g,
+            g = readable(&mut net) => match g {
+                Ok(g) => {
+                    let evs = drain(g, Event::decode, &inner.selfc.decode_errors);
+                    if !evs.is_empty() {
+                        inner.emit_events(&evs);
+                    }
+                }
                 Err(e) => {
                     inner.status.set_detail("events", format!("ring buffer poll failed: {e}"));
-                    break;
+                    net = None;
                 }
             },
-        };
-        let rb = guard.get_inner_mut();
-        let mut decoded: Vec<Event> = Vec::new();
-        let mut drained = true;
-        while let Some(item) = rb.next() {
-            match Event::decode(&item) {
-                Ok(e) => decoded.push(e),
-                Err(err) => {
-                    inner.selfc.decode_errors.inc();
-                    tracing::debug!(error = %err, "bad ring buffer record");
+            g = readable(&mut dns) => match g {
+                Ok(g) => {
+                    let evs = drain(g, nodescope_ebpf::dns::DnsEvent::decode, &inner.selfc.decode_errors);
+                    if !evs.is_empty() {
+                        inner.emit_dns_events(&evs);
+                    }
                 }
-            }
-            if decoded.len() >= 4096 {
-                // Bounded work per wake-up; keep the readiness so the rest is read next.
-                drained = false;
-                break;
-            }
+                Err(e) => {
+                    inner.status.set_detail("dns_events", format!("ring buffer poll failed: {e}"));
+                    dns = None;
+                }
+            },
+            _ = sweep.tick(), if inner.dns.is_some() => {
+                let i2 = inner.clone();
+                // Map iteration is a few syscalls per entry: off the runtime's workers.
+                match tokio::task::spawn_blocking(move || i2.sweep_dns()).await {
+                    Ok(evs) if !evs.is_empty() => inner.emit_dns_events(&evs),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "DNS sweep task failed"),
+                }
+            },
         }
-        if drained {
-            guard.clear_ready();
-        }
-        if !decoded.is_empty() {
-            inner.emit_events(&decoded);
+        if net.is_none() && dns.is_none() && inner.dns.is_none() {
+            break;
         }
     }
 }
 
 impl Inner {
+    fn sweep_dns(&self) -> Vec<nodescope_ebpf::dns::DnsEvent> {
+        match &self.dns {
+            Some(d) => d.sweep(events::monotonic_ns()),
+            None => Vec::new(),
+        }
+    }
+
+    fn emit_dns_events(&self, evs: &[nodescope_ebpf::dns::DnsEvent]) {
+        let resolved = self.resolver.resolve_all(evs.iter().map(|e| e.cgroup_id));
+        let now_mono = events::monotonic_ns();
+        let now_wall = SystemTime::now();
+        let mut batch: Vec<LogRecord> = Vec::with_capacity(evs.len().min(EVENT_BATCH));
+        for e in evs {
+            let w = resolved
+                .get(&e.cgroup_id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown()));
+            let pod = self.resolver.pod_for(&w);
+            batch.push(dns::to_log(
+                e,
+                &w,
+                pod,
+                events::wall_time(e.ts_ns, now_mono, now_wall),
+            ));
+            self.selfc.events_read.inc();
+            if batch.len() >= EVENT_BATCH {
+                self.emitter
+                    .emit(Signal::Logs(Arc::new(std::mem::take(&mut batch))));
+            }
+        }
+        if !batch.is_empty() {
+            self.emitter.emit(Signal::Logs(Arc::new(batch)));
+        }
+    }
+
+    /// Reads the DNS aggregates and resolves their workloads.
+    fn read_dns_entries(&self) -> Option<(Vec<DnsEntry>, Vec<LookupEntry>)> {
+        let d = self.dns.as_ref()?;
+        let (snap, errors) = d.read();
+        self.selfc.map_read_errors.add(errors);
+        let ids = snap
+            .stats
+            .iter()
+            .map(|(k, _)| k.cgroup_id)
+            .chain(snap.lookups.iter().map(|(cg, _)| *cg));
+        let resolved = self.resolver.resolve_all(ids);
+        let with_pods = self.resolver.has_pod_lookup();
+        let get = |cg: u64| {
+            resolved
+                .get(&cg)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown()))
+        };
+        let stats = snap
+            .stats
+            .into_iter()
+            .map(|(key, stats)| {
+                let w = get(key.cgroup_id);
+                let pod = with_pods.then(|| self.resolver.pod_for(&w));
+                DnsEntry {
+                    key,
+                    stats,
+                    workload: w,
+                    pod,
+                }
+            })
+            .collect();
+        let lookups = snap
+            .lookups
+            .into_iter()
+            .map(|(cg, stats)| {
+                let w = get(cg);
+                let pod = with_pods.then(|| self.resolver.pod_for(&w));
+                LookupEntry {
+                    cgroup_id: cg,
+                    stats,
+                    workload: w,
+                    pod,
+                }
+            })
+            .collect();
+        Some((stats, lookups))
+    }
+
+    /// The DNS aggregates as labelled rows (raw: no budget).
+    fn read_dns_rows(&self) -> Option<(DnsRows, LookupRows)> {
+        let (stats, lookups) = self.read_dns_entries()?;
+        let mut rows = DnsRows::new();
+        for e in &stats {
+            rows.entry(DnsRowKey::new(&e.workload, e.pod.clone(), &e.key))
+                .or_default()
+                .merge(&e.stats);
+        }
+        let mut lrows = LookupRows::new();
+        for e in &lookups {
+            let pod = e.pod.as_ref().map(|p| {
+                p.as_ref()
+                    .map(|p| (p.namespace.clone(), p.pod.clone(), p.container.clone()))
+                    .unwrap_or_default()
+            });
+            let r = lrows
+                .entry(LookupRowKey {
+                    workload: e.workload.id.clone(),
+                    pod,
+                })
+                .or_default();
+            r.lookups = r.lookups.saturating_add(e.stats.lookups);
+            r.queries = r.queries.saturating_add(e.stats.queries);
+        }
+        Some((rows, lrows))
+    }
+
     fn emit_events(&self, evs: &[Event]) {
         let ids: Vec<u64> = evs.iter().map(|e| e.cgroup_id).collect();
         let resolved = self.resolver.resolve_all(ids);
@@ -521,11 +847,41 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Reads the peer maps (evicting idle peers into "other"), resolves workloads and
-    /// returns labelled rows.
+    /// Reads the peer maps and returns labelled rows, one per kernel entry's labels (raw
+    /// addresses, no budget: the tests' view).
     fn read_rows(&self) -> Result<Rows, CollectError> {
+        let mut rows = Rows::new();
+        for e in self.read_entries()? {
+            add_row(
+                &mut rows,
+                RowKey::new(&e.workload, e.pod.clone(), &e.key, e.overflow),
+                &e.stats,
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Raw rows (one per address) with the peer's workload added when it is named: the
+    /// per-address detail of `/api/v1/network/connections`.
+    fn read_named_rows(&self) -> Result<Rows, CollectError> {
+        let mut rows = Rows::new();
+        for e in self.read_entries()? {
+            let mut k = RowKey::new(&e.workload, e.pod.clone(), &e.key, e.overflow);
+            if !e.overflow && self.namer.enabled() {
+                let (named, _) = self
+                    .namer
+                    .name(nodescope_ebpf::net::ip_from_bytes(&e.key.addr));
+                k.peer_named = named.filter(|(_, w)| !w.is_empty());
+            }
+            add_row(&mut rows, k, &e.stats);
+        }
+        Ok(rows)
+    }
+
+    /// Reads the peer maps (evicting idle peers into "other") and resolves workloads.
+    fn read_entries(&self) -> Result<Vec<TcpEntry>, CollectError> {
         let Some(maps) = &self.maps else {
-            return Ok(Rows::new());
+            return Ok(Vec::new());
         };
         let mut maps = maps.lock();
         let mut entries: Vec<(PeerKey, PeerStats, bool)> = Vec::new();
@@ -545,6 +901,35 @@ impl Inner {
         }
         self.selfc.map_read_errors.add(errors);
         self.selfc.peers.set(npeers as f64);
+        // Active connections, counted in the socket table: onto their peer's entry; a
+        // peer without one yet (an accepted connection still open) gets one while the
+        // peer cap allows, else its workload's "other".
+        let mut active = maps.socks.active();
+        for (k, v, overflow) in entries.iter_mut() {
+            if !*overflow {
+                v.active = active.remove(k).unwrap_or(0);
+            }
+        }
+        let mut room = (self.cfg.peer_cap as usize).saturating_sub(npeers);
+        let mut rest: Vec<(PeerKey, i64)> = active.into_iter().collect();
+        rest.sort_by_key(|(k, _)| (k.cgroup_id, k.addr, k.port, k.direction));
+        for (k, n) in rest {
+            let stats = PeerStats {
+                active: n,
+                ..PeerStats::default()
+            };
+            if room > 0 {
+                room -= 1;
+                entries.push((k, stats, false));
+            } else {
+                let o = PeerKey {
+                    cgroup_id: k.cgroup_id,
+                    direction: k.direction,
+                    ..PeerKey::default()
+                };
+                entries.push((o, stats, true));
+            }
+        }
 
         // Idle eviction: peers with no open connection and no update for the timeout
         // are removed from the kernel map; their counts move to the retired "other".
@@ -623,9 +1008,9 @@ impl Inner {
             path: String::new(),
         });
         let with_pods = self.resolver.has_pod_lookup();
-        let mut rows = Rows::new();
-        for (k, v, overflow) in &entries {
-            if *overflow && is_zero(v) {
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v, overflow) in entries {
+            if overflow && is_zero(&v) {
                 continue;
             }
             let w = if k.cgroup_id == RETIRED_OVERFLOW_CGROUP {
@@ -637,22 +1022,75 @@ impl Inner {
                     .unwrap_or_else(|| Arc::new(unknown()))
             };
             let pod = with_pods.then(|| self.resolver.pod_for(&w));
-            add_row(&mut rows, RowKey::new(&w, pod, k, *overflow), v);
+            out.push(TcpEntry {
+                key: k,
+                stats: v,
+                overflow,
+                workload: w,
+                pod,
+            });
         }
-        Ok(rows)
+        Ok(out)
     }
 
-    fn read_drops(&self) -> Vec<(u32, u64)> {
+    /// Drops by workload and reason (cgroup 0, no socket: `unattributed`; past the map's
+    /// bound: `other`).
+    fn read_drops(&self) -> BTreeMap<aggregate::DropRow, u64> {
+        let mut rows = BTreeMap::new();
         let Some(maps) = &self.maps else {
-            return Vec::new();
+            return rows;
         };
-        let maps = maps.lock();
-        (0..bpf::DROP_SLOTS as u32)
-            .filter_map(|i| {
-                let n = Self::sum_counter(&maps.drops, i);
-                (n > 0).then_some((i, n))
-            })
-            .collect()
+        let (entries, other) = {
+            let maps = maps.lock();
+            let entries: Vec<(bpf::DropKey, u64)> =
+                maps.drops.iter().filter_map(Result::ok).collect();
+            let other: Vec<(u32, u64)> = (0..bpf::DROP_SLOTS as u32)
+                .filter_map(|i| {
+                    let n = Self::sum_counter(&maps.drops_other, i);
+                    (n > 0).then_some((i, n))
+                })
+                .collect();
+            (entries, other)
+        };
+        let resolved = self
+            .resolver
+            .resolve_all(entries.iter().map(|(k, _)| k.cgroup_id).filter(|&c| c != 0));
+        let with_pods = self.resolver.has_pod_lookup();
+        let empty_pod = || with_pods.then(Default::default);
+        for (k, n) in entries {
+            let (workload, pod) = if k.cgroup_id == 0 {
+                ("unattributed".to_string(), empty_pod())
+            } else {
+                let w = resolved
+                    .get(&k.cgroup_id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(unknown()));
+                let pod = with_pods.then(|| {
+                    self.resolver
+                        .pod_for(&w)
+                        .map(|p| (p.namespace, p.pod, p.container))
+                        .unwrap_or_default()
+                });
+                (w.id.clone(), pod)
+            };
+            *rows
+                .entry(aggregate::DropRow {
+                    workload,
+                    pod,
+                    reason: self.names.drop(k.reason),
+                })
+                .or_default() += n;
+        }
+        for (r, n) in other {
+            *rows
+                .entry(aggregate::DropRow {
+                    workload: aggregate::OTHER.into(),
+                    pod: empty_pod(),
+                    reason: self.names.drop(r),
+                })
+                .or_default() += n;
+        }
+        rows
     }
 
     fn probe_up_family(&self) -> MetricFamily {
@@ -690,26 +1128,68 @@ impl Collector for NetCollector {
     }
 
     fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+        Ok(self.inner.exposition()?.families)
+    }
+}
+
+/// One collection of the network families, with what the series budget did to it.
+pub struct Exposition {
+    pub families: Vec<MetricFamily>,
+    /// Series of `families` (histograms count their buckets, `+Inf`, sum and count).
+    pub series: usize,
+    /// Distinct peer and DNS rows before the budget (`other` excluded).
+    pub rows_before: usize,
+    /// Rows this collection folded into `other`.
+    pub folded: usize,
+    /// Rows exposed under their own peer (`other` excluded).
+    pub exposed_rows: usize,
+}
+
+impl Inner {
+    fn exposition(&self) -> Result<Exposition, CollectError> {
         let start = Instant::now();
-        let inner = &self.inner;
+        let inner = self;
         let mut out = vec![inner.probe_up_family()];
-        if inner.maps.is_none() {
-            return Ok(out);
+        if inner.maps.is_none() && inner.dns.is_none() {
+            let series = out.iter().map(|f| f.points.len()).sum();
+            return Ok(Exposition {
+                families: out,
+                series,
+                rows_before: 0,
+                folded: 0,
+                exposed_rows: 0,
+            });
         }
-        let rows = inner.read_rows()?;
-        out.extend(aggregate::families(&rows, &inner.names));
         if inner
             .health
             .iter()
             .any(|h| h.probe == crate::config::PROBE_DROPS && h.up)
         {
-            out.push(aggregate::drops_family(&inner.read_drops(), &inner.names));
+            out.push(aggregate::drops_family(&inner.read_drops()));
+        }
+        let tcp = inner.read_entries()?;
+        let (dns_e, lookups_e) = inner.read_dns_entries().unwrap_or_default();
+        // Outside the budget's reach: probe health and drops by reason.
+        let fixed: usize = out.iter().map(|f| f.points.len()).sum();
+        let x = inner
+            .budget
+            .lock()
+            .apply(&inner.namer, tcp, dns_e, lookups_e, fixed);
+        out.extend(aggregate::families(&x.rows, &inner.names));
+        if inner.dns.is_some() {
+            out.extend(dns::families(&x.dns, &x.lookups));
         }
         inner.status.set_detail(
             "last_collect_seconds",
             format!("{:.6}", start.elapsed().as_secs_f64()),
         );
-        Ok(out)
+        Ok(Exposition {
+            families: out,
+            series: x.series,
+            rows_before: x.rows_before,
+            folded: x.folded,
+            exposed_rows: x.exposed_rows,
+        })
     }
 }
 
@@ -728,7 +1208,7 @@ struct ConnResponse {
 async fn connections(State(inner): State<Arc<Inner>>, Query(q): Query<ConnQuery>) -> Response {
     let limit = q.limit.unwrap_or(inner.cfg.top_peers).clamp(1, 1000);
     let i2 = inner.clone();
-    let res = tokio::task::spawn_blocking(move || i2.read_rows()).await;
+    let res = tokio::task::spawn_blocking(move || i2.read_named_rows()).await;
     match res {
         Ok(Ok(rows)) => Json(ConnResponse {
             probes: inner.health.clone(),

@@ -1,10 +1,15 @@
 //! Attribution: cgroup v2 id (from the socket, in the kernel) -> cgroup path -> workload.
 //!
-//! The kernel gives `sk->sk_cgrp_data.cgroup->kn->id`, which equals the inode number of
-//! the cgroup's directory in the cgroup2 mount. We find the path by walking the mount
-//! (at most once per [`WALK_MIN_INTERVAL`], bounded in depth and entries) and classify it
-//! with [`nodescope_model::workload::classify_cgroup_path`]. Results live in a bounded
-//! cache; evictions and unresolved ids are counted.
+//! The kernel gives `sk->sk_cgrp_data.cgroup->kn->id` (or `bpf_skb_cgroup_id`), which
+//! equals the inode number of the cgroup's directory in the cgroup2 mount, and is also the
+//! cgroup's kernfs file handle. We open the directory by that handle
+//! (`open_by_handle_at` with `FILEID_KERNFS`, as systemd and bpftool do; needs
+//! CAP_DAC_READ_SEARCH) and read its path back from `/proc/self/fd`: one id, two system
+//! calls, no matter how many cgroups exist. Without the capability we fall back to
+//! walking the mount (at most once per [`WALK_MIN_INTERVAL`], bounded in depth and
+//! entries). The path is classified with
+//! [`nodescope_model::workload::classify_cgroup_path`]. Results live in a bounded cache;
+//! evictions and unresolved ids are counted.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -63,6 +68,78 @@ pub fn default_cgroup_root() -> PathBuf {
 struct Inner {
     cache: HashMap<u64, Arc<Resolved>>,
     last_walk: Option<Instant>,
+    /// The cgroup2 mount, opened once for `open_by_handle_at`; None when it cannot be
+    /// opened, or after handles were refused (then only the walk is used).
+    mount: Option<std::fs::File>,
+}
+
+/// `FILEID_KERNFS` (include/linux/exportfs.h): a kernfs node id (the cgroup id) as a file
+/// handle.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// How opening a cgroup by its id went.
+#[derive(Debug, PartialEq, Eq)]
+enum ByHandle {
+    /// The path relative to the mount.
+    Found(String),
+    /// No such cgroup (removed).
+    Gone,
+    /// Handles are not usable here (no CAP_DAC_READ_SEARCH, not a kernfs mount, ...).
+    Unsupported,
+}
+
+/// cgroup2's `statfs` magic (`CGROUP2_SUPER_MAGIC`): only there are ids file handles.
+fn is_cgroup2(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs writes into a valid, zeroed statfs struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the descriptor is open for the call's duration.
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    rc == 0 && st.f_type as u64 == 0x6367_7270
+}
+
+/// Opens cgroup `id` under the cgroup2 mount `mount` (opened from `root`) by its file
+/// handle and returns its path relative to `root`.
+fn open_by_id(mount: &std::fs::File, root: &Path, id: u64) -> ByHandle {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        id: [u8; 8],
+    }
+    let mut h = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id: id.to_ne_bytes(),
+    };
+    // SAFETY: `h` is a valid file_handle with 8 bytes of handle data, as handle_bytes
+    // says; the kernel only reads it. The returned descriptor is owned below.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut h as *mut Handle).cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => ByHandle::Gone,
+            _ => ByHandle::Unsupported,
+        };
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+        return ByHandle::Unsupported;
+    };
+    match path.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => ByHandle::Found("/".into()),
+        Ok(rel) => ByHandle::Found(format!("/{}", rel.to_string_lossy())),
+        // The mount is not where we think (a bind mount of a subtree): not usable.
+        Err(_) => ByHandle::Unsupported,
+    }
 }
 
 pub struct WorkloadResolver {
@@ -77,12 +154,14 @@ pub struct WorkloadResolver {
 
 impl WorkloadResolver {
     pub fn new(root: PathBuf, cap: usize, pods: Option<Arc<dyn PodLookup>>) -> Self {
+        let mount = std::fs::File::open(&root).ok().filter(is_cgroup2);
         WorkloadResolver {
             root,
             cap: cap.max(1),
             inner: Mutex::new(Inner {
                 cache: HashMap::new(),
                 last_walk: None,
+                mount,
             }),
             pods,
             evictions: Counter::default(),
@@ -128,7 +207,40 @@ impl WorkloadResolver {
         if missing.is_empty() {
             return out;
         }
-        let found = self.walk_if_due(&missing);
+        let mut found: HashMap<u64, String> = HashMap::new();
+        let mut gone: Vec<u64> = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            if let Some(mount) = &inner.mount {
+                let mut unsupported = false;
+                for &id in &missing {
+                    match open_by_id(mount, &self.root, id) {
+                        ByHandle::Found(p) => {
+                            found.insert(id, p);
+                        }
+                        ByHandle::Gone => gone.push(id),
+                        ByHandle::Unsupported => {
+                            unsupported = true;
+                            break;
+                        }
+                    }
+                }
+                if unsupported {
+                    tracing::debug!(root = %self.root.display(), "cgroup file handles unusable; walking the cgroup tree instead");
+                    inner.mount = None;
+                    found.clear();
+                    gone.clear();
+                }
+            }
+        }
+        let rest: Vec<u64> = missing
+            .iter()
+            .copied()
+            .filter(|id| !found.contains_key(id) && !gone.contains(id))
+            .collect();
+        if !rest.is_empty() {
+            found.extend(self.walk_if_due(&rest));
+        }
         let mut inner = self.inner.lock();
         for id in missing {
             match found.get(&id) {
@@ -153,6 +265,11 @@ impl WorkloadResolver {
             }
         }
         out
+    }
+
+    /// True when ids are resolved by file handle (no walk needed).
+    pub fn uses_handles(&self) -> bool {
+        self.inner.lock().mount.is_some()
     }
 
     fn walk_if_due(&self, wanted: &[u64]) -> HashMap<u64, String> {
@@ -253,6 +370,40 @@ mod tests {
         let again = r.resolve_all([ia]);
         assert_eq!(again[&ia].id, "nginx.service");
         assert_eq!(r.walks.get(), 1);
+    }
+
+    /// Root-only: cgroups created after a resolution (within the walk interval) resolve
+    /// at once by file handle, and a removed one is unknown.
+    #[test]
+    fn ids_resolve_by_file_handle_without_waiting_for_a_walk() {
+        if !nodescope_testsupport::require_root(
+            "workload::ids_resolve_by_file_handle_without_waiting_for_a_walk",
+        ) {
+            return;
+        }
+        let root = default_cgroup_root();
+        let r = WorkloadResolver::new(root.clone(), 16, None);
+        assert!(r.uses_handles(), "open_by_handle_at on {}", root.display());
+        let mk = |n: &str| {
+            let rel = format!("/nsnet-wl-{}-{n}", std::process::id());
+            let dir = root.join(rel.trim_start_matches('/'));
+            std::fs::create_dir(&dir).unwrap();
+            let ino = std::fs::metadata(&dir).unwrap().ino();
+            (rel, dir, ino)
+        };
+        let (rel_a, dir_a, a) = mk("a");
+        assert_eq!(r.resolve_all([a])[&a].path, rel_a);
+        let (rel_b, dir_b, b) = mk("b");
+        let got = r.resolve_all([b]);
+        assert_eq!(got[&b].path, rel_b, "resolved without a walk");
+        assert_eq!(got[&b].id, rel_b);
+        assert_eq!(r.walks.get(), 0);
+        std::fs::remove_dir(&dir_b).unwrap();
+        let (_, dir_c, c) = mk("c");
+        std::fs::remove_dir(&dir_c).unwrap();
+        assert_eq!(r.resolve_all([c])[&c].id, UNKNOWN);
+        assert_eq!(r.resolve_all([1])[&1].kind, WorkloadKind::Host);
+        std::fs::remove_dir(&dir_a).unwrap();
     }
 
     #[test]

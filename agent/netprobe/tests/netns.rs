@@ -704,7 +704,7 @@ fn unprivileged_child() {
     assert_ne!(unsafe { libc::geteuid() }, 0, "child must not be root");
     let h = start_probe(NetworkConfig::default());
     let health = h.probe.health();
-    assert_eq!(health.len(), 5);
+    assert_eq!(health.len(), 6, "{health:?}");
     for p in &health {
         assert!(!p.up, "{p:?}");
         let r = p.reason.as_deref().unwrap_or("");
@@ -714,7 +714,7 @@ fn unprivileged_child() {
     assert_eq!(st.state, ComponentState::Unavailable);
     let fams = h.probe.collector().collect().unwrap();
     let up = points_of(&fams, "nodescope_probe_up");
-    assert_eq!(up.len(), 5);
+    assert_eq!(up.len(), 6);
     assert!(up.iter().all(|(_, v)| **v == Value::Number(0.0)));
     println!(
         "{}: {}",
@@ -820,4 +820,283 @@ fn events_are_rate_limited_and_counted() {
     );
     assert!(limited >= 8.0, "rate-limited counter {limited}");
     token.cancel();
+}
+
+/// Sets SO_LINGER {on, 0}: close() then aborts the connection with a reset.
+fn set_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a valid, initialised linger struct of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+fn attr<'a>(r: &'a nodescope_model::LogRecord, k: &str) -> &'a str {
+    r.attributes
+        .iter()
+        .chain(r.labels.iter())
+        .find(|(a, _)| a == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// Issue 16 item 9: `tcp_reset_sent` events carry both endpoints. A reset sent without a
+/// socket (refused connect) names the client's port as the peer port and the closed port
+/// as the local one; a reset sent by a socket that closes with SO_LINGER 0 (reason
+/// `tcp_state`: the kernel has already released the local port number when it sends it)
+/// keeps the socket's local address and port. So does the client's failed-connect event.
+#[test]
+fn reset_sent_events_carry_both_endpoints() {
+    if !require("reset_sent_events_carry_both_endpoints", &["ip"]) {
+        return;
+    }
+    let _g = serial();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let ns = NetNs::new();
+    let srv = EchoServer::start(&ns, 8088);
+    let mut h = start_probe(NetworkConfig::default());
+    let token = tokio_util::sync::CancellationToken::new();
+    h.probe.spawn(token.clone()).expect("event reader");
+
+    // 1. No socket: the namespace answers a SYN to port 9 with a reset.
+    let e = TcpStream::connect_timeout(&SocketAddr::from((ns.ns_ip, 9)), Duration::from_secs(3))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    // 2. A socket aborting its connection: SO_LINGER 0, then close.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    exchange(&mut s, 1, Duration::ZERO);
+    let local = s.local_addr().unwrap();
+    set_linger_zero(&s);
+    drop(s);
+
+    let (host, nsip) = (ns.host_ip.to_string(), ns.ns_ip.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    while std::time::Instant::now() < deadline {
+        rt.block_on(tokio::time::sleep(Duration::from_millis(50)));
+        for r in h.drain_logs() {
+            if attr(&r, "peer_address") != host && attr(&r, "peer_address") != nsip {
+                continue;
+            }
+            match r.kind.as_ref() {
+                "tcp_reset_sent" => sent.push(r),
+                "tcp_connect_failed" => failed.push(r),
+                _ => {}
+            }
+        }
+        let reasons: Vec<&str> = sent.iter().map(|r| attr(r, "reason")).collect();
+        if reasons.contains(&"no_socket") && reasons.iter().any(|r| *r != "no_socket") {
+            break;
+        }
+    }
+    let no_sock = sent
+        .iter()
+        .find(|r| attr(r, "reason") == "no_socket")
+        .unwrap_or_else(|| panic!("no no_socket reset event: {sent:?}"));
+    assert_eq!(attr(no_sock, "peer_address"), host, "{no_sock:?}");
+    assert_ne!(attr(no_sock, "peer_port"), "0", "{no_sock:?}");
+    assert_eq!(attr(no_sock, "local_address"), nsip, "{no_sock:?}");
+    assert_eq!(attr(no_sock, "local_port"), "9", "{no_sock:?}");
+    assert!(
+        no_sock
+            .body
+            .contains(&format!("{host}:{}", attr(no_sock, "peer_port"))),
+        "{}",
+        no_sock.body
+    );
+
+    // The client's failed connect (SYN_SENT -> CLOSE: its port number is released
+    // before the tracepoint fires) names its local port too.
+    let f = failed.first().expect("failed-connect event");
+    assert_eq!(attr(f, "local_address"), host, "{f:?}");
+    assert_eq!(attr(f, "local_port"), attr(no_sock, "peer_port"), "{f:?}");
+    assert_eq!(attr(f, "peer_port"), "9", "{f:?}");
+
+    let abort = sent
+        .iter()
+        .find(|r| attr(r, "reason") != "no_socket")
+        .unwrap_or_else(|| panic!("no reset event from the aborting socket: {sent:?}"));
+    eprintln!("abort reset: {:?} / {}", attr(abort, "reason"), abort.body);
+    assert_eq!(attr(abort, "peer_address"), nsip, "{abort:?}");
+    assert_eq!(attr(abort, "peer_port"), "8088", "{abort:?}");
+    assert_eq!(attr(abort, "local_address"), host, "{abort:?}");
+    assert_eq!(
+        attr(abort, "local_port"),
+        local.port().to_string(),
+        "{abort:?}"
+    );
+    // The metric row of that reset is the outbound peer, not a port-0 inbound one.
+    let rows = h.rows_for(&nsip, Some(8088));
+    assert!(
+        rows.iter()
+            .any(|(k, s)| k.direction == "outbound" && s.resets_sent.iter().sum::<u64>() == 1),
+        "{rows:?}"
+    );
+    token.cancel();
+}
+
+/// A program the verifier refuses takes only its probe down, with the verifier's reason
+/// and log in the status; the other probes (DNS included) keep running. `tcp_probe`'s
+/// program is pointed at `sched_switch`, whose arguments are no socket: its socket loads
+/// no longer verify.
+#[test]
+fn verifier_rejection_degrades_only_that_probe() {
+    if !require("verifier_rejection_degrades_only_that_probe", &["ip"]) {
+        return;
+    }
+    let _g = serial();
+    let mut cfg = NetworkConfig::default();
+    cfg.hooks.insert("tcp_probe".into(), "sched_switch".into());
+    let h = start_probe(cfg);
+    let health = h.probe.health();
+    let rtt = health.iter().find(|x| x.probe == "tcp_rtt").unwrap();
+    assert!(!rtt.up);
+    let reason = rtt.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("verifier rejected program ns_tcp_probe"),
+        "{reason}"
+    );
+    assert!(
+        health.iter().filter(|x| x.probe != "tcp_rtt").all(|x| x.up),
+        "{health:?}"
+    );
+    let st = &h.status.snapshot()[0];
+    assert_eq!(st.state, ComponentState::Degraded);
+    let log = st
+        .details
+        .get("verifier_log.ns_tcp_probe")
+        .expect("verifier log kept");
+    assert!(!log.trim().is_empty());
+    let port = nodescope_testsupport::free_port();
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    let rows = h.rows_for("127.0.0.1", Some(port));
+    assert!(
+        rows.iter().any(|(_, s)| s.connect_errors[0] == 1),
+        "{rows:?}"
+    );
+}
+
+/// Runs `python` (a Python program) as a process of cgroup `cg` inside network namespace
+/// `ns`.
+fn python_in(cg: &TestCgroup, ns: &NetNs, python: &str) {
+    let procs = cg.dir.join("cgroup.procs");
+    let st = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec ip netns exec {} python3 -c \"$0\"",
+            procs.display(),
+            ns.name
+        ))
+        .arg(python)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// An nftables rule in a test namespace drops a workload's packets on their way out:
+/// counted as `reason="netfilter_drop", class="harmful"` for the sending workload (the
+/// cgroup of the socket the packets belong to), exactly once per packet.
+#[test]
+fn nftables_drop_is_attributed_to_the_sending_workload() {
+    if !require(
+        "nftables_drop_is_attributed_to_the_sending_workload",
+        &["ip", "nft", "python3"],
+    ) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    ns.exec(&["nft", "add", "table", "inet", "nsnet"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "nsnet",
+        "out",
+        "{ type filter hook output priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft", "add", "rule", "inet", "nsnet", "out", "udp", "dport", "9999", "drop",
+    ]);
+    let root = nodescope_netprobe::workload::default_cgroup_root();
+    let cg = TestCgroup::new(&root);
+    let h = start_probe(NetworkConfig::default());
+    let n = 25;
+    python_in(
+        &cg,
+        &ns,
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({n}):\n    try: s.sendto(b'x', ('{}', 9999))\n    except PermissionError: pass\n",
+            ns.host_ip
+        ),
+    );
+    let fams = h.probe.collector().collect().unwrap();
+    let drops = points_of(&fams, "nodescope_packet_drops_total");
+    let ours: Vec<_> = drops
+        .iter()
+        .filter(|(l, _)| l["workload"] == cg.rel)
+        .collect();
+    assert_eq!(ours.len(), 1, "{drops:?}");
+    let (l, v) = ours[0];
+    assert_eq!(l["reason"], "netfilter_drop");
+    assert_eq!(l["class"], "harmful");
+    assert_eq!(**v, Value::Number(f64::from(n)));
+}
+
+/// Benign reasons are off by default: a workload's loopback connections each leave a
+/// `queue_purge` drop that is not counted; with `drops.benign = true` it is, as benign.
+#[test]
+fn benign_drops_only_when_asked_for() {
+    if !require("benign_drops_only_when_asked_for", &["ip", "python3"]) {
+        return;
+    }
+    let _g = serial();
+    let ns = NetNs::new();
+    let root = nodescope_netprobe::workload::default_cgroup_root();
+    let connect_loop = "import socket, threading\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(64)\na = l.getsockname()\ndef srv():\n    for _ in range(20):\n        c, _ = l.accept()\n        c.sendall(b'x')\n        c.close()\nt = threading.Thread(target=srv)\nt.start()\nfor _ in range(20):\n    s = socket.create_connection(a)\n    s.recv(1)\n    s.close()\nt.join()\n";
+    let mut seen = Vec::new();
+    for benign in [false, true] {
+        let cg = TestCgroup::new(&root);
+        let h = start_probe(NetworkConfig {
+            drops: nodescope_netprobe::config::DropsConfig {
+                benign,
+                ..Default::default()
+            },
+            ..NetworkConfig::default()
+        });
+        python_in(&cg, &ns, connect_loop);
+        let fams = h.probe.collector().collect().unwrap();
+        let classes: Vec<(String, String)> = points_of(&fams, "nodescope_packet_drops_total")
+            .iter()
+            .filter(|(l, _)| l["workload"] == cg.rel)
+            .map(|(l, _)| (l["reason"].clone(), l["class"].clone()))
+            .collect();
+        eprintln!("benign={benign}: {classes:?}");
+        seen.push(classes);
+    }
+    assert!(
+        seen[0].iter().all(|(_, c)| c != "benign"),
+        "benign counted by default: {:?}",
+        seen[0]
+    );
+    assert!(
+        seen[1]
+            .iter()
+            .any(|(r, c)| r == "queue_purge" && c == "benign"),
+        "{:?}",
+        seen[1]
+    );
 }

@@ -6,7 +6,8 @@
 //! 2. (root + prometheus + ip + iptables) a real Prometheus (Debian package) scrapes a
 //!    running `nodescope` with network probes, profiling and a remote_write exporter on,
 //!    while the test makes TCP traffic (connects, refused connects, SYNs dropped by
-//!    iptables) in a network namespace it creates and removes. Then every expression runs
+//!    iptables) and DNS traffic (answered, NXDOMAIN, unanswered) in a network namespace
+//!    it creates and removes. Then every expression runs
 //!    against Prometheus's `/api/v1/query` and must return at least one series; every
 //!    `label_values(...)` variable query must find a series carrying its label.
 
@@ -686,6 +687,75 @@ const ECHO_PORT: u16 = 7101;
 const CLOSED_PORT: u16 = 7102;
 const BLACKHOLE_PORT: u16 = 7103;
 
+/// A DNS query for `name` (one question, type A, class IN) with transaction id `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; QDCOUNT 1
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, QTYPE A, QCLASS IN
+    q
+}
+
+/// Runs in the namespace for `dur`: a DNS server on 127.0.0.1:53 that answers `ok.test`
+/// NOERROR (no records), `nx.test` NXDOMAIN and never answers `drop.test`, and a client
+/// asking for each every 100 ms (DNS latency, answer codes, timeouts, lookups).
+fn make_dns_traffic(dur: Duration) -> u64 {
+    let server = std::net::UdpSocket::bind(("127.0.0.1", 53)).expect("dns bind");
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let srv = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !s2.load(Ordering::Relaxed) {
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 17 {
+                continue;
+            }
+            let first = &buf[13..13 + usize::from(buf[12]).min(n - 13)];
+            let rcode = match first {
+                b"drop" => continue,
+                b"nx" => 3,
+                _ => 0,
+            };
+            let mut a = buf[..n].to_vec();
+            a[2] = 0x81; // QR, RD
+            a[3] = 0x80 | rcode; // RA, RCODE
+            let _ = server.send_to(&a, from);
+        }
+    });
+    let client = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    client.connect(("127.0.0.1", 53)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + dur;
+    let (mut id, mut answers) = (0u16, 0u64);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        for name in ["ok.test", "nx.test", "drop.test"] {
+            id = id.wrapping_add(1);
+            let _ = client.send(&dns_query(id, name));
+        }
+        for _ in 0..2 {
+            if client.recv(&mut buf).is_ok() {
+                answers += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = srv.join();
+    answers
+}
+
 /// Runs inside the namespace for `dur`: an echo server, short connections with data,
 /// one long-lived connection, refused connects, and connects whose SYNs iptables drops
 /// (SYN retransmits, NETFILTER_DROP drops, timed-out connects).
@@ -726,6 +796,8 @@ fn make_traffic(ns: &Netns, dur: Duration) -> (u64, u64, u64) {
                 }
             }
         });
+        // Threads spawned here are in the namespace too.
+        let dns = std::thread::spawn(move || make_dns_traffic(dur));
         let echo: SocketAddr = ([127, 0, 0, 1], ECHO_PORT).into();
         let deadline = Instant::now() + dur;
         let (mut ok, mut refused) = (0u64, 0u64);
@@ -765,6 +837,8 @@ fn make_traffic(ns: &Netns, dur: Duration) -> (u64, u64, u64) {
         }
         drop(long);
         let timed_out = blackhole.join().unwrap();
+        let dns_answers = dns.join().expect("dns traffic");
+        assert!(dns_answers > 10, "DNS traffic: {dns_answers} answers");
         stop.store(true, Ordering::Relaxed);
         let _ = server.join();
         (ok, refused, timed_out)
@@ -964,6 +1038,9 @@ fn every_dashboard_query_returns_data_from_a_real_agent() {
         r#"
 [network]
 enabled = true
+
+[network.dns]
+timeout_seconds = 1.0
 
 [profiling]
 enabled = true

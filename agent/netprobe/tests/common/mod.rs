@@ -65,8 +65,9 @@ impl NetNs {
     pub fn new() -> NetNs {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let name = format!("nsnp{}_{n}", pid % 100_000);
-        let host_if = format!("vnp{}{n}", pid % 10_000);
+        // Prefixed `nsnet`: other engineers' tests on this machine use other prefixes.
+        let name = format!("nsnet{}_{n}", pid % 100_000);
+        let host_if = format!("nsnet{}v{n}", pid % 10_000);
         let peer_if = format!("{host_if}p");
         let b = (pid % 200) as u8 + 20;
         let c = (n as u8).wrapping_mul(4);
@@ -258,14 +259,14 @@ impl Drop for Delayer {
 /// A cgroup v2 directory made by the test; removed on drop.
 pub struct TestCgroup {
     pub dir: PathBuf,
-    /// Path relative to the cgroup2 mount (`/nodescope-test-...`).
+    /// Path relative to the cgroup2 mount (`/nsnet-test-...`).
     pub rel: String,
 }
 
 impl TestCgroup {
     pub fn new(root: &std::path::Path) -> TestCgroup {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let rel = format!("/nodescope-test-{}-{n}", std::process::id());
+        let rel = format!("/nsnet-test-{}-{n}", std::process::id());
         let dir = root.join(rel.trim_start_matches('/'));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         TestCgroup { dir, rel }
