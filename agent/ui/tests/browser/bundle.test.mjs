@@ -35,6 +35,7 @@ test('offline bundle page renders summary, findings, timelines and the flame gra
     assert.ok((await page.textContent('main')).includes('</script><script>'));
     assert.equal(await page.evaluate(() => window.__pwned === undefined), true);
 
+    await page.locator('#incident-flame canvas').scrollIntoViewIfNeeded();
     const f = await page.evaluate(() => {
       const g = document.getElementById('incident-flame').nsFlame;
       return { hot: g.frame('burn_hot_75'), cold: g.frame('burn_cold_25') };

@@ -43,24 +43,28 @@ export async function launch(opts = {}) {
 export function watch(page, agentOrigin) {
   const problems = [];
   const requests = [];
+  const note = (p) => {
+    problems.push(p);
+    console.log('  page problem: ' + p);
+  };
   page.on('console', (m) => {
-    if (m.type() === 'error') problems.push('console error: ' + m.text());
+    if (m.type() === 'error') note('console error: ' + m.text() + (m.location() && m.location().url ? ' at ' + m.location().url : ''));
   });
-  page.on('pageerror', (e) => problems.push('uncaught exception: ' + e.message));
+  page.on('pageerror', (e) => note('uncaught exception: ' + e.message + '\n' + e.stack));
   page.on('request', (r) => {
     requests.push(r.url());
     const u = new URL(r.url());
     const ok = agentOrigin === 'file' ? u.protocol === 'file:' || u.protocol === 'blob:' || u.protocol === 'data:' : u.origin === agentOrigin || u.protocol === 'blob:' || u.protocol === 'data:';
-    if (!ok) problems.push('request to another host: ' + r.url());
+    if (!ok) note('request to another host: ' + r.url());
   });
   page.on('requestfailed', (r) => {
     const f = r.failure();
     // A navigation away (or a page change) cancels in-flight requests: not a failure of the UI.
     if (f && f.errorText === 'net::ERR_ABORTED' && r.resourceType() === 'fetch') return;
-    problems.push('failed request: ' + r.url() + ' (' + (f && f.errorText) + ')');
+    note('failed request: ' + r.url() + ' (' + (f && f.errorText) + ')');
   });
   page.on('response', (r) => {
-    if (r.status() >= 400) problems.push('HTTP ' + r.status() + ' for ' + r.url());
+    if (r.status() >= 400) note('HTTP ' + r.status() + ' for ' + r.url());
   });
   return { problems, requests };
 }

@@ -107,10 +107,13 @@ test('Profiles page profiles a pid from the URL; 75/25 in the flame graph; click
   assert.equal(await page.evaluate(() => document.getElementById('profile-flame').nsFlame.zoomed().name), 'all');
   await page.fill('#profile-flame input[type="search"]', 'burn_cold');
   assert.match(await page.textContent('#profile-flame .flame-match'), /Matched: \d/);
-  const y0 = (await page.evaluate(() => document.getElementById('profile-flame').nsFlame.frame('burn_hot_75').box.y));
+  // Flame: the root (the process frame "burn") below its callees; icicle: above them.
+  const ys = () => page.evaluate(() => { const g = document.getElementById('profile-flame').nsFlame; return [g.frame('burn').box.y, g.frame('burn_hot_75').box.y]; });
+  const [root0, leaf0] = await ys();
+  assert.ok(root0 > leaf0, 'flame graph: root below the leaf ' + root0 + ' vs ' + leaf0);
   await page.check('#profile-flame input[type="checkbox"]');
-  const y1 = (await page.evaluate(() => document.getElementById('profile-flame').nsFlame.frame('burn_hot_75').box.y));
-  assert.ok(y1 > y0, 'icicle puts the root at the top, the leaf lower: ' + y1 + ' vs ' + y0);
+  const [root1, leaf1] = await ys();
+  assert.ok(root1 < leaf1, 'icicle: root above the leaf ' + root1 + ' vs ' + leaf1);
   await screenshot(page, 'ui-profiles');
 
   for (const [label, check] of [

@@ -58,9 +58,9 @@
       title: opts.title,
       width: width(host),
       height: height,
-      cursor: { sync: opts.sync ? { key: opts.sync, setSeries: false } : undefined, drag: { x: !!opts.onSelect, y: false } },
+      cursor: { sync: opts.sync ? { key: opts.sync, setSeries: false } : undefined, drag: { x: !!opts.onSelect, y: false, setScale: false } },
       scales: { x: { time: true }, y: unit === 'ratio' ? { range: (u, min, max) => [0, Math.max(max || 0, 0.05)] } : { range: (u, min, max) => [Math.min(0, min || 0), max > 0 ? max * 1.05 : 1] } },
-      axes: [{ stroke: '#333', grid: { stroke: '#eee' } }, { stroke: '#333', grid: { stroke: '#eee' }, values: axisValues(unit), size: 70 }],
+      axes: [{ stroke: '#333', grid: { stroke: '#eee' } }, { stroke: '#333', grid: { stroke: '#eee' }, values: axisValues(unit), size: 86 }],
       series: series,
       hooks: {
         draw: [(u) => {
@@ -124,7 +124,7 @@
       width: width(host),
       height: height,
       legend: { show: false },
-      cursor: { drag: { x: true, y: true, uni: 1 }, points: { show: false } },
+      cursor: { drag: { x: true, y: true, setScale: false }, points: { show: false } },
       scales: { x: { time: opts.time !== false, range: () => [xs.length ? xs[0] : 0, last] }, y: { auto: false, range: [0, rows] } },
       axes: [
         { stroke: '#333', grid: { show: false } },

@@ -337,6 +337,11 @@
         }
       }
       this.canvas.dataset.frames = String(this.rects.length);
+      // First drawing of real data, for the Performance API (docs/benchmarks.md).
+      if (!this.marked && total > 0 && window.performance && performance.mark) {
+        this.marked = true;
+        performance.mark('ns-flame-drawn', { detail: { frames: this.rects.length, nodes: this.root.count } });
+      }
     }
 
     hitAt(px, py) {

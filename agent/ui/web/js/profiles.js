@@ -43,12 +43,13 @@
     const recRange = NS.select([['60', 'Last minute'], ['300', 'Last 5 min'], ['600', 'Last 10 min']], '300');
     const recWorkload = h('input', { type: 'text', placeholder: 'all workloads', 'aria-label': 'Workload filter for recorded samples', size: 24 });
     const recLoad = h('button', { type: 'button', text: 'Show samples' });
+    const recInfo = h('span', { class: 'muted', 'aria-live': 'polite', text: 'Hover a cell for its count.' });
 
     main.append(
       h('h1', { text: 'Profiles' }),
       NS.section('Profile on demand', form, status),
       NS.section('Flame graph', actions, fhost),
-      NS.section('Recorded samples: sub-second heatmap (select a range to see its flame graph)', NS.env.recorder ? h('div', { class: 'toolbar' }, NS.field('Range', recRange), NS.field('Workload', recWorkload), recLoad, NS.heatLegend('samples')) : null, recNote, recBox),
+      NS.section('Recorded samples: sub-second heatmap (select a range to see its flame graph)', NS.env.recorder ? h('div', { class: 'toolbar' }, NS.field('Range', recRange), NS.field('Workload', recWorkload), recLoad, NS.heatLegend('samples'), recInfo) : null, recNote, recBox),
     );
 
     // The profile on screen and the pinned baseline.
@@ -172,15 +173,12 @@
         const s = await NS.api.json('/api/v1/recorder/samples' + NS.api.query(q));
         const hm = NS.subsecond(s, 50);
         recNote.textContent = F.num(s.count, 0) + ' on-CPU samples at ' + s.hz + ' Hz since ' + F.time(s.start) + '. Drag across cells (or use the arrow keys and Enter) to pick a range.';
-        const info = h('span', { class: 'muted' });
-        recBox.before(info);
-        heatScope.add(() => info.remove());
         NS.heatmap(recBox, hm.xs, 1, hm.rows, hm.counts, {
           title: 'CPU samples per ' + Math.round(hm.bucket) + ' ms',
           yLabel: 'offset in second',
           rowLabel: hm.rowLabel,
           scope: heatScope,
-          describe: (c, r, n) => (info.textContent = F.time(hm.xs[c]) + ' + ' + hm.rowLabel(r) + ': ' + n + (n === 1 ? ' sample' : ' samples')),
+          describe: (c, r, n) => (recInfo.textContent = F.time(hm.xs[c]) + ' + ' + hm.rowLabel(r) + ': ' + n + (n === 1 ? ' sample' : ' samples')),
           onSelect: (sel) => { const rg = hm.range(sel); rangeProfile(rg.from, rg.to); },
         });
       } catch (e) {
