@@ -87,9 +87,10 @@ async function flame(runs) {
         const page = await b.ctx.newPage();
         if (side === 'ours') {
           await page.goto(agent + '/ui/#/profiles?pid=1&seconds=1');
-          const m = await page.waitForFunction(() => { const e = performance.getEntriesByName('ns-flame-drawn')[0]; return e && { t: e.startTime, d: e.detail }; }, null, { timeout: 60000 });
+          const m = await page.waitForFunction(() => { const e = performance.getEntriesByName('ns-flame-drawn')[0]; return e && { t: e.startTime, d: e.detail, marks: Object.fromEntries(performance.getEntriesByType('mark').map((x) => [x.name, Math.round(x.startTime)])), dcl: Math.round(performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd) }; }, null, { timeout: 60000 });
           const v = await m.jsonValue();
           ours.push(v.t);
+          if (process.env.NS_BENCH_VERBOSE) console.error(JSON.stringify({ dcl: v.dcl, marks: v.marks }));
           frames = v.d.frames;
           if (v.d.nodes < 20000) throw new Error('flame graph has ' + v.d.nodes + ' nodes');
         } else {

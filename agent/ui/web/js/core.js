@@ -281,6 +281,11 @@
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   };
 
+  // A Performance API mark (the benchmark reads them: docs/benchmarks.md).
+  NS.mark = function (name) {
+    if (window.performance && performance.mark) performance.mark(name);
+  };
+
   // The pprof decoder (js/pprof.mjs, an ES module) registers itself here when loaded.
   NS.pprofReady = new Promise((resolve) => (NS._pprofLoaded = resolve));
 })();

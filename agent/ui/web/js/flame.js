@@ -19,10 +19,38 @@
     return { name: name, value: 0, self: 0, children: [], index: null, parent: parent, base: 0 };
   }
 
-  // Parses folded text into a tree. Returns {root, lines, skipped}.
-  NS.parseFolded = function (text) {
+  // A tree built stack by stack: NS.tree() → add(frames root first, value) → done() → root.
+  NS.tree = function () {
     const root = node('all', null);
     root.index = new Map();
+    return {
+      root: root,
+      add: function (frames, value) {
+        let cur = root;
+        cur.value += value;
+        for (let i = 0; i < frames.length; i++) {
+          const name = frames[i];
+          if (!cur.index) cur.index = new Map();
+          let c = cur.index.get(name);
+          if (!c) {
+            c = node(name, cur);
+            cur.index.set(name, c);
+          }
+          c.value += value;
+          cur = c;
+        }
+        cur.self += value;
+      },
+      done: function () {
+        finish(root);
+        return root;
+      },
+    };
+  };
+
+  // Parses folded text into a tree. Returns {root, lines, skipped}.
+  NS.parseFolded = function (text) {
+    const t = NS.tree();
     let lines = 0;
     let skipped = 0;
     let start = 0;
@@ -38,22 +66,9 @@
       if (!(count >= 0) || !Number.isFinite(count)) { skipped++; continue; }
       lines++;
       if (count === 0) continue;
-      let cur = root;
-      cur.value += count;
-      for (const name of line.slice(0, sp).split(';')) {
-        if (!cur.index) cur.index = new Map();
-        let c = cur.index.get(name);
-        if (!c) {
-          c = node(name, cur);
-          cur.index.set(name, c);
-        }
-        c.value += count;
-        cur = c;
-      }
-      cur.self += count;
+      t.add(line.slice(0, sp).split(';'), count);
     }
-    finish(root, 0);
-    return { root: root, lines: lines, skipped: skipped };
+    return { root: t.done(), lines: lines, skipped: skipped };
   };
 
   // Index maps → sorted child arrays; depth and node counts.

@@ -27,6 +27,7 @@
 
   async function liveMode() {
     const main = NS.main();
+    NS.mark('ns-start');
     try {
       NS.env = await NS.api.json('/ui/env.json');
     } catch (e) {

@@ -15,6 +15,12 @@
 
   const TARGETS = [['pid', 'Process (pid)'], ['container', 'Container (id)'], ['cgroup', 'Cgroup (path)'], ['all', 'Whole node'], ['self', 'The agent itself']];
 
+  // The folded text of the profile on screen (built on demand for live profiles).
+  function foldedOf(cur) {
+    if (cur.folded === null) cur.folded = NS.toFolded(cur.tree);
+    return cur.folded;
+  }
+
   NS.pages.profiles = async function (main, route) {
     const p = route.params;
     let kind = TARGETS.map((t) => t[0]).find((k) => p.has(k)) || 'pid';
@@ -104,10 +110,11 @@
       try {
         const pprofLib = await NS.pprofReady;
         const r = await NS.api.bytes('/debug/pprof/profile' + NS.api.query(Object.assign({}, q, { format: 'pprof' })), { signal: inflight.signal });
+        NS.mark('ns-profile-fetched');
         const d = await pprofLib.decode(r.bytes);
-        const parsed = NS.parseFolded(d.folded);
+        NS.mark('ns-profile-decoded');
         const title = typeSel.value + ' profile of ' + what + ', ' + secs + ' s';
-        show({ tree: parsed.root, folded: d.folded, unit: d.unit, title: title, pprof: r.bytes, name: 'profile-' + (k === 'all' ? 'node' : k === 'self' ? 'agent' : k + '-' + q[k].replace(/[^\w.-]+/g, '_')) + '-' + typeSel.value });
+        show({ tree: d.root, folded: null, unit: d.unit, title: title, pprof: r.bytes, name: 'profile-' + (k === 'all' ? 'node' : k === 'self' ? 'agent' : k + '-' + q[k].replace(/[^\w.-]+/g, '_')) + '-' + typeSel.value });
         const sampler = r.headers.get('x-nodescope-sampler');
         status.textContent = title + ': ' + F.num(d.samples, 0) + ' stacks, ' + fg.fmtValue(d.total) + (sampler ? ' (sampler: ' + sampler + ')' : '') + (d.comments.length ? ' · ' + d.comments.join(' · ') : '');
         if (!d.total) status.textContent += ' — no sample: the target was idle or not running.';
@@ -131,16 +138,16 @@
       }
     });
     dlSvg.addEventListener('click', () => NS.download(current.name + '.svg', fg.svg(current.title), 'image/svg+xml'));
-    dlFolded.addEventListener('click', () => NS.download(current.name + '.folded', current.folded, 'text/plain'));
+    dlFolded.addEventListener('click', () => NS.download(current.name + '.folded', foldedOf(current), 'text/plain'));
     pin.addEventListener('click', () => {
-      baseline = { tree: NS.parseFolded(current.folded).root, title: current.title };
+      baseline = { tree: NS.parseFolded(foldedOf(current)).root, title: current.title };
       baseLabel.textContent = 'Baseline: ' + current.title;
       diffBox.disabled = false;
       NS.toast('Pinned as the baseline. Take another profile, then tick "Diff against the baseline".');
     });
     diffBox.addEventListener('change', () => {
       if (!current) return;
-      const tree = NS.parseFolded(current.folded).root;
+      const tree = NS.parseFolded(foldedOf(current)).root;
       show(Object.assign({}, current, { tree: tree }));
     });
 
