@@ -10,7 +10,7 @@ import { launch, watch, screenshot, pageReady } from './lib.mjs';
 const AGENT = process.env.NS_AGENT;
 const BURN = process.env.NS_BURN_PID;
 const PEER_PORT = process.env.NS_PEER_PORT;
-const SECONDS = process.env.NS_PROFILE_SECONDS || '5';
+const SECONDS = process.env.NS_PROFILE_SECONDS || '10';
 assert.ok(AGENT && BURN && PEER_PORT, 'NS_AGENT, NS_BURN_PID and NS_PEER_PORT must be set');
 const ORIGIN = new URL(AGENT).origin;
 
