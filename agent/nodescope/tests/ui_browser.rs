@@ -164,9 +164,7 @@ fn bundle_data(summary: &str) -> serde_json::Value {
             })
             .collect::<Vec<_>>()
     };
-    let tl = |group: &str, names: &[&str], unit: &str, scale: f64| {
-        json!({"group": group, "step_seconds": 1, "timestamps": ts, "series": series(names, unit, scale)})
-    };
+    let tl = |group: &str, names: &[&str], unit: &str, scale: f64| json!({"group": group, "step_seconds": 1, "timestamps": ts, "series": series(names, unit, scale)});
     let timelines = json!({
         "cpu": tl("cpu", &["user", "system", "iowait", "irq", "softirq", "steal", "idle"], "ratio", 0.5),
         "memory": tl("memory", &["used", "available", "cached", "buffers", "swap_used"], "bytes", 8e9),

@@ -183,7 +183,10 @@ mod tests {
                     continue;
                 }
                 refs += 1;
-                assert!(find(url).is_some(), "index.html references {url}, not embedded");
+                assert!(
+                    find(url).is_some(),
+                    "index.html references {url}, not embedded"
+                );
             }
         }
         assert!(refs >= 10, "{refs}");

@@ -88,7 +88,10 @@ fn security_headers(h: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         "cross-origin-opener-policy",
@@ -162,10 +165,8 @@ fn serve(path: &str, st: &UiState, headers: &HeaderMap) -> Response {
         match (&prep.gzip, accepts_gzip(headers)) {
             (Some(z), true) => {
                 let mut r = z.clone().into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_ENCODING,
-                    HeaderValue::from_static("gzip"),
-                );
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 r
             }
             _ => asset.bytes.into_response(),
@@ -279,7 +280,9 @@ mod tests {
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let r = get(&app, "/ui/nope.js", &[]).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        assert!(String::from_utf8(body(r).await).unwrap().contains("/ui/nope.js"));
+        assert!(String::from_utf8(body(r).await)
+            .unwrap()
+            .contains("/ui/nope.js"));
         let count = |name, labels: &[(&'static str, &str)]| m.counter(name, "", labels).get();
         assert_eq!(
             count("nodescope_ui_requests_total", &[("file", "not_found")]),
