@@ -100,18 +100,18 @@ fn ui_pages_in_chromium() {
         name: "burn",
     };
 
-    // A peer the Network page must show.
+    // A peer the Network page must show (the listener keeps accepting: with the flight
+    // recorder on, the browser test connects again so a recorded 10 s step holds them).
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accept = std::thread::spawn(move || {
-        for _ in 0..3 {
-            let _ = listener.accept();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
         }
     });
     for _ in 0..3 {
         drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
-    accept.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (_, body) = http_get(&agent.url("/api/v1/network/connections?limit=500")).unwrap();

@@ -135,6 +135,12 @@ test('Node: six timelines with points, synced cursors, event markers and the eve
   const lefts = await page.$$eval('#node-timelines .u-cursor-x', (els) => els.map((e) => e.style.transform || e.style.left));
   assert.ok(lefts.length === 6 && new Set(lefts).size === 1 && lefts[0], 'synced cursors: ' + lefts);
   assert.match(await page.textContent('main'), /Out of memory: Killed process 4242/);
+  // New data for the same series updates the charts in place (auto-refresh, range change).
+  await page.evaluate(() => { document.querySelector('#node-timelines .u-over').dataset.keep = '1'; });
+  await page.selectOption('main select', '900');
+  await page.waitForFunction(() => Number(document.querySelector('#node-timelines .chart-box').dataset.points) >= 900);
+  assert.equal(await page.getAttribute('#node-timelines .u-over', 'data-keep'), '1');
+  assert.match(page.url(), /range=900/);
   await screenshot(page, 'ui-contract-node');
   assert.deepEqual(w.problems, []);
   await page.close();

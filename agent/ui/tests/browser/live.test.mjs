@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import { launch, watch, screenshot, pageReady } from './lib.mjs';
 
 const AGENT = process.env.NS_AGENT;
@@ -16,9 +17,29 @@ const ORIGIN = new URL(AGENT).origin;
 
 let browser;
 let env;
+// Polls `f` until it returns true (or fails after `ms`).
+async function until(what, f, ms) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await f().catch(() => false)) return;
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+const getJson = async (p) => (await fetch(AGENT + p)).json();
+
 before(async () => {
   browser = await launch();
-  env = await (await fetch(AGENT + '/ui/env.json')).json();
+  env = await getJson('/ui/env.json');
+  if (env.recorder) {
+    // The recorder samples host metrics every second and peers every 10 s: make sure its
+    // first points exist before judging the pages.
+    await until('recorder timelines', async () => (await getJson('/api/v1/recorder/timeline?group=cpu&from=-60')).timestamps.length >= 3, 30000);
+    for (let i = 0; i < 3; i++) {
+      await new Promise((res, rej) => { const c = net.connect(Number(PEER_PORT), '127.0.0.1', () => { c.end(); res(); }); c.on('error', rej); });
+    }
+    await until('recorded peer ' + PEER_PORT, async () => (await getJson('/api/v1/recorder/network?from=-300&limit=1000')).rows.some((r) => String(r.peer_port) === PEER_PORT), 45000);
+  }
 });
 after(async () => {
   await browser.close();

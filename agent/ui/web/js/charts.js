@@ -52,7 +52,8 @@
       value: (u, v) => NS.fmt.unit(v, s.unit),
       spanGaps: false,
     })));
-    const marks = (events || []).filter((e) => e.time >= (data.timestamps[0] || 0) && e.time <= (data.timestamps[data.timestamps.length - 1] || 0));
+    const within = (d, evs) => (evs || []).filter((e) => e.time >= (d.timestamps[0] || 0) && e.time <= (d.timestamps[d.timestamps.length - 1] || 0));
+    let marks = within(data, events);
     const height = opts.height || 170;
     const u = new uPlot({
       title: opts.title,
@@ -92,6 +93,14 @@
     host.classList.add('chart');
     host.dataset.points = String(data.timestamps.length);
     host.dataset.markers = String(marks.length);
+    // New data for the same series (auto-refresh): keeps the chart, its cursor and sync.
+    u.nsSignature = data.series.map((s) => s.name + '/' + s.unit).join(',');
+    u.nsUpdate = function (d, evs) {
+      marks = within(d, evs);
+      u.setData([d.timestamps].concat(d.series.map((s) => s.values)));
+      host.dataset.points = String(d.timestamps.length);
+      host.dataset.markers = String(marks.length);
+    };
     const own = opts.scope ? opts.scope.add : NS.onLeave;
     follow(host, u, height, own);
     own(() => u.destroy());

@@ -50,6 +50,8 @@
     );
     let table = null;
     const chartScope = NS.scope();
+    let plots = [];
+    let shown = '';
     filter.addEventListener('input', () => table && table.setFilter(filter.value));
     rangeSel.addEventListener('change', () => { NS.setParams({ range: rangeSel.value }); refreshTimelines(); });
 
@@ -81,17 +83,27 @@
           NS.api.json('/api/v1/recorder/events' + NS.api.query({ from: from, limit: 2000 })),
         ].concat(NS.GROUPS.map(([g]) => NS.api.json('/api/v1/recorder/timeline' + NS.api.query({ group: g, from: from })))));
         const markers = (events.events || []).filter((e) => MARKER_KINDS.split(',').includes(e.kind));
-        chartScope.clear();
-        NS.clear(charts);
-        groups.forEach((d, i) => {
-          const box = h('div', { class: 'chart-box', 'data-group': NS.GROUPS[i][0] });
-          charts.appendChild(box);
-          if (d.timestamps && d.timestamps.length) NS.timeline(box, d, markers, { title: NS.GROUPS[i][1] + ' (' + d.step_seconds + ' s steps)', sync: 'node', scope: chartScope });
-          else box.appendChild(h('p', { class: 'muted', text: NS.GROUPS[i][1] + ': nothing recorded yet.' }));
-        });
+        const sig = groups.map((d) => d.series.map((x) => x.name + '/' + x.unit).join(',') + ':' + d.step_seconds + ':' + (d.timestamps.length > 0)).join('|');
+        if (sig === shown && plots.length === groups.length) {
+          groups.forEach((d, i) => plots[i].nsUpdate(d, markers));
+        } else {
+          chartScope.clear();
+          NS.clear(charts);
+          plots = [];
+          shown = sig;
+          groups.forEach((d, i) => {
+            const box = h('div', { class: 'chart-box', 'data-group': NS.GROUPS[i][0] });
+            charts.appendChild(box);
+            if (d.timestamps && d.timestamps.length) plots.push(NS.timeline(box, d, markers, { title: NS.GROUPS[i][1] + ' (' + d.step_seconds + ' s steps)', sync: 'node', scope: chartScope }));
+            else box.appendChild(h('p', { class: 'muted', text: NS.GROUPS[i][1] + ': nothing recorded yet.' }));
+          });
+        }
         recNote.textContent = markers.length + ' event markers (OOM kills, resets, failed connects, link changes, incidents)' + (events.dropped ? '; ' + events.dropped + ' events dropped by the recorder' : '');
         NS.clear(evBox).appendChild(NS.eventsTable((events.events || []).slice(-500)));
       } catch (e) {
+        chartScope.clear();
+        plots = [];
+        shown = '';
         NS.clear(charts).appendChild(NS.errorBox(e));
       }
     }
