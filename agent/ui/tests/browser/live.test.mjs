@@ -102,7 +102,10 @@ test('Network page lists the peer the test connected to; sorting, filtering and 
 });
 
 test('Profiles page profiles a pid from the URL; 75/25 in the flame graph; click zooms; search; icicle; downloads', async () => {
-  const { page, w } = await open(AGENT + '/ui/#/profiles?pid=' + BURN + '&seconds=' + SECONDS, 'profiles');
+  // 499 Hz (the profiler's cap): enough samples for ±8 points even when the workload gets
+  // a small share of a busy machine.
+  const { page, w } = await open(AGENT + '/ui/#/profiles?pid=' + BURN + '&seconds=' + SECONDS + '&hz=499', 'profiles');
+  assert.equal(await page.inputValue('#profile-form input[aria-label="Sampling frequency in Hz"]'), '499');
   await page.waitForFunction(() => /stacks/.test(document.getElementById('profile-status').textContent), null, { timeout: 60000 });
   const shares = await page.evaluate(() => {
     const f = document.getElementById('profile-flame').nsFlame;
