@@ -4,9 +4,10 @@
 # 1. JS + CSS bytes the browser transfers for /ui/ (gzip), budget 150 KB;
 # 2. first render of the Profiles page with a 20,000-node flame graph (Performance API),
 #    alternated with the anchor, d3-flame-graph 5 drawing the same tree;
-# 3. the agent's CPU time (/proc/<pid>/schedstat) while the Node page auto-refreshes, vs
-#    no page open, alternated.
+# 3. the agent's CPU time (utime + stime of /proc/<pid>/stat) while the Node (then the Network) page
+#    auto-refreshes, vs no page open, alternated.
 # Uses the release agent on a free loopback port and Debian's chromium.
+# BENCH_PARTS="assets flame cost" (default all) picks parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
@@ -22,7 +23,11 @@ trap 'kill $agent 2>/dev/null; wait $agent 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 url="http://127.0.0.1:$port"
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-node agent/ui/bench/bench.mjs assets "$url"
-node agent/ui/bench/bench.mjs flame "$url" "$runs"
-node agent/ui/bench/bench.mjs cost "$url" "$agent" "$runs" "$secs"
+parts=" ${BENCH_PARTS:-assets flame cost} "
+[[ $parts == *" assets "* ]] && node agent/ui/bench/bench.mjs assets "$url"
+[[ $parts == *" flame "* ]] && node agent/ui/bench/bench.mjs flame "$url" "$runs"
+if [[ $parts == *" cost "* ]]; then
+  node agent/ui/bench/bench.mjs cost "$url" "$agent" "$runs" "$secs" node
+  node agent/ui/bench/bench.mjs cost "$url" "$agent" "$runs" "$secs" network
+fi
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,8 +3,8 @@
 //        20,000-node flame graph (Performance API mark), alternated with the anchor,
 //        d3-flame-graph 5 drawing the same tree
 //   node bench.mjs assets AGENT_URL          JS + CSS bytes as transferred (gzip) for /ui/
-//   node bench.mjs cost   AGENT_URL PID [runs] [seconds]   the agent's CPU time with the
-//        Node page auto-refreshing vs no page, alternated
+//   node bench.mjs cost   AGENT_URL PID [runs] [seconds] [page]   the agent's CPU time with
+//        one page (node, network, ...) auto-refreshing vs no page, alternated
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,12 +127,17 @@ async function assets() {
   }
 }
 
+// CPU time of the whole process (every thread, exited ones included) in ns, from
+// utime + stime of /proc/<pid>/stat (clock ticks of 10 ms). (/proc/<pid>/schedstat has ns
+// but only for the main thread, which sits idle in a tokio runtime.)
 function cpuNs(pid) {
-  // /proc/<pid>/schedstat: time on CPU in ns (all threads).
-  return Number(fs.readFileSync('/proc/' + pid + '/schedstat', 'utf8').split(' ')[0]);
+  const stat = fs.readFileSync('/proc/' + pid + '/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(f[11]) + Number(f[12]);
+  return (ticks * 1e9) / 100;
 }
 
-async function cost(pid, runs, seconds) {
+async function cost(pid, runs, seconds, pageName) {
   const b = await browser();
   const withPage = [];
   const without = [];
@@ -142,7 +147,7 @@ async function cost(pid, runs, seconds) {
         let page = null;
         if (side === 'with') {
           page = await b.ctx.newPage();
-          await page.goto(agent + '/ui/#/node');
+          await page.goto(agent + '/ui/#/' + pageName);
           await page.waitForSelector('main[data-ready="true"]', { timeout: 60000 });
         }
         const c0 = cpuNs(pid);
@@ -158,12 +163,12 @@ async function cost(pid, runs, seconds) {
   }
   const mw = median(withPage);
   const mo = median(without);
-  console.log(JSON.stringify({ bench: 'ui-agent-cost', runs, seconds, with_page_pct_of_core: withPage.map((v) => +v.toFixed(4)), without_pct_of_core: without.map((v) => +v.toFixed(4)), median_with: +mw.toFixed(4), median_without: +mo.toFixed(4), ui_cost_pct_of_core: +(mw - mo).toFixed(4), ratio_with_over_without: +(mw / mo).toFixed(3) }));
+  console.log(JSON.stringify({ bench: 'ui-agent-cost', page: pageName, runs, seconds, with_page_pct_of_core: withPage.map((v) => +v.toFixed(4)), without_pct_of_core: without.map((v) => +v.toFixed(4)), median_with: +mw.toFixed(4), median_without: +mo.toFixed(4), ui_cost_pct_of_core: +(mw - mo).toFixed(4), ratio_with_over_without: +(mw / mo).toFixed(3) }));
 }
 
 if (mode === 'flame') await flame(Number(rest[0] || 10));
 else if (mode === 'assets') await assets();
-else if (mode === 'cost') await cost(Number(rest[0]), Number(rest[1] || 10), Number(rest[2] || 30));
+else if (mode === 'cost') await cost(Number(rest[0]), Number(rest[1] || 10), Number(rest[2] || 30), rest[3] || 'node');
 else {
   console.error('usage: node bench.mjs flame|assets|cost AGENT_URL [...]');
   process.exit(2);

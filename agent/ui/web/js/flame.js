@@ -1,9 +1,9 @@
 /* nodescope web UI: interactive flame graph on a canvas.
  *
  * Why our own: d3-flame-graph (the maintained library with search, zoom, icicle and diff)
- * draws one SVG group per frame and took 2.8-3.2 s for a 20,000-frame graph in headless
- * Chromium here (target 1 s), needs 14 d3 packages and injects an inline <style> our CSP
- * refuses; flame-chart-js is a time-ordered flame *chart* (no merged stacks, no icicle or
+ * draws one SVG group per frame (1.5 s median for a 20,000-frame graph with its data inline
+ * in headless Chromium here, scripts/bench-ui.sh, against a 1 s target for our whole page),
+ * needs 14 d3 packages and injects an inline <style> our CSP refuses; flame-chart-js is a time-ordered flame *chart* (no merged stacks, no icicle or
  * search) and ships bare module imports that need a bundler. A canvas draws 20,000 frames
  * in a few milliseconds.
  *
