@@ -163,7 +163,8 @@ async function cost(pid, runs, seconds, pageName) {
   }
   const mw = median(withPage);
   const mo = median(without);
-  console.log(JSON.stringify({ bench: 'ui-agent-cost', page: pageName, runs, seconds, with_page_pct_of_core: withPage.map((v) => +v.toFixed(4)), without_pct_of_core: without.map((v) => +v.toFixed(4)), median_with: +mw.toFixed(4), median_without: +mo.toFixed(4), ui_cost_pct_of_core: +(mw - mo).toFixed(4), ratio_with_over_without: +(mw / mo).toFixed(3) }));
+  const mean = (a) => a.reduce((x, y) => x + y, 0) / a.length;
+  console.log(JSON.stringify({ bench: 'ui-agent-cost', page: pageName, runs, seconds, mean_with: +mean(withPage).toFixed(4), mean_without: +mean(without).toFixed(4), with_page_pct_of_core: withPage.map((v) => +v.toFixed(4)), without_pct_of_core: without.map((v) => +v.toFixed(4)), median_with: +mw.toFixed(4), median_without: +mo.toFixed(4), ui_cost_pct_of_core: +(mw - mo).toFixed(4), ratio_with_over_without: +(mw / mo).toFixed(3) }));
 }
 
 if (mode === 'flame') await flame(Number(rest[0] || 10));
