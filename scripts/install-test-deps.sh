@@ -13,6 +13,7 @@ DEBS=(
   bind9-dnsutils             # DNS probe tests: dig as the client (the test server logs what it receives)
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
+  chromium fonts-dejavu-core # the web UI's browser tests (driven by playwright-core)
 )
 PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 
@@ -47,5 +48,14 @@ fi
 if [ ! -d "$NPM_PREFIX/node_modules/@kubernetes-models/prometheus-operator" ]; then
   echo "install-test-deps: installing npm @kubernetes-models/prometheus-operator into $NPM_PREFIX"
   npm install --silent --no-audit --no-fund --prefix "$NPM_PREFIX" @kubernetes-models/prometheus-operator@6.0.0
+fi
+# The web UI's browser tests: playwright-core pinned in agent/ui/tests/browser/package-lock.json
+# (it drives Debian's chromium; Playwright's own browser download is never used).
+UI_TESTS=agent/ui/tests/browser
+want=$(cd "$UI_TESTS" && node -p "require('./package-lock.json').packages['node_modules/playwright-core'].version")
+have=$(cd "$UI_TESTS" && node -p "require('./node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  echo "install-test-deps: npm ci in $UI_TESTS"
+  (cd "$UI_TESTS" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
 fi
 echo "install-test-deps: ok"

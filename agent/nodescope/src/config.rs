@@ -17,6 +17,7 @@ use nodescope_k8s::KubernetesConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
 use nodescope_profiler::ProfilingConfig;
+use nodescope_ui::UiConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -34,6 +35,7 @@ pub struct Config {
     pub exporters: ExportersConfig,
     pub kubernetes: KubernetesConfig,
     pub http: HttpConfig,
+    pub ui: UiConfig,
 }
 
 /// `[http]`: the agent's HTTP API.
@@ -339,6 +341,7 @@ impl Config {
             &self.host,
             &self.network,
             &self.profiling,
+            &self.ui,
         ]
     }
 

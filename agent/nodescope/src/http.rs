@@ -86,15 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
-        .route("/", get(index))
         .with_state(state)
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "nodescope agent\n\n/metrics            Prometheus / OpenMetrics exposition\n/healthz            liveness\n/readyz             readiness\n/api/v1/status      component status (JSON)\n",
-    )
 }
 
 async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
