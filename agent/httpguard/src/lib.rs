@@ -38,6 +38,10 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+mod budget;
+mod conn;
+pub use budget::{release_free_memory, tune_allocator};
+
 /// Name of the refusal counter.
 pub const REFUSED_METRIC: &str = "nodescope_http_refused_total";
 
@@ -59,10 +63,21 @@ pub struct SecurityConfig {
     /// closed when exceeded). Handler time (a 30 s profile) is not limited by it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Sustained rate of `/debug/pprof/*` requests per minute (429 above).
+    /// Sustained rate of `/debug/pprof/*` requests per minute from clients that are not
+    /// on loopback (429 above). Loopback clients (a person at the node) are not limited;
+    /// refused requests (4xx) give their token back.
     pub profile_requests_per_minute: u32,
-    /// Burst of `/debug/pprof/*` requests allowed at once.
+    /// Burst of `/debug/pprof/*` requests allowed at once from non-loopback clients.
     pub profile_burst: u32,
+    /// Open connections served at once; connections above it get a 503 and are closed.
+    pub max_connections: u32,
+    /// Time a response write may make no progress (a client that stopped reading) before
+    /// the connection is closed and its response freed, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Bytes of built response bodies (each of 64 KiB or more) that may wait for slow
+    /// clients at once; a response that does not fit is answered 503 instead.
+    pub max_response_buffer_bytes: u64,
     /// Serve HTTPS; with `client_ca_file`, a client certificate signed by that CA counts
     /// as authenticated (mTLS).
     pub tls: Option<TlsConfig>,
@@ -76,8 +91,11 @@ impl Default for SecurityConfig {
             max_body_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(10),
-            profile_requests_per_minute: 6,
-            profile_burst: 2,
+            profile_requests_per_minute: 12,
+            profile_burst: 4,
+            max_connections: 64,
+            write_timeout: Duration::from_secs(30),
+            max_response_buffer_bytes: 64 * 1024 * 1024,
             tls: None,
         }
     }
@@ -99,12 +117,9 @@ pub struct TlsConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("reading {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Missing, unreadable, not a regular file, or too large; names the file and why.
+    #[error("{0}")]
+    Read(nodescope_model::files::ReadFileError),
     #[error("token file {0} is empty")]
     EmptyToken(PathBuf),
     #[error("{what} {path}: {reason}")]
@@ -147,6 +162,22 @@ impl SecurityConfig {
             self.profile_burst > 0,
             format!("{prefix}.profile_burst"),
             "must be > 0",
+        );
+        issues.check(
+            (1..=65_536).contains(&self.max_connections),
+            format!("{prefix}.max_connections"),
+            "must be between 1 and 65536",
+        );
+        issues.check(
+            self.write_timeout >= Duration::from_millis(10)
+                && self.write_timeout <= Duration::from_secs(3600),
+            format!("{prefix}.write_timeout"),
+            "must be between 10ms and 1h",
+        );
+        issues.check(
+            self.max_response_buffer_bytes >= 1024 * 1024,
+            format!("{prefix}.max_response_buffer_bytes"),
+            "must be >= 1048576 (1 MiB)",
         );
         if let Some(p) = &self.token_file {
             issues.check(
@@ -210,17 +241,22 @@ impl SecurityConfig {
             request_timeout: self.request_timeout,
             profile_per_minute: self.profile_requests_per_minute,
             profile_burst: self.profile_burst,
+            max_connections: self.max_connections,
+            write_timeout: self.write_timeout,
+            max_response_buffer_bytes: self.max_response_buffer_bytes,
             tls,
         })
     }
 }
 
+/// Token, certificate and key files: regular files of at most 1 MiB.
+fn read_file(p: &Path, what: &'static str) -> Result<Vec<u8>, GuardError> {
+    nodescope_model::files::read_capped(p, nodescope_model::files::MAX_SECRET_BYTES, what)
+        .map_err(GuardError::Read)
+}
+
 fn read_token(p: &Path) -> Result<Arc<[u8]>, GuardError> {
-    let raw = std::fs::read(p).map_err(|source| GuardError::Read {
-        what: "token file",
-        path: p.to_path_buf(),
-        source,
-    })?;
+    let raw = read_file(p, "token file")?;
     let trimmed = raw.trim_ascii();
     if trimmed.is_empty() {
         return Err(GuardError::EmptyToken(p.to_path_buf()));
@@ -238,6 +274,9 @@ pub struct GuardSettings {
     pub request_timeout: Duration,
     pub profile_per_minute: u32,
     pub profile_burst: u32,
+    pub max_connections: u32,
+    pub write_timeout: Duration,
+    pub max_response_buffer_bytes: u64,
     pub tls: Option<TlsSettings>,
 }
 
@@ -251,6 +290,9 @@ impl std::fmt::Debug for GuardSettings {
             .field("request_timeout", &self.request_timeout)
             .field("profile_per_minute", &self.profile_per_minute)
             .field("profile_burst", &self.profile_burst)
+            .field("max_connections", &self.max_connections)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_response_buffer_bytes", &self.max_response_buffer_bytes)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -284,11 +326,7 @@ fn load_certs(
     path: &Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, GuardError> {
     use rustls::pki_types::pem::PemObject;
-    let bytes = std::fs::read(path).map_err(|source| GuardError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path, what)?;
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| GuardError::Pem {
@@ -310,11 +348,7 @@ impl TlsSettings {
     pub fn load(cfg: &TlsConfig) -> Result<Self, GuardError> {
         use rustls::pki_types::pem::PemObject;
         let certs = load_certs("certificate file", &cfg.cert_file)?;
-        let key_bytes = std::fs::read(&cfg.key_file).map_err(|source| GuardError::Read {
-            what: "key file",
-            path: cfg.key_file.clone(),
-            source,
-        })?;
+        let key_bytes = read_file(&cfg.key_file, "key file")?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
             GuardError::Pem {
                 what: "key file",
@@ -377,14 +411,24 @@ pub enum Refusal {
     HeadersTooLarge,
     /// 408: body not received within `request_timeout`.
     Timeout,
-    /// Connection closed: headers not received within `request_timeout`.
+    /// 408 and connection closed: headers not received within `request_timeout`.
     HeaderTimeout,
     /// Connection closed: TLS handshake failed or timed out.
     TlsHandshake,
+    /// 503: more than `max_connections` open connections.
+    TooManyConnections,
+    /// 503: the response did not fit in `max_response_buffer_bytes`.
+    ResponseBufferFull,
+    /// Connection closed: the client read nothing for `write_timeout`.
+    WriteTimeout,
+    /// 400: a request hyper could not parse.
+    Malformed,
+    /// An HTTP/2 prior-knowledge connection: answered with GOAWAY `HTTP_1_1_REQUIRED`.
+    Http2,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Unauthenticated,
         Refusal::Forbidden,
         Refusal::RateLimited,
@@ -393,6 +437,11 @@ impl Refusal {
         Refusal::Timeout,
         Refusal::HeaderTimeout,
         Refusal::TlsHandshake,
+        Refusal::TooManyConnections,
+        Refusal::ResponseBufferFull,
+        Refusal::WriteTimeout,
+        Refusal::Malformed,
+        Refusal::Http2,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -404,6 +453,11 @@ impl Refusal {
             Refusal::Timeout => "timeout",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::ResponseBufferFull => "response_buffer_full",
+            Refusal::WriteTimeout => "write_timeout",
+            Refusal::Malformed => "malformed",
+            Refusal::Http2 => "http2",
         }
     }
 }
@@ -411,7 +465,7 @@ impl Refusal {
 /// The refusal counters, one per reason, registered up front so every reason is visible
 /// (at 0) from the first scrape.
 #[derive(Clone, Debug)]
-pub struct RefusalCounters([Counter; 8]);
+pub struct RefusalCounters([Counter; 13]);
 
 impl RefusalCounters {
     pub fn register(metrics: &SelfMetrics) -> Self {
@@ -465,6 +519,12 @@ impl TokenBucket {
             Err(((1.0 - st.0) / self.per_sec).ceil().max(1.0) as u64)
         }
     }
+
+    /// Gives back a token taken for a request that was then refused.
+    fn refund(&self) {
+        let mut st = self.state.lock();
+        st.0 = (st.0 + 1.0).min(self.capacity);
+    }
 }
 
 #[derive(Clone)]
@@ -473,6 +533,7 @@ struct GuardState {
     loopback: bool,
     bucket: Arc<TokenBucket>,
     refused: RefusalCounters,
+    budget: budget::ResponseBudget,
 }
 
 /// Wraps `router` in the guard middleware. `listen_is_loopback` is true when the
@@ -498,6 +559,7 @@ pub fn harden(
         loopback: listen_is_loopback,
         bucket: Arc::new(TokenBucket::new(cfg.profile_per_minute, cfg.profile_burst)),
         refused: RefusalCounters::register(metrics),
+        budget: budget::ResponseBudget::new(cfg.max_response_buffer_bytes),
     };
     router.layer(axum::middleware::from_fn_with_state(state, guard))
 }
@@ -514,6 +576,15 @@ fn is_protected(path: &str, protect_metrics: bool) -> bool {
 }
 
 fn refuse(state: &GuardState, r: Refusal, status: StatusCode, msg: &str) -> Response {
+    let mut resp = refusal_text(state, r, status, msg);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn refusal_text(state: &GuardState, r: Refusal, status: StatusCode, msg: &str) -> Response {
     state.refused.inc(r);
     debug!(
         component = "httpguard",
@@ -586,22 +657,91 @@ async fn guard(State(st): State<GuardState>, req: Request, next: Next) -> Respon
         }
     }
 
-    // 3. Profile rate limit (after auth, so anonymous requests cannot drain it).
-    if path.starts_with("/debug/pprof") {
+    // 3. Profile rate limit for clients off loopback (after auth, so anonymous requests
+    //    cannot drain it). A person at the node profiles freely.
+    let client_local = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(st.loopback, |c| c.0.ip().is_loopback());
+    let mut took_token = false;
+    if path.starts_with("/debug/pprof") && !client_local {
         if let Err(wait) = st.bucket.take(Instant::now()) {
             let mut resp = refuse(
                 &st,
                 Refusal::RateLimited,
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many profile requests",
+                &format!(
+                    "too many profile requests from non-loopback clients (http.security.profile_requests_per_minute = {}, profile_burst = {}); retry in {wait} s",
+                    st.settings.profile_per_minute, st.settings.profile_burst
+                ),
             );
             if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
             return resp;
         }
+        took_token = true;
     }
+    let method = req.method().clone();
+    let resp = body_limits(&st, req, next).await;
+    let status = resp.status();
+    // A refused profile request (bad parameter, 404, ...) gives its token back.
+    if took_token && status.is_client_error() {
+        st.bucket.refund();
+    }
+    let resp = explain_empty_error(resp, &method, &path);
+    // Bound the bytes held for clients that read slowly or never.
+    let (parts, body) = resp.into_parts();
+    let Some(len) = http_body::Body::size_hint(&body).exact() else {
+        return Response::from_parts(parts, body);
+    };
+    match st.budget.admit(body, len) {
+        Ok(body) => Response::from_parts(parts, body),
+        Err(body) => {
+            drop(body);
+            let held = st.budget.in_use_bytes();
+            let mut resp = refuse(
+                &st,
+                Refusal::ResponseBufferFull,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "busy: {held} bytes of responses are waiting for slow clients (http.security.max_response_buffer_bytes = {}); retry",
+                    st.settings.max_response_buffer_bytes
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
 
+/// Gives an error answer without a body (axum's 404 and 405, a handler's bare status) a
+/// plain-text body that says what went wrong.
+fn explain_empty_error(resp: Response, method: &axum::http::Method, path: &str) -> Response {
+    let status = resp.status();
+    let empty = http_body::Body::size_hint(resp.body()).exact() == Some(0);
+    if !(status.is_client_error() || status.is_server_error())
+        || !empty
+        || *method == axum::http::Method::HEAD
+    {
+        return resp;
+    }
+    let msg = match status {
+        StatusCode::NOT_FOUND => format!("no such path: {path}"),
+        StatusCode::METHOD_NOT_ALLOWED => format!("method {method} is not allowed for {path}"),
+        s => s.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(format!("{msg}\n")))
+}
+
+async fn body_limits(st: &GuardState, req: Request, next: Next) -> Response {
     // 4. Body size and body read time.
     let max = st.settings.max_body_bytes;
     if let Some(len) = req
@@ -612,7 +752,7 @@ async fn guard(State(st): State<GuardState>, req: Request, next: Next) -> Respon
     {
         if len > max {
             return refuse(
-                &st,
+                st,
                 Refusal::BodyTooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
@@ -629,7 +769,7 @@ async fn guard(State(st): State<GuardState>, req: Request, next: Next) -> Respon
     let bytes = match collected {
         Err(_) => {
             return refuse(
-                &st,
+                st,
                 Refusal::Timeout,
                 StatusCode::REQUEST_TIMEOUT,
                 "request body not received in time",
@@ -637,7 +777,7 @@ async fn guard(State(st): State<GuardState>, req: Request, next: Next) -> Respon
         }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return refuse(
-                &st,
+                st,
                 Refusal::BodyTooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
@@ -657,35 +797,44 @@ async fn guard(State(st): State<GuardState>, req: Request, next: Next) -> Respon
 }
 
 /// Serves `router` (already passed through [`harden`]) on `listener` until `shutdown`
-/// resolves, then drains open connections for up to 5 s.
+/// resolves to the drain deadline; then asks every connection to finish its request in
+/// flight and close, and drops those still open at the deadline.
 ///
-/// HTTP/1.1 only. Applies `request_timeout` as hyper's header read timeout (a slow client
-/// is disconnected and counted as `header_timeout`), bounds hyper's read buffer by
-/// `max_header_bytes` (hyper answers 431 above it), and terminates TLS when `cfg.tls` is
-/// set. Each request carries `ConnectInfo<SocketAddr>` and, for a verified client
-/// certificate, [`VerifiedClientCert`].
+/// HTTP/1.1 only (an HTTP/2 prior-knowledge client gets a GOAWAY with
+/// `HTTP_1_1_REQUIRED`). At most `max_connections` connections are served at once (503
+/// above). `request_timeout` bounds the wait for a request's headers, idle keep-alive time
+/// included (408 and close); `write_timeout` bounds a stalled response write (close).
+/// hyper's read buffer is bounded by `max_header_bytes` (431 above, with a body that says
+/// so). TLS is terminated when `cfg.tls` is set. Each request carries
+/// `ConnectInfo<SocketAddr>` and, for a verified client certificate,
+/// [`VerifiedClientCert`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     cfg: &GuardSettings,
     metrics: &SelfMetrics,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = tokio::time::Instant> + Send,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-
+    budget::tune_allocator();
     let refused = RefusalCounters::register(metrics);
+    let open_gauge = metrics.gauge(
+        "nodescope_http_connections",
+        "Open HTTP API connections.",
+        &[],
+    );
     let acceptor = cfg
         .tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config.clone()));
-    let timeout = cfg.request_timeout;
-    let max_buf = usize::try_from(cfg.max_header_bytes.saturating_mul(2))
-        .unwrap_or(usize::MAX)
-        .max(8192);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    info!(component = "httpguard", addr = ?listener.local_addr().ok(), tls = acceptor.is_some(), "serving HTTP API");
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections as usize));
+    // Refusing over-cap connections takes a small task each; bounded too.
+    let refusal_slots = Arc::new(tokio::sync::Semaphore::new(64));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    info!(component = "httpguard", addr = ?listener.local_addr().ok(), tls = acceptor.is_some(),
+          max_connections = cfg.max_connections, "serving HTTP API");
     tokio::pin!(shutdown);
-    loop {
+    let deadline = loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -696,79 +845,220 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            Some(_) = conns.join_next() => continue,
+            d = &mut shutdown => break d,
         };
-        let router = router.clone();
-        let acceptor = acceptor.clone();
-        let refused = refused.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.inc(Refusal::TooManyConnections);
+            debug!(component = "httpguard", %remote, "connection refused: max_connections reached");
+            if acceptor.is_none() {
+                if let Ok(p) = refusal_slots.clone().try_acquire_owned() {
+                    let max = cfg.max_connections;
+                    conns.spawn(async move {
+                        refuse_connection(stream, max).await;
+                        drop(p);
+                    });
+                }
+            }
+            continue;
+        };
+        let conn = Connection {
+            router: router.clone(),
+            acceptor: acceptor.clone(),
+            refused: refused.clone(),
+            settings: cfg.clone(),
+            remote,
+            stop: stop_rx.clone(),
+        };
+        let gauge = open_gauge.clone();
+        gauge.set((cfg.max_connections as usize - slots.available_permits()) as f64);
+        let slots2 = slots.clone();
+        let max = cfg.max_connections as usize;
+        conns.spawn(async move {
+            conn.run(stream).await;
+            drop(slot);
+            gauge.set((max - slots2.available_permits()) as f64);
+        });
+    };
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout_at(deadline, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            component = "httpguard",
+            open = conns.len(),
+            "connections still open at the shutdown deadline; dropping them"
+        );
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Answers a connection over `max_connections` with a 503, then lets the client read it
+/// before closing (closing with its request unread would reset the connection).
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let msg = conn::answer(
+        503,
+        &format!("too many open connections (http.security.max_connections = {max}); retry"),
+        &[("retry-after", "1")],
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&msg).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left -= n.min(left);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+struct Connection {
+    router: Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    refused: RefusalCounters,
+    settings: GuardSettings,
+    remote: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(self, stream: tokio::net::TcpStream) {
+        let timeout = self.settings.request_timeout;
+        match self.acceptor.clone() {
+            Some(acc) => match tokio::time::timeout(timeout, acc.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
+                    self.serve_io(tls, cert).await;
+                }
+                Ok(Err(e)) => {
+                    self.refused.inc(Refusal::TlsHandshake);
+                    debug!(component = "httpguard", remote = %self.remote, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    self.refused.inc(Refusal::TlsHandshake);
+                    debug!(component = "httpguard", remote = %self.remote, "TLS handshake timed out");
+                }
+            },
+            None => self.serve_io(stream, false).await,
+        }
+    }
+
+    async fn serve_io<S>(self, stream: S, cert: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::AsyncWriteExt;
+
+        let s = &self.settings;
+        let max_buf = usize::try_from(s.max_header_bytes.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .max(8192);
+        let mut io = conn::GuardedIo::new(stream, s.write_timeout, s.max_header_bytes);
+        // Bytes read when the last response was ready (u64::MAX: none yet): more than that
+        // at a header timeout means a request was being received (408), not an idle
+        // keep-alive connection.
+        let read_at_request = Arc::new(AtomicU64::new(u64::MAX));
+        let result = {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(s.request_timeout)
                 .max_buf_size(max_buf);
-            let make_svc = |cert: bool| {
-                let router = router.clone();
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let router = self.router.clone();
+            let remote = self.remote;
+            let seen = read_at_request.clone();
+            let read = io.read_bytes.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(ConnectInfo::<SocketAddr>(remote));
                     if cert {
                         req.extensions_mut().insert(VerifiedClientCert);
                     }
                     let mut router = router.clone();
+                    let (seen, read) = (seen.clone(), read.clone());
                     async move {
                         use tower::Service;
-                        router.call(req.map(Body::new)).await
-                    }
-                })
-            };
-            let result = match acceptor {
-                Some(acc) => match tokio::time::timeout(timeout, acc.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let cert = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty());
-                        let conn = builder.serve_connection(TokioIo::new(tls), make_svc(cert));
-                        watcher.watch(conn).await
-                    }
-                    Ok(Err(e)) => {
-                        refused.inc(Refusal::TlsHandshake);
-                        debug!(component = "httpguard", %remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        refused.inc(Refusal::TlsHandshake);
-                        debug!(component = "httpguard", %remote, "TLS handshake timed out");
-                        return;
+                        let resp = router.call(req.map(Body::new)).await;
+                        // The guard has read the whole request body by now.
+                        seen.store(read.load(Ordering::Acquire), Ordering::Release);
+                        resp
                     }
                 },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), make_svc(false));
-                    watcher.watch(conn).await
-                }
+            );
+            let conn = builder.serve_connection(TokioIo::new(&mut io), svc);
+            tokio::pin!(conn);
+            let mut stop = self.stop.clone();
+            let stopping = async move {
+                let _ = stop.wait_for(|v| *v).await.map(|_| ());
             };
-            if let Err(e) = result {
-                if e.is_timeout() {
-                    refused.inc(Refusal::HeaderTimeout);
-                    debug!(component = "httpguard", %remote, "request headers not received in time");
-                } else if e.is_parse_too_large() {
-                    refused.inc(Refusal::HeadersTooLarge);
-                } else {
-                    debug!(component = "httpguard", %remote, error = %e, "connection error");
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
                 }
             }
-        });
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(5)) => {
-            warn!(component = "httpguard", "connections still open after 5 s of shutdown; dropping them");
+        };
+        let Err(e) = result else { return };
+        let remote = self.remote;
+        let reply = if e.is_parse_version_h2() {
+            self.refused.inc(Refusal::Http2);
+            debug!(component = "httpguard", %remote, "HTTP/2 prior-knowledge connection refused");
+            Some(conn::h2_goaway())
+        } else if e.is_timeout() {
+            self.refused.inc(Refusal::HeaderTimeout);
+            debug!(component = "httpguard", %remote, "request headers not received in time");
+            let seen = read_at_request.load(Ordering::Acquire);
+            // Not after an idle keep-alive period: only when a request was being received.
+            (seen == u64::MAX || io.read_bytes.load(Ordering::Acquire) > seen).then(|| {
+                conn::answer(
+                    408,
+                    &format!(
+                        "request headers not received within {:?} (http.security.request_timeout)",
+                        s.request_timeout
+                    ),
+                    &[],
+                )
+            })
+        } else if io.write_timed_out {
+            self.refused.inc(Refusal::WriteTimeout);
+            debug!(component = "httpguard", %remote, "client did not read the response; connection closed");
+            None
+        } else if e.is_parse_too_large() || io.replaced == Some(431) {
+            self.refused.inc(Refusal::HeadersTooLarge);
+            None
+        } else if e.is_parse() {
+            self.refused.inc(Refusal::Malformed);
+            None
+        } else {
+            debug!(component = "httpguard", %remote, error = %e, "connection error");
+            None
+        };
+        if let Some(bytes) = reply {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                io.write_all(&bytes).await?;
+                io.shutdown().await
+            })
+            .await;
         }
     }
-    Ok(())
 }
 
 /// True when `addr` is a loopback address (127.0.0.0/8 or ::1).

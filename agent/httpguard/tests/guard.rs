@@ -224,6 +224,76 @@ async fn profile_requests_are_rate_limited_with_retry_after() {
 }
 
 #[tokio::test]
+async fn loopback_clients_profile_freely_and_refused_requests_give_tokens_back() {
+    let m = SelfMetrics::new();
+    let cfg = SecurityConfig {
+        profile_requests_per_minute: 1,
+        profile_burst: 2,
+        ..Default::default()
+    };
+    let app = app().route(
+        "/debug/pprof/bad",
+        get(|| async { (StatusCode::BAD_REQUEST, "seconds: must be 1..=300") }),
+    );
+    // A person at the node (the listener on loopback): never limited.
+    let r = harden(app.clone(), &settings(cfg.clone()), true, &m);
+    for _ in 0..10 {
+        assert_eq!(
+            call(&r, get_req("/debug/pprof/profile", None))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    // A loopback client of a non-loopback listener: not limited either.
+    let local = |path: &str, peer: &str| {
+        let mut req = get_req(path, Some(TOKEN));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo::<SocketAddr>(
+                peer.parse().unwrap(),
+            ));
+        req
+    };
+    let r = harden(app, &settings(cfg), false, &m);
+    for _ in 0..10 {
+        assert_eq!(
+            call(&r, local("/debug/pprof/profile", "127.0.0.1:5555"))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    // Remote: bad requests (400) and unauthenticated ones (401) do not use up the burst.
+    for _ in 0..5 {
+        assert_eq!(
+            call(&r, local("/debug/pprof/bad", "10.1.2.3:5555"))
+                .await
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            call(&r, get_req("/debug/pprof/profile", None))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            call(&r, local("/debug/pprof/profile", "10.1.2.3:5555"))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let resp = call(&r, local("/debug/pprof/profile", "10.1.2.3:5555")).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("profile_requests_per_minute"));
+    assert_eq!(refused(&m, "rate_limited"), 1.0);
+}
+
+#[tokio::test]
 async fn oversized_body_and_headers_are_refused() {
     let m = SelfMetrics::new();
     let cfg = SecurityConfig {
@@ -308,6 +378,7 @@ impl Server {
         let task = tokio::spawn(async move {
             serve(listener, router, &s, &m2, async {
                 let _ = rx.await;
+                tokio::time::Instant::now() + Duration::from_secs(5)
             })
             .await
         });
@@ -377,7 +448,8 @@ async fn real_server_slow_body_gets_408_and_slow_headers_are_cut() {
         waited < Duration::from_secs(3),
         "connection held for {waited:?}"
     );
-    assert!(!resp.contains("200 OK"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("request_timeout"), "{resp}");
     // Counted once the connection task has finished.
     let mut counted = 0.0;
     for _ in 0..50 {
@@ -397,7 +469,156 @@ async fn real_server_slow_body_gets_408_and_slow_headers_are_cut() {
     let _ = s.write_all(req.as_bytes()).await;
     let resp = read_all(&mut s).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:.200}");
+    assert!(resp.contains("max_header_bytes"), "{resp:.400}");
     srv.stop().await;
+}
+
+/// Sends `raw` on a fresh connection and returns everything the server answers.
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
+
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test]
+async fn every_refusal_says_why() {
+    let cfg = SecurityConfig {
+        request_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let srv = Server::start(cfg, true).await;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+
+    let r = text(
+        exchange(
+            srv.addr,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert_eq!(body_of(&r), "no such path: /nope\n", "{r}");
+
+    let r = text(
+        exchange(
+            srv.addr,
+            b"DELETE /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    assert!(body_of(&r).contains("DELETE"), "{r}");
+
+    // Not HTTP: hyper's own 400, with a body.
+    let r = text(exchange(srv.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await);
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(body_of(&r).contains("could not be parsed"), "{r}");
+
+    // Headers that never finish: 408 with the setting named.
+    let r = text(exchange(srv.addr, b"GET /healthz HTTP/1.1\r\n").await);
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(body_of(&r).contains("http.security.request_timeout"), "{r}");
+
+    // HTTP/2 with prior knowledge: SETTINGS then GOAWAY(HTTP_1_1_REQUIRED) with a reason.
+    let r = exchange(
+        srv.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await;
+    assert!(r.len() > 18, "{r:?}");
+    assert_eq!(r[3], 0x4, "SETTINGS first: {r:?}");
+    assert_eq!(r[12], 0x7, "then GOAWAY: {r:?}");
+    assert_eq!(&r[22..26], &[0, 0, 0, 0x0d], "HTTP_1_1_REQUIRED: {r:?}");
+    assert!(String::from_utf8_lossy(&r[26..]).contains("HTTP/1.1 only"));
+
+    // A client that does speak HTTP/2 reports the reason (curl with nghttp2).
+    if nodescope_testsupport::require_tool("every_refusal_says_why", "curl", &[]).is_some() {
+        let url = format!("http://{}/healthz", srv.addr);
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sSv", "-m", "5", "--http2-prior-knowledge", &url])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        // curl 7.88: "recveived GOAWAY, error=13" (13 = HTTP_1_1_REQUIRED).
+        assert!(
+            err.contains("GOAWAY, error=13") || err.contains("HTTP_1_1_REQUIRED"),
+            "{err}"
+        );
+    }
+    for _ in 0..50 {
+        if refused(&srv.metrics, "http2") >= 1.0 && refused(&srv.metrics, "malformed") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused(&srv.metrics, "http2") >= 1.0);
+    assert_eq!(refused(&srv.metrics, "malformed"), 1.0);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_stalled_writes_are_cut() {
+    let cfg = SecurityConfig {
+        max_connections: 4,
+        write_timeout: Duration::from_millis(500),
+        max_response_buffer_bytes: 256 * 1024 * 1024,
+        ..Default::default()
+    };
+    let s = settings(cfg);
+    let metrics = SelfMetrics::new();
+    let big = Router::new().route("/big", get(|| async { vec![b'x'; 32 * 1024 * 1024] }));
+    let router = harden(big, &s, true, &metrics);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let m2 = metrics.clone();
+    let task = tokio::spawn(async move {
+        serve(listener, router, &s, &m2, async {
+            let _ = rx.await;
+            tokio::time::Instant::now() + Duration::from_secs(2)
+        })
+        .await
+    });
+    // Four clients that ask for 32 MiB and never read.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = String::from_utf8_lossy(&exchange(addr, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await)
+        .into_owned();
+    assert!(r.starts_with("HTTP/1.1 503"), "{r:.300}");
+    assert!(body_of(&r).contains("max_connections = 4"), "{r}");
+    // The stalled writes are cut after write_timeout, which frees the slots.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(refused(&metrics, "write_timeout"), 4.0);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert!(out.len() > 32 * 1024 * 1024);
+    assert_eq!(refused(&metrics, "too_many_connections"), 1.0);
+    drop(stalled);
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -557,4 +778,26 @@ fn tls_build_errors_name_the_file() {
     };
     let e = cfg.build().unwrap_err().to_string();
     assert!(e.contains("bad.pem"), "{e}");
+}
+
+#[tokio::test]
+async fn large_responses_share_one_budget() {
+    let m = SelfMetrics::new();
+    let cfg = SecurityConfig {
+        max_response_buffer_bytes: 4 * 1024 * 1024,
+        ..Default::default()
+    };
+    let big = Router::new().route("/big", get(|| async { vec![b'x'; 3 * 1024 * 1024] }));
+    let r = harden(big, &settings(cfg), true, &m);
+    let first = call(&r, get_req("/big", None)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // The first body is not sent yet: a second does not fit.
+    let second = call(&r, get_req("/big", None)).await;
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused(&m, "response_buffer_full"), 1.0);
+    drop(first);
+    assert_eq!(
+        call(&r, get_req("/big", None)).await.status(),
+        StatusCode::OK
+    );
 }

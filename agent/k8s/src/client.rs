@@ -103,7 +103,12 @@ impl ApiClient {
             .pool_max_idle_per_host(4)
             .user_agent(concat!("nodescope/", env!("CARGO_PKG_VERSION")));
         if s.api_server.starts_with("https://") && s.ca_file.exists() {
-            let pem = std::fs::read(&s.ca_file).map_err(|e| K8sError::Ca {
+            let pem = nodescope_model::files::read_capped(
+                &s.ca_file,
+                nodescope_model::files::MAX_SECRET_BYTES,
+                "CA file",
+            )
+            .map_err(|e| K8sError::Ca {
                 path: s.ca_file.clone(),
                 reason: e.to_string(),
             })?;
@@ -137,7 +142,13 @@ impl ApiClient {
     /// rotate; a missing file sends none).
     pub(crate) async fn get(&self, url: &str) -> reqwest::RequestBuilder {
         let req = self.http.get(url);
-        match tokio::fs::read_to_string(&self.s.token_file).await {
+        // Small and usually cached by the kernel: read in place, capped, never blocking on
+        // a FIFO.
+        match nodescope_model::files::read_capped_text(
+            &self.s.token_file,
+            nodescope_model::files::MAX_SECRET_BYTES,
+            "token file",
+        ) {
             Ok(t) if !t.trim().is_empty() => req.bearer_auth(t.trim()),
             _ => req,
         }

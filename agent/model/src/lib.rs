@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod exporter;
 pub mod feeds;
+pub mod files;
 pub mod host;
 pub mod lane;
 pub mod logs;

@@ -120,8 +120,11 @@ pub async fn run(config: Config) -> Result<()> {
 
     let app = nodescope_httpguard::harden(app, &guard, agent.listen_is_loopback(), &self_metrics);
     let stop = shutdown.clone();
+    let grace = agent.shutdown_timeout;
     let server = nodescope_httpguard::serve(listener, app, &guard, &self_metrics, async move {
-        stop.cancelled().await
+        stop.cancelled().await;
+        // The same deadline as below: in-flight requests get what is left of it.
+        tokio::time::Instant::now() + grace
     });
     tokio::pin!(server);
     let served = tokio::select! {

@@ -108,12 +108,9 @@ impl Default for AgentConfig {
 /// A configuration that failed to load: every problem found, each naming its key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Not a regular file, too large, unreadable: the message names the path and why.
+    #[error("cannot read the configuration: {0}")]
+    Read(nodescope_model::files::ReadFileError),
     #[error("{origin}: TOML syntax error: {message}")]
     Syntax { origin: String, message: String },
     #[error("{origin}: {} problem(s):\n{}", issues.len(), render(issues))]
@@ -164,10 +161,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let text = nodescope_model::files::read_capped_text(
+                    path,
+                    nodescope_model::files::MAX_CONFIG_BYTES,
+                    "config file",
+                )
+                .map_err(ConfigError::Read)?;
                 Config::parse_with_env(&text, &path.display().to_string(), env, checks)
             }
             None => Config::parse_with_env(DEFAULT_CONFIG, "embedded default config", env, checks),

@@ -157,6 +157,46 @@ fn validate_reports_a_missing_file() {
 }
 
 #[test]
+fn validate_refuses_devices_fifos_and_huge_files_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, "#".repeat(2 * 1024 * 1024)).unwrap();
+    let token = dir.path().join("token.toml");
+    std::fs::write(
+        &token,
+        format!("[http.security]\ntoken_file = \"{}\"\n", fifo.display()),
+    )
+    .unwrap();
+    for (path, want) in [
+        (&zero, "not a regular file (it is a character device)"),
+        (&fifo, "not a regular file (it is a FIFO)"),
+        (&huge, "larger than the 1048576 bytes allowed"),
+        (&token, "not a regular file (it is a FIFO)"),
+    ] {
+        let t0 = Instant::now();
+        let out = Command::new(BIN)
+            .arg("validate")
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains(want), "{}: {text}", path.display());
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", path.display());
+    }
+}
+
+#[test]
 fn version_flag() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -12,23 +12,15 @@ use crate::config::{AuthConfig, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("reading {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Read(nodescope_model::files::ReadFileError),
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
 }
 
 fn read(what: &'static str, p: &std::path::Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(p).map_err(|source| ClientError::Read {
-        what,
-        path: p.display().to_string(),
-        source,
-    })
+    nodescope_model::files::read_capped(p, nodescope_model::files::MAX_SECRET_BYTES, what)
+        .map_err(ClientError::Read)
 }
 
 /// Builds a client: rustls, optional extra CA, optional client certificate.

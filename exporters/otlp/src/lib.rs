@@ -264,7 +264,12 @@ fn grpc_endpoint(
     let https = endpoint.starts_with("https://");
     if https || tls.ca_file.is_some() || tls.cert_file.is_some() {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| OtlpError::Tls(format!("reading {}: {e}", p.display())))
+            nodescope_model::files::read_capped(
+                p,
+                nodescope_model::files::MAX_SECRET_BYTES,
+                "TLS file",
+            )
+            .map_err(|e| OtlpError::Tls(e.to_string()))
         };
         let mut t = ClientTlsConfig::new().with_native_roots();
         if let Some(ca) = &tls.ca_file {
