@@ -43,6 +43,7 @@ impl Component for ProfilingConfig {
                 host_proc: ctx.host.proc.clone(),
             },
         );
+        svc.wrap_up_on(ctx.shutdown.clone());
         let mut parts = Parts::default()
             .with_collector(svc.collector())
             .with_router(crate::router(svc.clone()));

@@ -72,6 +72,9 @@ pub struct ProfilerService {
     ebpf_error: Mutex<Option<String>>,
     continuous_up: AtomicBool,
     sigprof_busy: AtomicBool,
+    /// Cancelled when the agent shuts down: on-demand profiles stop sampling and answer
+    /// with what they have.
+    wrap_up: std::sync::OnceLock<CancellationToken>,
 }
 
 impl std::fmt::Debug for ProfilerService {
@@ -138,9 +141,20 @@ fn sleep_or_cancel_step(d: Duration, step: Duration, cancel: &CancellationToken)
     }
 }
 
-/// On-demand profiles notice a client that went away within 50 ms.
-fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    sleep_or_cancel_step(d, Duration::from_millis(50), cancel)
+/// Sleeps up to `d` in 50 ms steps (on-demand profiles notice a client that went away
+/// within 50 ms), waking early when `stop` says so. Returns true if woken.
+fn sleep_until(d: Duration, stop: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if stop() {
+            return true;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 impl ProfilerService {
@@ -176,6 +190,7 @@ impl ProfilerService {
             ebpf_error: Mutex::new(None),
             continuous_up: AtomicBool::new(false),
             sigprof_busy: AtomicBool::new(false),
+            wrap_up: std::sync::OnceLock::new(),
         })
     }
 
@@ -363,6 +378,17 @@ impl ProfilerService {
         }
     }
 
+    /// On-demand profiles in flight when `shutdown` is cancelled stop sampling at once and
+    /// answer with the samples they have (so the agent's shutdown deadline holds and the
+    /// client still gets a profile).
+    pub fn wrap_up_on(&self, shutdown: CancellationToken) {
+        let _ = self.wrap_up.set(shutdown);
+    }
+
+    fn wrapping_up(&self) -> bool {
+        self.wrap_up.get().is_some_and(|t| t.is_cancelled())
+    }
+
     /// Runs one on-demand profile. Cancelling `cancel` (the HTTP client went away) stops
     /// sampling within ~50 ms and releases the target and the BPF program.
     pub async fn profile(
@@ -447,6 +473,13 @@ impl ProfilerService {
         if cancel.is_cancelled() {
             return Err(ProfileError::Cancelled);
         }
+        if self.wrapping_up() {
+            comments.push(format!(
+                "ended early after {:.1} s of {} s: the agent is shutting down",
+                window.1.as_secs_f64(),
+                req.seconds
+            ));
+        }
         let samples: u64 = raw.iter().map(|s| s.count).sum();
         let resolved = self.symbolizer.resolve(&raw);
         comments.push(format!("target {}", req.target.key()));
@@ -480,7 +513,7 @@ impl ProfilerService {
         let r = std::thread::scope(|sc| {
             let h = sc.spawn(|| crate::selfprof::run(hz, duration, &flag));
             while !h.is_finished() {
-                if cancel.is_cancelled() {
+                if cancel.is_cancelled() || self.wrapping_up() {
                     flag.store(true, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -508,12 +541,14 @@ impl ProfilerService {
         let mut tracker = CounterTracker::new();
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            let cancelled = sleep_or_cancel(left.min(tick), cancel);
-            if cancelled {
+            sleep_until(left.min(tick), || {
+                cancel.is_cancelled() || self.wrapping_up()
+            });
+            if cancel.is_cancelled() {
                 return Err(ProfileError::Cancelled);
             }
             self.drain_into(s, &mut agg, &mut tracker);
-            if Instant::now() >= end {
+            if Instant::now() >= end || self.wrapping_up() {
                 break;
             }
         }
