@@ -141,7 +141,12 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(app::run(config)) {
+    let result = rt.block_on(app::run(config));
+    // `app::run` has already waited for everything it owns until `agent.shutdown_timeout`;
+    // a thread still blocked past it (a hung statfs, a profile's symbolization) must not
+    // hold the exit, as dropping the runtime would (it waits for blocking tasks).
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render_error(&e));

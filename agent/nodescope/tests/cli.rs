@@ -273,6 +273,57 @@ fn sigterm_shuts_down_cleanly_and_fast() {
 }
 
 #[test]
+fn sigterm_with_a_profile_in_flight_honours_shutdown_timeout() {
+    let agent = start_agent("shutdown_timeout = \"2s\"\n");
+    let mut agent = agent;
+    let url = agent.url("/debug/pprof/profile?seconds=30");
+    let client = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(40))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let code = r.status().as_u16();
+        let body = r.bytes().map_err(|e| e.to_string())?;
+        Ok::<_, String>((code, body))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = agent.proc.child.id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let exited = loop {
+        if let Some(status) = agent.proc.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "agent did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        exited < Duration::from_millis(2600),
+        "shutdown_timeout is 2 s; the agent took {exited:?}"
+    );
+    // The profile ended early with what it had: a gzip'd pprof, not a dropped connection.
+    let (code, body) = client.join().unwrap().expect("profile answered");
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with(&[0x1f, 0x8b]),
+        "not gzip: {:?}",
+        &body[..body.len().min(16)]
+    );
+    eprintln!(
+        "SIGTERM to exit: {exited:?}; profile of {} bytes",
+        body.len()
+    );
+}
+
+#[test]
 fn embedded_default_serves_the_documented_endpoints() {
     let agent = start_agent("");
     let (code, body) = http_get(&agent.url("/healthz")).unwrap();
