@@ -33,8 +33,8 @@ pub const MAX_VERIFIER_LOG: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The caller lacks CAP_BPF / CAP_PERFMON / CAP_SYS_ADMIN (or CAP_SYS_ADMIN to mount).
-    #[error("{what}: not permitted ({reason}); run as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")]
+    /// The caller lacks CAP_BPF / CAP_PERFMON (or CAP_SYS_ADMIN to mount a filesystem).
+    #[error("{what}: not permitted ({reason}); {}", perm_hint(.what))]
     NotPermitted { what: String, reason: String },
     /// The kernel exposes no BTF, so CO-RE relocation is impossible.
     #[error("kernel BTF unavailable at {path}: {reason} (needs CONFIG_DEBUG_INFO_BTF=y)")]
@@ -198,6 +198,18 @@ pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
         PathBuf::from(TRACEFS_PATHS[0]),
         |path, reason| LoadError::TracefsMissing { path, reason },
     )
+}
+
+/// What to grant for a refusal: loading and attaching need CAP_BPF and CAP_PERFMON (the
+/// `full` overlay's set; kernel 5.8 or later), never CAP_SYS_ADMIN; only mounting tracefs
+/// or bpffs ourselves does, and mounting it from the host avoids that.
+fn perm_hint(what: &str) -> &'static str {
+    if what.starts_with("mounting") {
+        "mount it on the host and into the container (deploy/kubernetes/overlays/full mounts \
+         /sys/kernel/tracing), or run as root"
+    } else {
+        "grant CAP_BPF and CAP_PERFMON (as deploy/kubernetes/overlays/full does), or run as root"
+    }
 }
 
 /// Mounts `fstype` at `target`; a refusal for lack of privilege is `NotPermitted`, any
@@ -560,6 +572,23 @@ pub fn load_cgroup_skb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_errors_name_the_capabilities_that_suffice() {
+        let e = LoadError::NotPermitted {
+            what: "loading program tcp_probe".into(),
+            reason: "Operation not permitted (os error 1)".into(),
+        }
+        .to_string();
+        assert!(e.contains("CAP_BPF and CAP_PERFMON"), "{e}");
+        assert!(!e.contains("SYS_ADMIN"), "{e}");
+        let e = LoadError::NotPermitted {
+            what: "mounting tracefs at /sys/kernel/tracing".into(),
+            reason: "Operation not permitted (os error 1)".into(),
+        }
+        .to_string();
+        assert!(e.contains("mount it on the host"), "{e}");
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -238,6 +238,21 @@ pub(crate) fn read_int(path: &Path) -> Result<i64, CollectError> {
         .map_err(|_| CollectError::parse(path, format!("not an integer: {:?}", t.trim())))
 }
 
+/// A procfs-core error as text for the user. Its parse failures (`InternalError`, also
+/// nested in `Other`) print the crate's source path on the build machine and ask for a
+/// procfs bug report, which says nothing about the file that failed.
+pub(crate) fn proc_error_text(e: &procfs_core::ProcError) -> String {
+    match e {
+        procfs_core::ProcError::InternalError(_) => {
+            "malformed content: no line could be parsed".into()
+        }
+        procfs_core::ProcError::Other(s) if s.contains(".rs:") || s.contains("procfs bug") => {
+            "malformed content: no line could be parsed".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// True for errors procfs treats as "attribute absent" (not found, permission denied).
 pub(crate) fn absent(e: &CollectError) -> bool {
     match e {
