@@ -4,26 +4,27 @@
 //!   `/proc` is mounted), each line parsed with procfs-core's `MountInfo::from_line`; the
 //!   parsed, filtered list is cached and reused while the file's bytes do not change.
 //! * `statfs` goes through `<root>/<mountpoint>`.
-//! * Every `statfs` runs on a worker thread, never on the collecting thread; one collect's
-//!   mounts go to the worker as one batch (one thread hand-off per scrape). The collector
-//!   waits at most `stat_timeout` for each `statfs`; on timeout the mount point is marked
-//!   *stuck*, the blocked worker is abandoned (it exits, and unmarks the mount, if its
-//!   `statfs` ever returns) and a fresh worker serves the remaining mounts. A stuck mount is reported
-//!   with `node_filesystem_device_error 1` and skipped without a new `statfs` until its old
-//!   call returns, like node_exporter's stuck-mount tracker. At most `max_stuck` workers
-//!   can be blocked at once; past that no further `statfs` is attempted (counted).
+//! * Every `statfs` runs on a [`Lane`] (the model's one type for blocking work under
+//!   timeouts, also used by the collector runner), never on the collecting thread; one
+//!   collect's mounts are one batch (one thread hand-off per scrape), each `statfs` under
+//!   `stat_timeout` from its own start. On timeout the lane abandons the blocked thread and
+//!   carries on with the remaining mounts on a fresh one; the mount stays *stuck* (its
+//!   `statfs` is still in flight) until that call returns. A stuck mount is reported with
+//!   `node_filesystem_device_error 1` and skipped without a new `statfs`, like
+//!   node_exporter's stuck-mount tracker. At most `max_stuck` lane threads can be blocked
+//!   at once; past that no further `statfs` is attempted (counted).
 //! * Network filesystems (`nfs`, `cifs`, `ceph`, `fuse.sshfs`, `9p`, ...) are skipped by
 //!   default.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use nodescope_model::lane::{ItemOutcome, Lane, NotRunReason};
 use nodescope_model::{CollectError, Collector, MetricFamily, MetricType};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use procfs_core::process::MountInfo;
 
 use crate::config::FilesystemConfig;
@@ -179,53 +180,6 @@ pub(crate) struct FilesystemOptions {
     pub(crate) max_mounts: usize,
 }
 
-/// One collect's `statfs` work, handed to the worker in one piece so a scrape costs one
-/// thread hand-off, not one per mount. The worker notifies only when the whole batch is
-/// done; the collector sleeps until then or until the job in progress has run for
-/// `stat_timeout`.
-struct Batch {
-    /// `(path to statfs, mount point)`.
-    jobs: Vec<(PathBuf, String)>,
-    state: Mutex<BatchState>,
-    cv: Condvar,
-}
-
-struct BatchState {
-    results: Vec<Option<std::io::Result<FsStat>>>,
-    /// The job being statted and when it started.
-    current: Option<(usize, Instant)>,
-    finished: bool,
-    /// Set by the collector when `current` timed out: the worker exits after it returns.
-    abandoned: bool,
-}
-
-/// Runs a batch on the worker thread; returns false when the worker must exit.
-fn run_batch(stat: &StatFn, stuck: &Mutex<HashSet<String>>, batch: &Batch) -> bool {
-    for (i, (path, mount_point)) in batch.jobs.iter().enumerate() {
-        {
-            let mut st = batch.state.lock();
-            if st.abandoned {
-                return false;
-            }
-            st.current = Some((i, Instant::now()));
-        }
-        let r = stat(path);
-        // Lock order everywhere: `stuck`, then the batch state.
-        let mut stuck = stuck.lock();
-        let mut st = batch.state.lock();
-        stuck.remove(mount_point);
-        st.results[i] = Some(r);
-        st.current = None;
-        if st.abandoned {
-            return false;
-        }
-    }
-    let mut st = batch.state.lock();
-    st.finished = true;
-    batch.cv.notify_all();
-    true
-}
-
 /// The mount table as last read, and the filtered mounts derived from it.
 #[derive(Default)]
 struct MountCache {
@@ -251,8 +205,9 @@ pub struct FilesystemCollector {
     stat: StatFn,
     read_buf: Mutex<Vec<u8>>,
     cache: Mutex<MountCache>,
-    worker: Mutex<Option<mpsc::Sender<Arc<Batch>>>>,
-    /// Mount points whose `statfs` is still blocked on an abandoned worker.
+    lane: Lane,
+    /// Mount points whose `statfs` is in flight: between collects, those still blocked on
+    /// an abandoned lane thread.
     stuck: Arc<Mutex<HashSet<String>>>,
     counters: Counters,
 }
@@ -262,11 +217,11 @@ impl FilesystemCollector {
         FilesystemCollector {
             mountinfo: paths.proc.join("1/mountinfo"),
             root: paths.root.clone(),
+            lane: Lane::new("statfs", opts.max_stuck),
             opts,
             stat: Arc::new(real_statfs),
             read_buf: Mutex::new(Vec::with_capacity(8192)),
             cache: Mutex::new(MountCache::default()),
-            worker: Mutex::new(None),
             stuck: Arc::new(Mutex::new(HashSet::new())),
             counters: Counters::default(),
         }
@@ -364,72 +319,12 @@ impl FilesystemCollector {
         Ok((Arc::clone(&cache.mounts), cache.dropped))
     }
 
-    fn spawn_worker(&self) -> Option<mpsc::Sender<Arc<Batch>>> {
-        let (tx, rx) = mpsc::channel::<Arc<Batch>>();
-        let stat = Arc::clone(&self.stat);
-        let stuck = Arc::clone(&self.stuck);
-        let spawned = std::thread::Builder::new()
-            .name("nodescope-statfs".into())
-            .spawn(move || {
-                for batch in rx {
-                    if !run_batch(&stat, &stuck, &batch) {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                tracing::warn!(collector = "filesystem", error = %e, "cannot spawn statfs worker");
-                None
-            }
-        }
-    }
-
-    /// Waits for `batch`; `Some(k)` when job `k` ran past the timeout (it is then marked
-    /// stuck and the batch abandoned), `None` when the batch finished.
-    fn wait_batch(&self, batch: &Batch) -> Option<usize> {
-        let timeout = self.opts.stat_timeout;
-        let mut st = batch.state.lock();
-        loop {
-            if st.finished {
-                return None;
-            }
-            let now = Instant::now();
-            let deadline = match st.current {
-                Some((_, started)) => started + timeout,
-                None => now + timeout,
-            };
-            if now < deadline {
-                batch.cv.wait_until(&mut st, deadline);
-                continue;
-            }
-            let Some((k, _)) = st.current else {
-                continue;
-            };
-            drop(st);
-            let mut stuck = self.stuck.lock();
-            let mut st2 = batch.state.lock();
-            if st2.finished {
-                return None;
-            }
-            if let Some((k2, started)) = st2.current {
-                if k2 == k && Instant::now() >= started + timeout {
-                    st2.abandoned = true;
-                    stuck.insert(batch.jobs[k].1.clone());
-                    return Some(k);
-                }
-            }
-            drop(stuck);
-            st = st2;
-        }
-    }
-
     /// `statfs` of every mount, off this thread, each under the timeout. `Err(reason)`
     /// means a device error.
     fn stat_all(&self, mounts: &[Mount]) -> Vec<Result<FsStat, String>> {
         let mut out: Vec<Option<Result<FsStat, String>>> = vec![None; mounts.len()];
-        let mut pending: Vec<usize> = Vec::with_capacity(mounts.len());
+        let mut jobs: Vec<(PathBuf, String)> = Vec::with_capacity(mounts.len());
+        let mut index: Vec<usize> = Vec::with_capacity(mounts.len());
         {
             let stuck = self.stuck.lock();
             for (i, m) in mounts.iter().enumerate() {
@@ -437,88 +332,62 @@ impl FilesystemCollector {
                     self.counters.skipped.fetch_add(1, Ordering::Relaxed);
                     out[i] = Some(Err("an earlier statfs is still blocked".into()));
                 } else {
-                    pending.push(i);
+                    jobs.push((
+                        self.root.join(m.path.trim_start_matches('/')),
+                        m.mount_point.clone(),
+                    ));
+                    index.push(i);
                 }
             }
         }
-        while !pending.is_empty() {
-            let n_stuck = self.stuck.lock().len();
-            if n_stuck >= self.opts.max_stuck {
-                for &i in &pending {
-                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                    out[i] = Some(Err(format!(
-                        "{n_stuck} statfs calls are blocked (host.filesystem.max_stuck_mounts)"
-                    )));
-                }
-                break;
-            }
-            let batch = Arc::new(Batch {
-                jobs: pending
-                    .iter()
-                    .map(|&i| {
-                        let m = &mounts[i];
-                        (
-                            self.root.join(m.path.trim_start_matches('/')),
-                            m.mount_point.clone(),
-                        )
-                    })
-                    .collect(),
-                state: Mutex::new(BatchState {
-                    results: (0..pending.len()).map(|_| None).collect(),
-                    current: None,
-                    finished: false,
-                    abandoned: false,
-                }),
-                cv: Condvar::new(),
-            });
-            let mut worker = self.worker.lock();
-            if worker.is_none() {
-                *worker = self.spawn_worker();
-            }
-            let sent = match worker.as_ref() {
-                Some(tx) => tx.send(Arc::clone(&batch)).is_ok(),
-                None => false,
-            };
-            if !sent {
-                *worker = None;
-                for &i in &pending {
-                    out[i] = Some(Err("no statfs worker".into()));
-                }
-                break;
-            }
-            let hung = self.wait_batch(&batch);
-            {
-                let st = batch.state.lock();
-                for (k, &i) in pending.iter().enumerate() {
-                    if let Some(r) = &st.results[k] {
-                        out[i] = Some(match r {
-                            Ok(s) => Ok(*s),
-                            Err(e) => Err(e.to_string()),
-                        });
-                    }
-                }
-            }
-            let Some(k) = hung else {
-                break;
-            };
-            // Abandon the blocked worker: dropping its sender lets it exit once its
-            // statfs returns (it then unmarks the mount).
-            *worker = None;
-            let m = &mounts[pending[k]];
-            out[pending[k]] = Some(Err("statfs timed out".into()));
-            self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                collector = "filesystem",
-                mountpoint = %m.mount_point,
-                fstype = %m.fs_type,
-                timeout_ms = self.opts.stat_timeout.as_millis() as u64,
-                "statfs timed out; mount marked stuck and skipped until it returns"
-            );
-            pending = pending[k + 1..]
-                .iter()
-                .copied()
-                .filter(|&i| out[i].is_none())
+        if jobs.is_empty() {
+            return out
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Err("not statted".into())))
                 .collect();
+        }
+        let stat = Arc::clone(&self.stat);
+        let stuck = Arc::clone(&self.stuck);
+        let outcomes = self.lane.run_blocking(
+            jobs,
+            self.opts.stat_timeout,
+            move |(path, mount_point): &(PathBuf, String)| {
+                stuck.lock().insert(mount_point.clone());
+                let r = stat(path);
+                stuck.lock().remove(mount_point);
+                r
+            },
+        );
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            let i = index[k];
+            let m = &mounts[i];
+            out[i] = Some(match outcome {
+                ItemOutcome::Done(Ok(s)) => Ok(s),
+                ItemOutcome::Done(Err(e)) => Err(e.to_string()),
+                ItemOutcome::Panicked => Err("statfs panicked".into()),
+                ItemOutcome::TimedOut => {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        collector = "filesystem",
+                        mountpoint = %m.mount_point,
+                        fstype = %m.fs_type,
+                        timeout_ms = self.opts.stat_timeout.as_millis() as u64,
+                        "statfs timed out; mount marked stuck and skipped until it returns"
+                    );
+                    Err("statfs timed out".into())
+                }
+                ItemOutcome::NotRun(NotRunReason::TooManyAbandoned) => {
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    Err(format!(
+                        "{} statfs calls are blocked (host.filesystem.max_stuck_mounts)",
+                        self.lane.blocked()
+                    ))
+                }
+                ItemOutcome::NotRun(reason) => {
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    Err(reason.as_str().to_string())
+                }
+            });
         }
         out.into_iter()
             .map(|o| o.unwrap_or_else(|| Err("not statted".into())))
