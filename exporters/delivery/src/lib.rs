@@ -68,7 +68,8 @@ impl Payload {
     }
 }
 
-/// Turns batches of signals into payloads. Runs on the exporter's intake task.
+/// Turns batches of signals into payloads. Runs on tokio's blocking pool (one batch at a
+/// time per exporter), never on a runtime worker thread.
 pub trait Encoder: Send + 'static {
     fn encode(&mut self, batch: &[Signal]) -> Result<Vec<Payload>, ExportError>;
 }
@@ -247,10 +248,14 @@ impl Delivery {
     pub async fn run<E: Encoder, T: Transport>(
         self,
         mut queue: ExporterQueue,
-        mut encoder: E,
+        encoder: E,
         transport: T,
     ) {
         let shared = self.shared;
+        // Encoding and WAL writes (with their fsyncs) block: they run on the blocking pool,
+        // one at a time per exporter, so a slow disk or a large batch cannot stall the
+        // runtime's two worker threads (and with them the HTTP server).
+        let encoder = Arc::new(Mutex::new(encoder));
         let span = tracing::info_span!("exporter", exporter = %shared.name);
         let sender = tokio::spawn(sender_loop(shared.clone(), transport).instrument(span.clone()));
         async {
@@ -270,7 +275,7 @@ impl Delivery {
                             for part in split_signal(sig, max_items) {
                                 let n = signal_items(&part);
                                 if items + n > max_items && !batch.is_empty() {
-                                    flush(&shared, &mut encoder, &mut batch);
+                                    flush_off_runtime(&shared, &encoder, &mut batch).await;
                                     (items, bytes, first_at) = (0, 0, None);
                                 }
                                 bytes += part.approx_size();
@@ -278,7 +283,7 @@ impl Delivery {
                                 batch.push(part);
                                 first_at.get_or_insert_with(Instant::now);
                                 if items >= max_items || bytes >= max_bytes {
-                                    flush(&shared, &mut encoder, &mut batch);
+                                    flush_off_runtime(&shared, &encoder, &mut batch).await;
                                     (items, bytes, first_at) = (0, 0, None);
                                 }
                             }
@@ -286,13 +291,13 @@ impl Delivery {
                         None => break,
                     },
                     _ = sleep_until_opt(deadline) => {
-                        flush(&shared, &mut encoder, &mut batch);
+                        flush_off_runtime(&shared, &encoder, &mut batch).await;
                         (items, bytes, first_at) = (0, 0, None);
                     }
-                    _ = tick.tick() => housekeeping(&shared),
+                    _ = tick.tick() => off_runtime(&shared, housekeeping).await.unwrap_or(()),
                 }
             }
-            flush(&shared, &mut encoder, &mut batch);
+            flush_off_runtime(&shared, &encoder, &mut batch).await;
             // Leave a margin before the pipeline aborts the task.
             let grace = queue.flush_timeout.mul_f64(0.9);
             *shared.deadline.lock() = Some(Instant::now() + grace);
@@ -316,6 +321,40 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Runs `f` on the blocking pool (the WAL's file I/O and fsyncs); `None` if it panicked.
+async fn off_runtime<R: Send + 'static>(shared: &Arc<Shared>, f: fn(&Shared) -> R) -> Option<R> {
+    if !matches!(&*shared.backlog.lock(), Backlog::Wal(_)) {
+        return Some(f(shared)); // memory only: nothing blocks
+    }
+    let sh = shared.clone();
+    match tokio::task::spawn_blocking(move || f(&sh)).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "WAL task failed");
+            None
+        }
+    }
+}
+
+/// [`flush`] on the blocking pool.
+async fn flush_off_runtime<E: Encoder>(
+    shared: &Arc<Shared>,
+    encoder: &Arc<Mutex<E>>,
+    batch: &mut Vec<Signal>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut b = std::mem::take(batch);
+    let (sh, enc) = (shared.clone(), encoder.clone());
+    let items: usize = b.iter().map(signal_items).sum();
+    if let Err(e) = tokio::task::spawn_blocking(move || flush(&sh, &mut *enc.lock(), &mut b)).await
+    {
+        tracing::error!(error = %e, items, "encoding task failed; batch dropped");
+        shared.metrics.dropped(DropReason::Encode).add(items as u64);
     }
 }
 
@@ -480,7 +519,7 @@ async fn sender_loop<T: Transport>(shared: Arc<Shared>, transport: T) {
         if past_deadline(&shared, Instant::now()) {
             return;
         }
-        let Some((p, a)) = next_payload(&shared) else {
+        let Some((p, a)) = off_runtime(&shared, next_payload).await.flatten() else {
             if shared.closing.load(Ordering::SeqCst) {
                 return;
             }
@@ -489,7 +528,16 @@ async fn sender_loop<T: Transport>(shared: Arc<Shared>, transport: T) {
             continue;
         };
         match deliver(&shared, &transport, &p, &mut backoff).await {
-            Outcome::Done => ack(&shared, a),
+            Outcome::Done => {
+                let sh = shared.clone();
+                if matches!(a, Ack::Wal(_)) {
+                    if let Err(e) = tokio::task::spawn_blocking(move || ack(&sh, a)).await {
+                        tracing::error!(error = %e, "WAL ack failed");
+                    }
+                } else {
+                    ack(&shared, a);
+                }
+            }
             Outcome::Abandoned => {
                 *shared.in_flight_bytes.lock() = 0;
                 if let Ack::Memory = a {
