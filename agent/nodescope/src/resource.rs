@@ -37,16 +37,15 @@ pub fn detect(host_root: &Path, node_name: Option<String>) -> Resource {
     let host_name = uname_nodename()
         .or_else(|| read_trimmed(&root("/etc/hostname")))
         .unwrap_or_else(|| "unknown".into());
-    r.set("host.name", host_name);
+    r.set("host.name", host_name.clone());
     if let Some(id) = read_trimmed(&root("/etc/machine-id"))
         .or_else(|| read_trimmed(&root("/var/lib/dbus/machine-id")))
     {
         r.set("host.id", id);
     }
     r.set("os.type", "linux");
-    if let Some(node) = node_name {
-        r.set("k8s.node.name", node);
-    }
+    // As documented for `agent.node_name`: `$NODE_NAME`, then the host name.
+    r.set("k8s.node.name", node_name.unwrap_or(host_name));
     r
 }
 
@@ -65,5 +64,8 @@ mod tests {
         assert_eq!(r.get("service.name"), Some("nodescope"));
         assert_eq!(r.get("os.type"), Some("linux"));
         assert!(r.get("host.name").is_some());
+        // Without a node name: the host name, as documented.
+        let r = detect(dir.path(), None);
+        assert_eq!(r.get("k8s.node.name"), r.get("host.name"));
     }
 }

@@ -131,11 +131,13 @@ impl LokiConfig {
             format!("{prefix}.job"),
             "must not be empty",
         );
+        // Names are sanitised (docs/exporters.md); only what no sanitising can save is
+        // refused: an empty name and Loki's reserved `__` prefix.
         for k in self.labels.keys() {
             issues.check(
-                config::valid_user_label_name(k),
+                !k.is_empty() && !sanitize_label_name(k).starts_with("__"),
                 format!("{prefix}.labels.{k}"),
-                "is not a valid Loki label name",
+                "is empty or starts with \"__\" (reserved by Loki)",
             );
         }
         config::validate_tenant(prefix, &self.tenant_id, issues);
@@ -177,7 +179,7 @@ impl LokiConfig {
             static_labels.push(("node".into(), h.to_string()));
         }
         for (k, v) in &self.labels {
-            static_labels.push((k.clone(), v.clone()));
+            static_labels.push((sanitize_label_name(k), v.clone()));
         }
         let delivery = Delivery::new(NAME, &self.delivery(), ctx)?;
         Ok(Box::new(PushExporter::new(
@@ -467,7 +469,7 @@ mod tests {
         c.endpoint = "https://logs.example.invalid/custom/push".into();
         assert_eq!(c.push_url(), "https://logs.example.invalid/custom/push");
         let c: LokiConfig = toml::from_str(
-            "endpoint = \"nope\"\njob = \"\"\ntenant_id = \"\"\n[labels]\n\"a-b\" = \"x\"\n[auth]\nusername = \"u\"\nbearer_token = \"t\"\n",
+            "endpoint = \"nope\"\njob = \"\"\ntenant_id = \"\"\n[labels]\n\"__a\" = \"x\"\n\"a-b\" = \"y\"\n[auth]\nusername = \"u\"\nbearer_token = \"t\"\n",
         )
         .unwrap();
         let mut i = Issues::default();
@@ -477,11 +479,18 @@ mod tests {
             "exporters.loki.endpoint",
             "exporters.loki.job",
             "exporters.loki.tenant_id",
-            "exporters.loki.labels.a-b",
+            "exporters.loki.labels.__a",
             "exporters.loki.auth",
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
+        // As documented, a name Loki would refuse is sanitised, not refused.
+        assert!(!keys.contains(&"exporters.loki.labels.a-b"), "{keys:?}");
+        let mut ok = LokiConfig::default();
+        ok.labels.insert("team-name".into(), "x".into());
+        let mut i = Issues::default();
+        ok.validate("exporters.loki", &mut i);
+        assert!(i.is_empty(), "{:?}", i.list);
     }
 }
 

@@ -316,6 +316,46 @@ fn data_points(m: &metrics_pb::Metric) -> usize {
     }
 }
 
+/// Samples in Prometheus' sense: one per gauge or sum data point; a histogram data point
+/// is one per bucket (`+Inf` included) plus `_sum` and `_count`.
+fn samples(m: &metrics_pb::Metric) -> usize {
+    use metrics_pb::metric::Data;
+    match &m.data {
+        Some(Data::Histogram(h)) => h
+            .data_points
+            .iter()
+            .map(|d| d.bucket_counts.len() + 2)
+            .sum(),
+        Some(Data::ExponentialHistogram(h)) => h
+            .data_points
+            .iter()
+            .map(|d| {
+                d.positive.as_ref().map_or(0, |b| b.bucket_counts.len())
+                    + d.negative.as_ref().map_or(0, |b| b.bucket_counts.len())
+                    + 3
+            })
+            .sum(),
+        Some(Data::Summary(s)) => s
+            .data_points
+            .iter()
+            .map(|d| d.quantile_values.len() + 2)
+            .sum(),
+        _ => data_points(m),
+    }
+}
+
+/// A receiver's rejected data points in samples, in proportion (`points`: data points in
+/// the payload).
+fn rejected_samples(rejected_points: u64, items: u32, points: u32) -> u64 {
+    if rejected_points == 0 || points == 0 {
+        return 0;
+    }
+    let items = u64::from(items);
+    (rejected_points.saturating_mul(items))
+        .div_ceil(u64::from(points))
+        .min(items)
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -424,7 +464,7 @@ impl OtlpEncoder {
         }
     }
 
-    /// The request for the batch's metrics and its number of OTLP data points.
+    /// The request for the batch's metrics and its number of samples.
     pub fn metrics_request(&self, batch: &[Signal]) -> (ExportMetricsServiceRequest, u32) {
         let mut metrics: Vec<metrics_pb::Metric> = Vec::new();
         for s in batch {
@@ -438,10 +478,14 @@ impl OtlpEncoder {
                 metrics.push(self.metric(m, ts));
             }
         }
-        // Items are counted in OTLP data points as encoded (the name map derives some, e.g.
-        // `system.memory.usage{state="used"}`), the unit a receiver's `rejected_data_points`
-        // is in, so sent + rejected add up.
-        let items = metrics.iter().map(data_points).sum::<usize>() as u32;
+        // A family without points (nothing observed yet) would be a metric with no data
+        // points, which receivers count as an error.
+        metrics.retain(|m| data_points(m) > 0);
+        // Items are samples, the one unit of every exporter (docs/exporters.md): as
+        // Prometheus counts them, so a histogram data point is its buckets (`+Inf`
+        // included) plus `_sum` and `_count`. A receiver's `rejected_data_points` is
+        // converted to that unit in proportion.
+        let items = metrics.iter().map(samples).sum::<usize>() as u32;
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![metrics_pb::ResourceMetrics {
                 resource: Some(self.resource.clone()),
@@ -515,9 +559,18 @@ impl Encoder for OtlpEncoder {
         let mut out = Vec::new();
         if batch.iter().any(|s| matches!(s, Signal::Metrics(_))) {
             let (req, items) = self.metrics_request(batch);
+            let points = req
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+                .map(data_points)
+                .sum::<usize>() as u32;
+            let mut meta = vec![META_METRICS];
+            meta.extend_from_slice(&points.to_le_bytes());
             out.push(Payload {
                 items,
-                meta: vec![META_METRICS],
+                meta,
                 body: self.finish(req.encode_to_vec())?,
             });
         }
@@ -679,7 +732,7 @@ impl Transport for OtlpTransport {
                 let h = resp.headers().clone();
                 let body = resp.bytes().await.unwrap_or_default();
                 http::classify(NAME, status, &h, &body, RetryPolicy::Otlp)?;
-                Ok(partial(is_logs, p.items, &body))
+                Ok(partial(is_logs, p.items, &p.meta, &body))
             }
             OtlpTransport::Grpc {
                 endpoint,
@@ -713,11 +766,15 @@ impl Transport for OtlpTransport {
                     )
                     .await?;
                     Ok(r.partial_success.map_or(0, |ps| {
-                        partial_success(
-                            "metrics",
+                        rejected_samples(
+                            partial_success(
+                                "metrics",
+                                p.items,
+                                ps.rejected_data_points,
+                                &ps.error_message,
+                            ),
                             p.items,
-                            ps.rejected_data_points,
-                            &ps.error_message,
+                            payload_points(&p.meta),
                         )
                     }))
                 }
@@ -755,8 +812,15 @@ fn partial_success(signal: &'static str, items: u32, rejected: i64, error_messag
     rejected
 }
 
+/// Data points in a metrics payload (written after the kind byte).
+fn payload_points(meta: &[u8]) -> u32 {
+    meta.get(1..5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
 /// Rejected items reported by an HTTP response body's partial success (0 if none).
-fn partial(is_logs: bool, items: u32, body: &[u8]) -> u64 {
+fn partial(is_logs: bool, items: u32, meta: &[u8], body: &[u8]) -> u64 {
     if body.is_empty() {
         return 0;
     }
@@ -769,7 +833,12 @@ fn partial(is_logs: bool, items: u32, body: &[u8]) -> u64 {
     } else {
         ExportMetricsServiceResponse::decode(body).map(|r| {
             r.partial_success.map_or(0, |ps| {
-                partial_success("metrics", items, ps.rejected_data_points, &ps.error_message)
+                let points = payload_points(meta);
+                rejected_samples(
+                    partial_success("metrics", items, ps.rejected_data_points, &ps.error_message),
+                    items,
+                    points,
+                )
             })
         })
     };
@@ -799,7 +868,8 @@ mod tests {
             families: vec![f],
         }))];
         let (req, items) = e.metrics_request(&sig);
-        assert_eq!(items, 1);
+        // One data point: 3 buckets (+Inf included), _sum and _count samples.
+        assert_eq!(items, 5);
         let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
         assert_eq!(m.unit, "s");
         let Some(metrics_pb::metric::Data::Histogram(h)) = &m.data else {
@@ -850,10 +920,21 @@ mod tests {
             }
             .encode_to_vec()
         };
-        assert_eq!(partial(false, 10, &m(3, "bad unit")), 3);
+        // 10 samples in 5 data points: 3 rejected points are 6 samples.
+        let meta = |points: u32| {
+            let mut v = vec![META_METRICS];
+            v.extend_from_slice(&points.to_le_bytes());
+            v
+        };
+        assert_eq!(partial(false, 10, &meta(5), &m(3, "bad unit")), 6);
+        assert_eq!(partial(false, 10, &meta(10), &m(3, "bad unit")), 3);
+        assert_eq!(partial(false, 10, &meta(5), &m(9, "")), 10, "capped");
         // A message with nothing rejected is a warning, not a rejection.
-        assert_eq!(partial(false, 10, &m(0, "deprecated attribute")), 0);
-        assert_eq!(partial(false, 10, &m(-5, "")), 0);
+        assert_eq!(
+            partial(false, 10, &meta(5), &m(0, "deprecated attribute")),
+            0
+        );
+        assert_eq!(partial(false, 10, &meta(5), &m(-5, "")), 0);
         let l = ExportLogsServiceResponse {
             partial_success: Some(ExportLogsPartialSuccess {
                 rejected_log_records: 2,
@@ -861,14 +942,38 @@ mod tests {
             }),
         }
         .encode_to_vec();
-        assert_eq!(partial(true, 4, &l), 2);
+        assert_eq!(partial(true, 4, &[META_LOGS], &l), 2);
         // Empty (full success) and undecodable bodies reject nothing.
-        assert_eq!(partial(true, 4, &[]), 0);
-        assert_eq!(partial(true, 4, b"{\"partialSuccess\":{}}"), 0);
+        assert_eq!(partial(true, 4, &[META_LOGS], &[]), 0);
+        assert_eq!(
+            partial(true, 4, &[META_LOGS], b"{\"partialSuccess\":{}}"),
+            0
+        );
     }
 
     #[test]
-    fn metric_items_are_otlp_data_points() {
+    fn families_without_points_are_not_sent() {
+        let e = OtlpEncoder::new(&Resource::default(), MetricNames::Prometheus, false);
+        let sig = [Signal::Metrics(Arc::new(MetricBatch {
+            source: "t".into(),
+            timestamp: UNIX_EPOCH,
+            families: vec![
+                MetricFamily::new("nodescope_tcp_retransmits_total", "", MetricType::Counter),
+                MetricFamily::single("node_load1", "", MetricType::Gauge, 1.0),
+            ],
+        }))];
+        let (req, items) = e.metrics_request(&sig);
+        let names: Vec<_> = req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["node_load1"]);
+        assert_eq!(items, 1);
+    }
+
+    #[test]
+    fn metric_items_are_samples() {
         let e = OtlpEncoder::new(&Resource::default(), MetricNames::Otel, false);
         let sig = [Signal::Metrics(Arc::new(MetricBatch {
             source: "t".into(),

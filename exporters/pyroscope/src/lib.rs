@@ -76,10 +76,11 @@ pub enum PyroscopeError {
     Delivery(#[from] DeliveryError),
 }
 
-fn valid_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.')
+/// Pyroscope application names: letters, digits, `_`, `.` and `-` (`my-app.cpu`).
+fn valid_app_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
 }
 
 /// Label names: `[a-zA-Z_][a-zA-Z0-9_.]*`; other characters become `_`.
@@ -118,15 +119,16 @@ impl PyroscopeConfig {
     pub fn validate(&self, prefix: &str, issues: &mut Issues) {
         config::validate_endpoint(&self.endpoint, &format!("{prefix}.endpoint"), issues);
         issues.check(
-            valid_name(&self.app_name),
+            valid_app_name(&self.app_name),
             format!("{prefix}.app_name"),
-            "must match [a-zA-Z_][a-zA-Z0-9_.]*",
+            "must be letters, digits, '_', '.' or '-' (e.g. \"my-app.cpu\")",
         );
+        // Label names are sanitised (docs/exporters.md); only an empty name is refused.
         for k in self.labels.keys() {
             issues.check(
-                valid_name(k),
+                !k.is_empty(),
                 format!("{prefix}.labels.{k}"),
-                "is not a valid label name",
+                "must not be empty",
             );
         }
         config::validate_tenant(prefix, &self.tenant_id, issues);
@@ -315,7 +317,7 @@ mod tests {
     #[test]
     fn validation() {
         let c: PyroscopeConfig =
-            toml::from_str("endpoint = \"x\"\napp_name = \"1bad\"\n[labels]\n\"a b\" = \"c\"\n")
+            toml::from_str("endpoint = \"x\"\napp_name = \"bad app\"\n[labels]\n\"\" = \"c\"\n")
                 .unwrap();
         let mut i = Issues::default();
         c.validate("exporters.pyroscope", &mut i);
@@ -323,10 +325,18 @@ mod tests {
         for k in [
             "exporters.pyroscope.endpoint",
             "exporters.pyroscope.app_name",
-            "exporters.pyroscope.labels.a b",
+            "exporters.pyroscope.labels.",
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
+        // A hyphenated app name and a label name that needs sanitising are accepted.
+        let c: PyroscopeConfig = toml::from_str(
+            "endpoint = \"http://127.0.0.1:4040\"\napp_name = \"my-app.cpu\"\n[labels]\n\"team name\" = \"x\"\n",
+        )
+        .unwrap();
+        let mut i = Issues::default();
+        c.validate("exporters.pyroscope", &mut i);
+        assert!(i.is_empty(), "{:?}", i.list);
     }
 }
 

@@ -204,7 +204,6 @@ impl RwEncoder {
     pub fn request(&self, batch: &[Signal]) -> (prompb::WriteRequest, u32) {
         let mut req = prompb::WriteRequest::default();
         let mut seen = HashSet::new();
-        let mut items = 0u32;
         for s in batch {
             let Signal::Metrics(b) = s else { continue };
             let ts = b
@@ -227,7 +226,6 @@ impl RwEncoder {
                     });
                 }
                 for p in &f.points {
-                    items += 1;
                     let labels = |name: &str, extra: Option<(&str, String)>| {
                         let mut l: Vec<prompb::Label> =
                             Vec::with_capacity(p.labels.len() + self.external.len() + 2);
@@ -235,7 +233,8 @@ impl RwEncoder {
                             name: "__name__".into(),
                             value: name.to_string(),
                         });
-                        for (k, v) in &p.labels {
+                        // An empty label value is no label (Prometheus drops them too).
+                        for (k, v) in p.labels.iter().filter(|(_, v)| !v.is_empty()) {
                             l.push(prompb::Label {
                                 name: k.to_string(),
                                 value: v.clone(),
@@ -248,7 +247,7 @@ impl RwEncoder {
                             });
                         }
                         for (k, v) in &self.external {
-                            if !l.iter().any(|x| &x.name == k) {
+                            if !v.is_empty() && !l.iter().any(|x| &x.name == k) {
                                 l.push(prompb::Label {
                                     name: k.clone(),
                                     value: v.clone(),
@@ -294,6 +293,9 @@ impl RwEncoder {
                 }
             }
         }
+        // Items are samples, Prometheus' unit (`prometheus_remote_storage_samples_total`): one
+        // per series written, so a histogram counts its buckets, `+Inf`, `_sum` and `_count`.
+        let items = u32::try_from(req.timeseries.len()).unwrap_or(u32::MAX);
         (req, items)
     }
 }
@@ -355,6 +357,26 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     #[test]
+    fn empty_label_values_are_dropped() {
+        let mut c = MetricFamily::new("node_cpu_info", "c", MetricType::Gauge);
+        c.push([("model", ""), ("cpu", "0"), ("build_id", "")], 1.0);
+        let b = MetricBatch {
+            source: "t".into(),
+            timestamp: UNIX_EPOCH,
+            families: vec![c],
+        };
+        let e = RwEncoder::new(vec![("cluster".into(), String::new())], false);
+        let (req, items) = e.request(&[Signal::Metrics(Arc::new(b))]);
+        assert_eq!(items, 1);
+        let names: Vec<_> = req.timeseries[0]
+            .labels
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["__name__", "cpu"]);
+    }
+
+    #[test]
     fn encodes_sorted_labels_histograms_and_external_labels() {
         let mut f = MetricFamily::new("x_seconds", "h", MetricType::Histogram);
         f.push_histogram(
@@ -374,7 +396,8 @@ mod tests {
         );
         let sig = [Signal::Metrics(Arc::new(b))];
         let p = e.encode(&sig).unwrap().remove(0);
-        assert_eq!(p.items, 2);
+        // Samples, as Prometheus counts them: 2 buckets + +Inf + _sum + _count, and 1.
+        assert_eq!(p.items, 6);
         let raw = snap::raw::Decoder::new().decompress_vec(&p.body).unwrap();
         let req = prompb::WriteRequest::decode(raw.as_slice()).unwrap();
         assert_eq!(req.timeseries.len(), 3 + 2 + 1);
