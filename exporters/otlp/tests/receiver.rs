@@ -401,8 +401,9 @@ async fn official_receiver_decodes_grpc_and_http() {
         .into_iter()
         .find(|f| f.name == "nodescope_exporter_sent_total")
         .unwrap();
-    // 4 exports x (6 points + 1 log line)
-    assert_eq!(sent.points[0].value, nodescope_model::Value::Number(28.0));
+    // 4 exports x (10 samples + 1 log line): 5 numbers and a histogram of 2 bounds
+    // (3 buckets, _sum, _count), counted as Prometheus counts samples.
+    assert_eq!(sent.points[0].value, nodescope_model::Value::Number(44.0));
 }
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
@@ -600,8 +601,8 @@ fn partial_signals(ts: SystemTime) -> Vec<Signal> {
 }
 
 /// A receiver answering every export with a partial success: the exporter must not resend,
-/// must count exactly the rejected items as dropped (and the rest as sent, in OTLP data
-/// points), and must log the receiver's error_message once per response at warn.
+/// must count exactly the rejected items as dropped (and the rest as sent, in samples,
+/// the receiver's data points converted in proportion), and must log the receiver's error_message once per response at warn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_success_is_counted_logged_and_not_retried() {
     let test = "partial_success_is_counted_logged_and_not_retried";
@@ -655,11 +656,13 @@ async fn partial_success_is_counted_logged_and_not_retried() {
             assert_eq!(rcv.wire(2).len(), 2);
         }
 
+        // In samples: 8 numbers + a histogram of 5 samples = 13; 2 of 9 data points
+        // rejected = ceil(2 x 13 / 9) = 3 samples.
         let sent = self_metric(&ctx, "nodescope_exporter_sent_total", None);
-        assert_eq!(sent, (9.0 - 2.0) + (3.0 - 1.0), "{transport}: sent_total");
+        assert_eq!(sent, (13.0 - 3.0) + (3.0 - 1.0), "{transport}: sent_total");
         let rejected = self_metric(&ctx, "nodescope_exporter_dropped_total", Some("rejected"));
         assert_eq!(
-            rejected, 3.0,
+            rejected, 4.0,
             "{transport}: dropped_total{{reason=rejected}}"
         );
         for reason in [
@@ -679,7 +682,9 @@ async fn partial_success_is_counted_logged_and_not_retried() {
             assert_eq!(self_metric(&ctx, name, None), 0.0, "{transport}: {name}");
         }
 
-        for (signal, rejected, items) in [("metrics", 2, 9), ("logs", 1, 3)] {
+        // `rejected` as the receiver reported it (data points, log records); `items` in
+        // the exporter's unit (samples, log lines).
+        for (signal, rejected, items) in [("metrics", 2, 13), ("logs", 1, 3)] {
             let em = format!("{msg} ({transport} {signal})");
             let ev = events_with_error_message(&em);
             assert_eq!(ev.len(), 1, "one warning per response for {em:?}: {ev:?}");

@@ -195,7 +195,14 @@ async fn prometheus_receives_host_series() {
         .iter()
         .find(|f| f.name == "nodescope_exporter_sent_total")
         .unwrap();
-    assert_eq!(sent.points[0].value, nodescope_model::Value::Number(5.0));
+    // Samples, counted as Prometheus counts them: the series it stored for this batch
+    // (3 cpu, 1 memory, and the histogram's 4 buckets + _sum + _count).
+    let stored = query(prom.port, r#"count({job="nodescope"})"#, at).await;
+    assert_eq!(stored[0].1, 10.0, "{stored:?}");
+    assert_eq!(
+        sent.points[0].value,
+        nodescope_model::Value::Number(stored[0].1)
+    );
     let st = ctx.status.snapshot();
     assert_eq!(st[0].name, "remote_write");
     assert!(st[0].last_success.is_some());
