@@ -864,3 +864,237 @@ fn image_runs_as_the_host_metrics_only_overlay() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("not permitted"), "{body}");
 }
+
+/// One `/proc/<pid>/status` field in kB.
+fn status_kb(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident kB per kind of mapping from `/proc/<pid>/smaps`: the binary, shared libraries,
+/// the main heap, other anonymous memory (glibc arenas, thread stacks, mmapped buffers).
+fn smaps_breakdown(pid: &str) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut out: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut kind = String::new();
+    for l in text.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let path = l.split_whitespace().nth(5).unwrap_or("");
+            kind = match path {
+                "" => "anonymous (arenas, stacks, mmaps)".into(),
+                "[heap]" => "[heap] (main arena)".into(),
+                "/usr/bin/nodescope" => "the agent's binary".into(),
+                p if p.starts_with('[') || p.starts_with("anon_inode:") => p.to_string(),
+                _ => "other files (mapped by the symbolizer, libc)".into(),
+            };
+        } else if let Some(v) = l.strip_prefix("Rss:") {
+            let kb: u64 = v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            *out.entry(kind.clone()).or_default() += kb;
+        }
+    }
+    let mut v: Vec<_> = out.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
+}
+
+/// utime + stime of a process in clock ticks (USER_HZ = 100).
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The memory benchmark of docs/benchmarks.md ("Container memory"), run by
+/// scripts/bench-image-memory.sh with the release binary: the image as the `full` overlay
+/// (everything the overlay turns on), under a steady load: a gzip scrape of /metrics every
+/// second, TCP connects to 500 distinct loopback peers (about 50/s), a 5 s node-wide profile
+/// every 20 s, and /api/v1/status, /api/v1/network/connections and /ui/ every 5 s. Prints
+/// VmRSS every 10 s, the steady state (median of the last `NODESCOPE_BENCH_MEASURE` seconds,
+/// default 60, after `NODESCOPE_BENCH_WARMUP`, default 120) and VmHWM, and where the resident
+/// memory is (smaps). `NODESCOPE_BENCH_ENV="K=V ..."` adds container env (e.g. to compare
+/// allocator settings).
+#[test]
+#[ignore = "benchmark: scripts/bench-image-memory.sh"]
+fn image_memory_bench() {
+    const TEST: &str = "image_memory_bench";
+    let Some(t) = tools(TEST) else { return };
+    let img = image();
+    ensure_host_tracefs();
+    let secs = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (warmup, measure) = (
+        secs("NODESCOPE_BENCH_WARMUP", 120),
+        secs("NODESCOPE_BENCH_MEASURE", 60),
+    );
+    let objs = render(&t, "full");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let name = format!("nodescope-image-bench-{}", std::process::id());
+    let mut env = vec![("NODESCOPE_LISTEN", format!("127.0.0.1:{port}"))];
+    let extra_env = std::env::var("NODESCOPE_BENCH_ENV").unwrap_or_default();
+    for kv in extra_env.split_whitespace() {
+        let (k, v) = kv.split_once('=').expect("NODESCOPE_BENCH_ENV: K=V");
+        env.push((k, v.to_string()));
+    }
+    let pod = pod_to_podman(
+        &objs,
+        &img.name,
+        &name,
+        &|toml| {
+            toml.replace(
+                "[kubernetes]\nenabled = true",
+                "[kubernetes]\nenabled = false",
+            )
+        },
+        &env,
+        &[],
+    );
+    let c = start(&t, img, &name, &pod.args);
+    wait_ready(&base, &c);
+    let pid = c.inspect("{{.State.Pid}}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = {
+        let stop = stop.clone();
+        move || !stop.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut threads = Vec::new();
+    // Prometheus-like scrape, gzip, every second.
+    {
+        let (running, url) = (running.clone(), format!("{base}/metrics"));
+        threads.push(std::thread::spawn(move || {
+            let cl = reqwest::blocking::Client::builder()
+                .gzip(true)
+                .build()
+                .expect("client");
+            while running() {
+                let _ = cl.get(&url).send().and_then(|r| r.bytes());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }));
+    }
+    // TCP connects to 500 distinct loopback peers.
+    {
+        let running = running.clone();
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
+        let lport = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u32;
+            while running() {
+                let peer = std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
+                if let Ok(s) = std::net::TcpStream::connect_timeout(
+                    &(peer, lport).into(),
+                    Duration::from_millis(200),
+                ) {
+                    let _ = std::io::Write::write_all(&mut &s, b"x");
+                }
+                while let Ok((s, _)) = listener.accept() {
+                    drop(s);
+                }
+                i = (i + 1) % 500;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    // Node-wide profiles.
+    {
+        let (running, url) = (
+            running.clone(),
+            format!("{base}/debug/pprof/profile?all=true&seconds=5"),
+        );
+        threads.push(std::thread::spawn(move || {
+            while running() {
+                let _ = client().get(&url).send().and_then(|r| r.bytes());
+                for _ in 0..150 {
+                    if !running() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }));
+    }
+    // API and UI.
+    {
+        let (running, base) = (running.clone(), base.clone());
+        threads.push(std::thread::spawn(move || {
+            while running() {
+                for p in ["/api/v1/status", "/api/v1/network/connections", "/ui/"] {
+                    let _ = client()
+                        .get(format!("{base}{p}"))
+                        .send()
+                        .and_then(|r| r.bytes());
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    let mut cpu_start = 0;
+    let total = warmup + measure;
+    for s in 0..total {
+        std::thread::sleep(
+            Duration::from_secs(1)
+                .saturating_sub(started.elapsed().saturating_sub(Duration::from_secs(s))),
+        );
+        let kb = status_kb(&pid, "VmRSS:");
+        if s == warmup {
+            cpu_start = cpu_ticks(&pid);
+        }
+        if s >= warmup {
+            rss.push(kb);
+        }
+        if s % 10 == 0 {
+            eprintln!("bench: t={s:>4}s VmRSS {:.1} MB", kb as f64 / 1024.0);
+        }
+    }
+    let cpu = (cpu_ticks(&pid) - cpu_start) as f64 / 100.0 / measure as f64;
+    let hwm = status_kb(&pid, "VmHWM:");
+    let (anon, file) = (status_kb(&pid, "RssAnon:"), status_kb(&pid, "RssFile:"));
+    let breakdown = smaps_breakdown(&pid);
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for th in threads {
+        let _ = th.join();
+    }
+    let steady = median(&mut rss);
+    println!(
+        "image_memory_bench: steady VmRSS {:.1} MB (median of {}s after {}s), VmHWM {:.1} MB, at the end RssAnon {:.1} MB RssFile {:.1} MB, CPU {:.2} % of a core, /metrics {} bytes, env [{}]",
+        steady as f64 / 1024.0,
+        measure,
+        warmup,
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
+        cpu * 100.0,
+        metrics.len(),
+        extra_env
+    );
+    for (k, kb) in breakdown {
+        println!("  {:>8.1} MB  {k}", kb as f64 / 1024.0);
+    }
+}
