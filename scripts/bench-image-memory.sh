@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 runs=${1:-10}
 export NODESCOPE_BENCH_WARMUP=${2:-120} NODESCOPE_BENCH_MEASURE=${3:-60}
 cargo build --release --locked -q -p nodescope
-export NODESCOPE_IMAGE_BINARY=$PWD/target/release/nodescope NODESCOPE_STRICT_TESTS=1
+export NODESCOPE_STRICT_TESTS=1
+img=$(bash scripts/image-build.sh target/release/nodescope localhost/nodescope:bench)
+export NODESCOPE_IMAGE_NAME=$img
 cargo test -q --locked -p nodescope --test image --no-run 2>/dev/null
 defaults="NODESCOPE_MALLOC=glibc"
 log=$(mktemp "${TMPDIR:-/tmp}/nsmem-bench.XXXXXX")

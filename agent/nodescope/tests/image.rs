@@ -99,6 +99,15 @@ struct Image {
 fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
+        // An image already built by scripts/image-build.sh (the benchmark builds it once).
+        if let Ok(name) = std::env::var("NODESCOPE_IMAGE_NAME") {
+            return Image {
+                name,
+                conf: cache_dir().join("containers.conf"),
+                debug_dir: cache_dir().join("ctx/out/debug/usr/lib/debug"),
+                build_secs: 0.0,
+            };
+        }
         let bin = std::env::var("NODESCOPE_IMAGE_BINARY").unwrap_or_else(|_| BIN.to_string());
         let name = "localhost/nodescope:image-test";
         let started = Instant::now();
@@ -931,7 +940,7 @@ fn median(v: &mut [u64]) -> u64 {
 /// VmRSS every 10 s, the steady state (median of the last `NODESCOPE_BENCH_MEASURE` seconds,
 /// default 60, after `NODESCOPE_BENCH_WARMUP`, default 120) and VmHWM, and where the resident
 /// memory is (smaps). `NODESCOPE_BENCH_ENV="K=V ..."` adds container env (e.g. to compare
-/// allocator settings).
+/// allocator settings); `NODESCOPE_BENCH_OVERLAY` picks another overlay than `full`.
 #[test]
 #[ignore = "benchmark: scripts/bench-image-memory.sh"]
 fn image_memory_bench() {
@@ -949,7 +958,8 @@ fn image_memory_bench() {
         secs("NODESCOPE_BENCH_WARMUP", 120),
         secs("NODESCOPE_BENCH_MEASURE", 60),
     );
-    let objs = render(&t, "full");
+    let overlay = std::env::var("NODESCOPE_BENCH_OVERLAY").unwrap_or_else(|_| "full".into());
+    let objs = render(&t, &overlay);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let name = format!("nodescope-image-bench-{}", std::process::id());
@@ -1083,7 +1093,7 @@ fn image_memory_bench() {
     }
     let steady = median(&mut rss);
     println!(
-        "image_memory_bench: steady VmRSS {:.1} MB (median of {}s after {}s), VmHWM {:.1} MB, at the end RssAnon {:.1} MB RssFile {:.1} MB, CPU {:.2} % of a core, /metrics {} bytes, env [{}]",
+        "image_memory_bench: {overlay}: steady VmRSS {:.1} MB (median of {}s after {}s), VmHWM {:.1} MB, at the end RssAnon {:.1} MB RssFile {:.1} MB, CPU {:.2} % of a core, /metrics {} bytes, env [{}]",
         steady as f64 / 1024.0,
         measure,
         warmup,
