@@ -14,6 +14,9 @@ DEBS=(
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
   chromium fonts-dejavu-core # the web UI's browser tests (driven by playwright-core)
+  # the image test (agent/nodescope/tests/image.rs): debootstrapped base, buildah build,
+  # podman + runc run; objcopy/readelf (binutils) split the debug info
+  debootstrap buildah podman runc containernetworking-plugins binutils
 )
 PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 

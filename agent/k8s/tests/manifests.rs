@@ -184,6 +184,9 @@ const ALLOWED_CAPS: &[&str] = &[
     "SYSLOG",
     "SYS_RESOURCE",
     "CHECKPOINT_RESTORE",
+    // The DNS probe's cgroup_skb programs: the kernel loads networking program types only
+    // with CAP_NET_ADMIN (or SYS_ADMIN).
+    "NET_ADMIN",
 ];
 
 fn check_objects(name: &str, objs: &[Value], variant: Variant) {

@@ -4,6 +4,7 @@
 mod app;
 mod config;
 mod http;
+mod memory;
 mod pipeline;
 mod resource;
 mod runner;
@@ -126,7 +127,11 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let malloc = memory::tune_allocator();
     init_logging(&config);
+    if !malloc.is_empty() {
+        tracing::debug!(settings = ?malloc, "glibc malloc tuned");
+    }
     raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -117,7 +117,7 @@ impl ProfilerMetrics {
             ),
             symbolizer_unmaps: m.counter(
                 "nodescope_symbolizer_unmaps_total",
-                "Times the blazesym symbolizer was dropped inside a symbolization pass (unmapping the files it parsed) because the agent's file-backed RSS, plus what the next binary is expected to map, exceeded 48 MiB.",
+                "Times the blazesym symbolizer was dropped inside a symbolization pass (unmapping the files it parsed) because the agent's file-backed RSS, plus what the next binary is expected to map, exceeded 32 MiB.",
                 &[],
             ),
             quality: Default::default(),

@@ -15,7 +15,7 @@
 //!   [`SymbolizerLimits::debug_info_max_bytes`] is symbolized from ELF symbol tables only
 //!   ([`crate::debugsize`]); misses are resolved in one blazesym batch per binary, and the
 //!   blazesym symbolizer is dropped (unmapping what it parsed) right after any binary that
-//!   leaves the agent's file-backed RSS above 48 MiB, so the peak of a pass is bounded by
+//!   leaves the agent's file-backed RSS above 32 MiB, so the peak of a pass is bounded by
 //!   about that plus one binary, not the sum of every binary in the pass.
 //! * Unwind quality: per binary, the share of user stacks of depth <= 2 that do not end
 //!   in a known entry point (`_start`, `__libc_start_main`, `clone`, ...).
@@ -279,7 +279,9 @@ const BLAZE_MAX_AGE: Duration = Duration::from_secs(600);
 /// The slot keeps the symbol files it parsed mmapped; when the process's file-backed
 /// resident memory exceeds this after a `resolve`, the slot is dropped (unmapping them)
 /// instead of kept, trading CPU on the next misses for a bounded RSS.
-const BLAZE_KEEP_MAX_RSS_FILE_KB: u64 = 48 * 1024;
+/// 32 MiB: the agent's own binary is ~12 MB of it; the container memory benchmark
+/// (docs/benchmarks.md) holds steady RSS under 64 MB with this.
+const BLAZE_KEEP_MAX_RSS_FILE_KB: u64 = 32 * 1024;
 
 fn rss_file_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
