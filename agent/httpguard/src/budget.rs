@@ -153,23 +153,6 @@ impl http_body::Body for Budgeted {
     }
 }
 
-/// Fixes glibc's mmap threshold at 1 MiB (once per process). By default glibc raises the
-/// threshold to the size of the largest block freed (up to 32 MiB) and its trim threshold to
-/// twice that, after which a burst of large response bodies is served from the heap and
-/// stays resident after it is freed, where `malloc_trim` cannot reach the top of a thread's
-/// arena. With a fixed threshold, blocks of 1 MiB or more are mapped and unmapped on their
-/// own. A no-op elsewhere.
-pub fn tune_allocator() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator parameters.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-        }
-    });
-}
-
 /// Returns memory glibc holds in its free lists to the kernel. A no-op elsewhere.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

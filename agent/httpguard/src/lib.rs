@@ -40,7 +40,9 @@ use tracing::{debug, info, warn};
 
 mod budget;
 mod conn;
-pub use budget::{release_free_memory, tune_allocator};
+pub use budget::release_free_memory;
+pub mod malloc;
+pub use malloc::tune_allocator;
 
 /// Name of the refusal counter.
 pub const REFUSED_METRIC: &str = "nodescope_http_refused_total";
@@ -815,7 +817,6 @@ pub async fn serve(
     metrics: &SelfMetrics,
     shutdown: impl Future<Output = tokio::time::Instant> + Send,
 ) -> std::io::Result<()> {
-    budget::tune_allocator();
     let refused = RefusalCounters::register(metrics);
     let open_gauge = metrics.gauge(
         "nodescope_http_connections",

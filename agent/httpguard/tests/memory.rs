@@ -39,6 +39,8 @@ fn refused(metrics: &SelfMetrics, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_that_never_read_a_16_mib_metrics() {
+    // The agent's allocator settings (main.rs applies them at start).
+    nodescope_httpguard::tune_allocator();
     let cfg = SecurityConfig {
         write_timeout: Duration::from_secs(4),
         ..Default::default()

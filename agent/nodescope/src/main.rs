@@ -4,7 +4,6 @@
 mod app;
 mod config;
 mod http;
-mod memory;
 mod pipeline;
 mod resource;
 mod runner;
@@ -127,7 +126,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let malloc = memory::tune_allocator();
+    let malloc = nodescope_httpguard::tune_allocator();
     init_logging(&config);
     if !malloc.is_empty() {
         tracing::debug!(settings = ?malloc, "glibc malloc tuned");
