@@ -1023,11 +1023,17 @@ impl Connection {
             debug!(component = "httpguard", %remote, "HTTP/2 prior-knowledge connection refused");
             Some(conn::h2_goaway())
         } else if e.is_timeout() {
-            self.refused.inc(Refusal::HeaderTimeout);
-            debug!(component = "httpguard", %remote, "request headers not received in time");
             let seen = read_at_request.load(Ordering::Acquire);
-            // Not after an idle keep-alive period: only when a request was being received.
-            (seen == u64::MAX || io.read_bytes.load(Ordering::Acquire) > seen).then(|| {
+            // Not after an idle keep-alive period (closed quietly, not a refusal): only when
+            // a request was being received, or none ever came.
+            let begun = seen == u64::MAX || io.read_bytes.load(Ordering::Acquire) > seen;
+            if begun {
+                self.refused.inc(Refusal::HeaderTimeout);
+                debug!(component = "httpguard", %remote, "request headers not received in time");
+            } else {
+                debug!(component = "httpguard", %remote, "idle keep-alive connection closed");
+            }
+            begun.then(|| {
                 conn::answer(
                     408,
                     &format!(
