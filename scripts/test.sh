@@ -19,5 +19,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== eBPF objects are up to date with their sources"
 cargo run -q --locked -p xtask -- check-ebpf
 
+echo "== architecture invariants (dependencies, bounded channels)"
+cargo run -q --locked -p xtask -- check-arch
+
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast

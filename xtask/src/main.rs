@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod arch;
+
 const CLANG: &str = "clang-19";
 const STRIP: &str = "llvm-strip-19";
 
@@ -17,7 +19,8 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          build-ebpf   rebuild ebpf/objects/*.bpf.o from ebpf/c/*.bpf.c\n  \
-         check-ebpf   fail if a committed object differs from what its source produces"
+         check-ebpf   fail if a committed object differs from what its source produces\n  \
+         check-arch   fail if a dependency or an unbounded channel breaks ARCHITECTURE.md's invariants"
     );
     ExitCode::from(2)
 }
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
     let res = match args.first().map(String::as_str) {
         Some("build-ebpf") => build_all(&root),
         Some("check-ebpf") => check_all(&root),
+        Some("check-arch") => arch::check_arch(&root),
         _ => return usage(),
     };
     match res {

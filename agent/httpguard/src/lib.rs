@@ -6,8 +6,13 @@
 //!   loopback (401 no credential / 403 wrong credential), the profile rate limit (429 +
 //!   `Retry-After`), and the request body size (413) and body read time (408).
 //! - [`serve`] runs the hardened router on a [`TcpListener`] with hyper's header read
-//!   timeout and header buffer bound, optionally terminating TLS (and verifying client
-//!   certificates for mTLS) with rustls.
+//!   timeout and header buffer bound, a connection cap, a stalled-write timeout and clear
+//!   answers for what hyper refuses itself (400/414/431/408, HTTP/2), optionally
+//!   terminating TLS (and verifying client certificates for mTLS) with rustls.
+//!
+//! Memory is bounded whatever clients do: at most `max_connections` connections, each with
+//! hyper's buffers bounded, and large response bodies held for clients only within
+//! `max_response_buffer_bytes` (see `budget.rs`).
 //!
 //! Every refusal is counted in `nodescope_http_refused_total{reason}`.
 //!
@@ -61,8 +66,9 @@ pub struct SecurityConfig {
     pub max_body_bytes: u64,
     /// Largest accepted total size of request header names + values in bytes (431 above).
     pub max_header_bytes: u64,
-    /// Time allowed to receive a request's headers and body, e.g. `"10s"` (408 / connection
-    /// closed when exceeded). Handler time (a 30 s profile) is not limited by it.
+    /// Time allowed to receive a request's headers and body, e.g. `"10s"` (408 with a body
+    /// naming this setting, then close). An idle keep-alive connection is closed after it
+    /// too, quietly. Handler time (a 30 s profile) is not limited by it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Sustained rate of `/debug/pprof/*` requests per minute from clients that are not
@@ -1024,11 +1030,17 @@ impl Connection {
             debug!(component = "httpguard", %remote, "HTTP/2 prior-knowledge connection refused");
             Some(conn::h2_goaway())
         } else if e.is_timeout() {
-            self.refused.inc(Refusal::HeaderTimeout);
-            debug!(component = "httpguard", %remote, "request headers not received in time");
             let seen = read_at_request.load(Ordering::Acquire);
-            // Not after an idle keep-alive period: only when a request was being received.
-            (seen == u64::MAX || io.read_bytes.load(Ordering::Acquire) > seen).then(|| {
+            // Not after an idle keep-alive period (closed quietly, not a refusal): only when
+            // a request was being received, or none ever came.
+            let begun = seen == u64::MAX || io.read_bytes.load(Ordering::Acquire) > seen;
+            if begun {
+                self.refused.inc(Refusal::HeaderTimeout);
+                debug!(component = "httpguard", %remote, "request headers not received in time");
+            } else {
+                debug!(component = "httpguard", %remote, "idle keep-alive connection closed");
+            }
+            begun.then(|| {
                 conn::answer(
                     408,
                     &format!(

@@ -525,6 +525,14 @@ async fn every_refusal_says_why() {
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
     assert!(body_of(&r).contains("http.security.request_timeout"), "{r}");
 
+    // An idle keep-alive connection is closed quietly after the timeout: no 408 after the
+    // answer, and not counted as a refusal.
+    let before = refused(&srv.metrics, "header_timeout");
+    let r = text(exchange(srv.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.contains("408"), "{r}");
+    assert_eq!(refused(&srv.metrics, "header_timeout"), before);
+
     // HTTP/2 with prior knowledge: SETTINGS then GOAWAY(HTTP_1_1_REQUIRED) with a reason.
     let r = exchange(
         srv.addr,

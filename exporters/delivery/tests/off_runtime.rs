@@ -79,6 +79,10 @@ fn run_case(wal_dir: Option<&std::path::Path>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let worst = ticker.await.unwrap();
+        eprintln!(
+            "worst ticker gap while encoding (wal: {}): {worst:?}",
+            wal_dir.is_some()
+        );
         drop(tx);
         task.await.unwrap();
         assert!(sent.load(Ordering::SeqCst) >= 1, "nothing delivered");

@@ -462,24 +462,19 @@ impl TextfileCollector {
     }
 
     fn read_file(&self, path: &Path) -> Result<(Vec<TextFamily>, f64), String> {
-        use std::io::Read;
-        let file = std::fs::File::open(path).map_err(|e| format!("failed to open: {e}"))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("failed to stat: {e}"))?;
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
-        let mut buf = Vec::new();
-        file.take(self.limits.max_file_bytes + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("failed to read: {e}"))?;
-        if buf.len() as u64 > self.limits.max_file_bytes {
-            return Err(format!(
-                "larger than host.textfile.max_file_bytes ({} bytes)",
-                self.limits.max_file_bytes
-            ));
-        }
+        use nodescope_model::files::{read_capped, ReadFileError};
+        // Checked before it is opened: opening a FIFO named `*.prom` would block until a
+        // writer came, hanging the collector.
+        let buf =
+            read_capped(path, self.limits.max_file_bytes, "textfile").map_err(|e| match e {
+                ReadFileError::TooLarge { .. } => format!(
+                    "larger than host.textfile.max_file_bytes ({} bytes)",
+                    self.limits.max_file_bytes
+                ),
+                ReadFileError::NotRegular { kind, .. } => format!("not a regular file ({kind})"),
+                other => other.to_string(),
+            })?;
+        let meta = std::fs::metadata(path).map_err(|e| format!("failed to stat: {e}"))?;
         let (fams, ts) = parse_text_format(&text(&buf))?;
         if ts {
             return Err("contains unsupported client-side timestamps, skipping entire file".into());
@@ -835,6 +830,37 @@ mod tests {
             .find(|f| f.name == "node_textfile_mtime_seconds")
             .unwrap();
         assert_eq!(mt.points.len(), 2, "c.prom has a timestamp: skipped");
+        let err = fams
+            .iter()
+            .find(|f| f.name == "node_textfile_scrape_error")
+            .unwrap();
+        assert_eq!(err.points[0].value, nodescope_model::Value::Number(1.0));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.prom"), "m 1\n").unwrap();
+        let fifo = dir.path().join("b.prom");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let c = TextfileCollector::new(
+            dir.path().to_path_buf(),
+            dir.path().to_path_buf(),
+            false,
+            TextfileLimits {
+                max_files: 10,
+                max_file_bytes: 1 << 20,
+                max_series: 100,
+            },
+        );
+        let t0 = std::time::Instant::now();
+        let fams = c.collect().unwrap();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        assert!(fams.iter().any(|f| f.name == "m"));
         let err = fams
             .iter()
             .find(|f| f.name == "node_textfile_scrape_error")
