@@ -911,7 +911,7 @@ fn smaps_breakdown(pid: &str) -> Vec<(String, u64)> {
         }
     }
     let mut v: Vec<_> = out.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|b| std::cmp::Reverse(b.1));
     v
 }
 
