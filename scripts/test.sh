@@ -3,8 +3,10 @@
 #   bash scripts/test.sh
 # It installs what the tests need (Debian + PyPI packages), then runs formatting, lints,
 # the eBPF staleness check and every test tier (unit, real-peer component tests,
-# privileged eBPF tests). Set NODESCOPE_STRICT_TESTS=1 (CI does) to turn any skipped
-# privileged/tool-dependent test into a failure.
+# privileged eBPF tests, and the container image test: agent/nodescope/tests/image.rs builds
+# deploy/Dockerfile with buildah on a debootstrapped bookworm cached in target/image-test and
+# runs it with podman as the overlays' pod specs, about 1 minute). Set NODESCOPE_STRICT_TESTS=1
+# (CI does) to turn any skipped privileged/tool-dependent test into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

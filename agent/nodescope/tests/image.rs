@@ -628,6 +628,25 @@ fn image_runs_as_the_full_overlay() {
         pod.user, "0:0",
         "the full overlay runs as root with a capability list"
     );
+    // The image's binary (what image-build.sh copied in) is stripped and links its debug file.
+    let shipped = cache_dir().join("ctx/out/nodescope");
+    let (ok, sections, err) = run(
+        Command::new("readelf").args(["-S", "-W"]).arg(&shipped),
+        None,
+    );
+    assert!(ok, "readelf {}: {err}", shipped.display());
+    assert!(
+        // (.debug_gdb_scripts is an allocated section of Rust binaries, not debug info.)
+        ![".symtab", ".debug_info", ".debug_line", ".debug_str"]
+            .iter()
+            .any(|s| sections.contains(s)),
+        "{} is not stripped:\n{sections}",
+        shipped.display()
+    );
+    assert!(
+        sections.contains(".gnu_debuglink"),
+        "no debug link:\n{sections}"
+    );
     assert!(
         pod.caps_added.iter().any(|c| c == "BPF"),
         "{:?}",
@@ -911,7 +930,7 @@ fn smaps_breakdown(pid: &str) -> Vec<(String, u64)> {
         }
     }
     let mut v: Vec<_> = out.into_iter().filter(|(_, kb)| *kb > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|b| std::cmp::Reverse(b.1));
     v
 }
 
