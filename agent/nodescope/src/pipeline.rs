@@ -191,21 +191,35 @@ async fn fan_out(
     intake_dropped_metric: Counter,
     intake_status: StatusHandle,
 ) {
-    let route = |s: Signal| {
+    let route = |mut s: Signal| {
         // The flight recorder sees every event, whether or not an exporter takes logs.
-        if let (Some(sink), Signal::Logs(records)) = (&events, &s) {
-            sink.offer(records);
+        if let (Some(sink), Signal::Logs(batch)) = (&events, &s) {
+            sink.offer(&batch.records);
         }
+        // A log batch's acknowledgement gets one holder per route; the pipeline's own
+        // holder completes once they are handed over (a full queue drops its holder:
+        // the batch is not acknowledged).
+        let ack = match &mut s {
+            Signal::Logs(l) => l.ack.take(),
+            _ => None,
+        };
         let k = s.kind().index();
         if !routes.iter().any(|r| r.accepts[k]) {
             unrouted[k].inc();
+            if let Some(a) = ack {
+                a.complete();
+            }
             return;
         }
         for r in &routes {
             if !r.accepts[k] {
                 continue;
             }
-            if r.tx.try_send(s.clone()).is_err() {
+            let mut copy = s.clone();
+            if let (Some(a), Signal::Logs(l)) = (&ack, &mut copy) {
+                l.ack = Some(a.clone());
+            }
+            if r.tx.try_send(copy).is_err() {
                 r.dropped.inc();
                 r.status.set_dropped(r.dropped.get());
                 r.status.set_state(
@@ -216,6 +230,9 @@ async fn fan_out(
             let depth = (r.tx.max_capacity() - r.tx.capacity()) as u64;
             r.depth.set(depth as f64);
             r.status.set_queue_depth(depth);
+        }
+        if let Some(a) = ack {
+            a.complete();
         }
     };
     for r in &routes {

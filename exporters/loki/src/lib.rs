@@ -414,7 +414,7 @@ mod tests {
             ("job".into(), "ns".into()),
             ("node".into(), "a\"b".into()),
         ]);
-        let batch = [Signal::Logs(Arc::new(vec![
+        let batch = [Signal::Logs(nodescope_model::LogBatch::from(vec![
             rec("tcp_reset", 20, "second"),
             rec("tcp_connect_failed", 5, "x"),
             rec("tcp_reset", 10, "first"),
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn rejected_streams_are_remembered_once() {
         let mut e = LokiEncoder::new(vec![("job".into(), "ns".into())]);
-        let batch = [Signal::Logs(Arc::new(vec![
+        let batch = [Signal::Logs(nodescope_model::LogBatch::from(vec![
             rec("a", 1, "x"),
             rec("b", 2, "y"),
             rec("a", 3, "z"),
