@@ -36,8 +36,8 @@ pub struct LogsConfig {
     pub poll_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub discover_interval: Duration,
-    /// A renamed or deleted file is closed once read to its end and acknowledged, and at
-    /// the latest this long after it went away.
+    /// A renamed or deleted file is closed once read to its end and acknowledged, or when
+    /// it made no progress (nothing read, nothing acknowledged) for this long.
     #[serde(with = "humantime_serde")]
     pub rotated_close_after: Duration,
     /// Where files without a checkpoint start when the agent starts (files that appear
@@ -62,7 +62,7 @@ impl Default for LogsConfig {
             batch_lines: 2000,
             poll_interval: Duration::from_millis(250),
             discover_interval: Duration::from_secs(1),
-            rotated_close_after: Duration::from_secs(30),
+            rotated_close_after: Duration::from_secs(60),
             start_at: StartAt::Beginning,
             rate_limit: RateLimitConfig::default(),
             pods: PodsConfig::default(),

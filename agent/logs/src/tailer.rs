@@ -120,6 +120,9 @@ struct Tracked {
     /// Bumped when offsets restart (truncation), so older acknowledgements do not apply.
     epoch: u64,
     gone_since: Option<Instant>,
+    /// Last time bytes were read or acknowledged (a file that went away is closed when it
+    /// made no progress for `rotated_close_after`).
+    progress_at: Instant,
     last_served: u64,
     tokens: f64,
 }
@@ -425,6 +428,7 @@ impl Tailer {
                 multiline,
                 epoch: 0,
                 gone_since: None,
+                progress_at: Instant::now(),
                 last_served: 0,
                 tokens: self.spec.file_bytes_per_sec as f64,
             },
@@ -604,10 +608,21 @@ impl Tailer {
             return 0;
         }
         t.tokens -= n as f64;
+        t.progress_at = now;
         self.source_tokens -= n as f64;
         self.metrics.bytes_read.add(n as u64);
-        // Improve a short fingerprint while the file is young.
+        // Improve a short fingerprint while the file is young, after checking the bytes
+        // it covers did not change (a rewrite in place since the last look).
         if (t.id.fp_len as usize) < FINGERPRINT_BYTES && t.read_off < FINGERPRINT_BYTES as u64 {
+            let same = t.id.fp_len == 0
+                || fingerprint(f, u64::from(t.id.fp_len))
+                    .is_ok_and(|(h, l)| h == t.id.fp && l == t.id.fp_len);
+            if !same {
+                self.metrics.truncations.inc();
+                restart(t);
+                self.dirty = true;
+                return 0;
+            }
             if let Ok((fp, len)) = fingerprint(f, t.read_off + n as u64) {
                 t.id.fp = fp;
                 t.id.fp_len = len;
@@ -788,6 +803,7 @@ impl Tailer {
                         if let Some(t) = self.files.get_mut(&k) {
                             if t.epoch == epoch && off > t.committed {
                                 t.committed = off;
+                                t.progress_at = Instant::now();
                                 self.dirty = true;
                             }
                         }
@@ -822,7 +838,9 @@ impl Tailer {
                         .as_ref()
                         .and_then(|f| f.metadata().ok())
                         .is_none_or(|m| m.len() <= t.read_off);
-                    (finished && idle) || now.duration_since(g) >= self.spec.rotated_close_after
+                    let stalled =
+                        now.duration_since(g.max(t.progress_at)) >= self.spec.rotated_close_after;
+                    (finished && idle) || stalled
                 })
             })
             .map(|(k, _)| *k)
