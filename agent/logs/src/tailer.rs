@@ -263,7 +263,8 @@ impl Tailer {
                 next_status = now + Duration::from_secs(1);
             }
             if read == 0 {
-                std::thread::sleep(self.spec.poll_interval);
+                // Woken early by an acknowledgement.
+                std::thread::park_timeout(self.spec.poll_interval);
             }
         }
         let until = Instant::now() + drain;
@@ -770,7 +771,13 @@ impl Tailer {
         let bytes = std::mem::take(&mut self.record_bytes);
         let state = Arc::new(AtomicU8::new(0));
         let st = state.clone();
-        let ack = Ack::new(move |ok| st.store(if ok { 1 } else { 2 }, Ordering::Release));
+        // Wake the tailer as soon as the batch is settled, so the checkpoint follows the
+        // acknowledgement within milliseconds (fewer duplicates after a crash).
+        let me = std::thread::current();
+        let ack = Ack::new(move |ok| {
+            st.store(if ok { 1 } else { 2 }, Ordering::Release);
+            me.unpark();
+        });
         self.outstanding.push_back(Outstanding {
             state,
             marks,
