@@ -58,7 +58,7 @@ fn generator(dir: PathBuf, pod: usize, stop: Arc<AtomicBool>, next: Arc<AtomicU6
             let ts = rfc3339(SystemTime::now());
             let body = format!("seq={seq} pod={pod} {}", "p".repeat((seq % 97) as usize));
             let mut out = String::new();
-            if seq % 7 == 0 {
+            if seq.is_multiple_of(7) {
                 let (a, b) = body.split_at(body.len() / 2);
                 out.push_str(&format!("{ts} stdout P {a}\n{ts} stdout F {b}\n"));
             } else {
