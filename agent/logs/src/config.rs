@@ -23,8 +23,9 @@ pub struct LogsConfig {
     pub max_open_files: usize,
     /// Files tailed per source (more are counted in `nodescope_logs_files_skipped_total`).
     pub max_tracked_files: usize,
-    /// Longer lines are cut and shipped with `truncated=true` (Loki's default
-    /// `max_line_size` is 256 KB).
+    /// Longer lines are cut and shipped with `truncated=true`. Loki's default
+    /// `max_line_size` is 256KB (256,000 bytes, go-humanize); a longer line would make Loki
+    /// refuse the entry.
     pub max_line_bytes: usize,
     /// Bytes read from one file per turn (fairness between busy files).
     pub read_chunk_bytes: usize,
@@ -56,7 +57,7 @@ impl Default for LogsConfig {
             state_dir: "/var/lib/nodescope/logs".into(),
             max_open_files: 256,
             max_tracked_files: 10_000,
-            max_line_bytes: 256 * 1024,
+            max_line_bytes: 256_000,
             read_chunk_bytes: 256 * 1024,
             max_inflight_bytes: 16 << 20,
             batch_lines: 2000,
