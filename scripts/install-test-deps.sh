@@ -14,6 +14,7 @@ DEBS=(
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service
   chromium fonts-dejavu-core # the web UI's browser tests (driven by playwright-core)
+  rsyslog                    # the logs benchmark's anchor (imfile wildcard tailing, omfile sink)
 )
 PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 
@@ -28,9 +29,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts daemons on install; tests start their own instances on free ports.
-for svc in prometheus prometheus-node-exporter; do
+for svc in prometheus prometheus-node-exporter rsyslog; do
   systemctl stop "$svc" 2>/dev/null || true
-  pkill -x "$svc" 2>/dev/null || true
+  pkill -x "${svc/rsyslog/rsyslogd}" 2>/dev/null || true
 done
 
 py=${PYTHON:-python3}
