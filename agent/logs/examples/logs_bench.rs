@@ -7,6 +7,9 @@
 //!   encoded; prints wall and CPU seconds (getrusage of this process) as JSON.
 //! - `follow <dir> <state> <seconds>`: the same for a fixed time (steady-state cost).
 //! - `append <dir> <pods> <lines_per_sec> <seconds>`: appends CRI lines at a fixed rate.
+//! - `hold <dir> <state> <seconds>`: the backend is down: batches are encoded and held with
+//!   their acknowledgements (as an exporter's memory backlog would), never acknowledged;
+//!   prints the peak RSS (VmHWM).
 
 use std::io::Write;
 use std::path::Path;
@@ -96,8 +99,20 @@ fn spec(dir: &Path, state: &Path) -> TailerSpec {
     }
 }
 
-/// Runs the tailer and an encoding consumer until `done(lines)`.
-fn run(dir: &Path, state: &Path, done: impl Fn(u64, Instant) -> bool) {
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the tailer and an encoding consumer until `done(lines)`; with `hold`, payloads
+/// and acknowledgements are kept (backend down) instead of acknowledged.
+fn run(dir: &Path, state: &Path, hold: bool, done: impl Fn(u64, Instant) -> bool) {
     let (emitter, mut rx) = Emitter::for_test(64);
     let sm = SelfMetrics::new();
     let m = SourceMetrics::register(&sm, "pods");
@@ -110,6 +125,8 @@ fn run(dir: &Path, state: &Path, done: impl Fn(u64, Instant) -> bool) {
     });
     let mut enc = LokiEncoder::new(vec![("job".into(), "nodescope".into())]);
     let (mut lines, mut payload_bytes) = (0u64, 0u64);
+    let mut held = Vec::new();
+    let mut held_acks = Vec::new();
     while !done(lines, t0) {
         match rx.try_recv() {
             Ok(Signal::Logs(mut b)) => {
@@ -117,21 +134,38 @@ fn run(dir: &Path, state: &Path, done: impl Fn(u64, Instant) -> bool) {
                 lines += b.len() as u64;
                 for p in enc.encode(&[Signal::Logs(b)]).unwrap() {
                     payload_bytes += p.body.len() as u64;
+                    if hold {
+                        held.push(p);
+                    }
                 }
                 if let Some(a) = ack {
-                    a.complete();
+                    if hold {
+                        held_acks.push(a);
+                    } else {
+                        a.complete();
+                    }
                 }
             }
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
     let wall = t0.elapsed().as_secs_f64();
+    let hwm = vm_hwm_kib();
+    let held_bytes: usize = held
+        .iter()
+        .map(|p: &nodescope_delivery::Payload| p.body.len())
+        .sum();
+    let tracked = m.files_tracked.get();
     let cpu = cpu_seconds() - c0;
     stop.store(true, Ordering::SeqCst);
     tailer.join().unwrap();
+    drop(held_acks);
     let bytes = m.bytes_read.get();
     println!(
-        "{{\"lines\":{lines},\"bytes\":{bytes},\"payload_bytes\":{payload_bytes},\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"mib_per_cpu_s\":{:.1},\"checkpoint_writes\":{},\"checkpoint_s\":{:.4}}}",
+        "{{\"vm_hwm_kib\":{},\"held_payload_bytes\":{},\"files_tracked\":{},\"lines\":{lines},\"bytes\":{bytes},\"payload_bytes\":{payload_bytes},\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"mib_per_cpu_s\":{:.1},\"checkpoint_writes\":{},\"checkpoint_s\":{:.4}}}",
+        hwm,
+        held_bytes,
+        tracked,
         bytes as f64 / (1 << 20) as f64 / cpu.max(1e-9),
         m.checkpoint_writes.get(),
         m.checkpoint_seconds.get()
@@ -168,14 +202,26 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize| a.get(i).cloned().unwrap_or_default();
     match arg(1).as_str() {
-        "gen" => gen(Path::new(&arg(2)), arg(3).parse().unwrap(), arg(4).parse().unwrap()),
+        "gen" => gen(
+            Path::new(&arg(2)),
+            arg(3).parse().unwrap(),
+            arg(4).parse().unwrap(),
+        ),
         "tail" => {
             let want: u64 = arg(4).parse().unwrap();
-            run(Path::new(&arg(2)), Path::new(&arg(3)), |n, _| n >= want)
+            run(Path::new(&arg(2)), Path::new(&arg(3)), false, |n, _| {
+                n >= want
+            })
         }
         "follow" => {
             let secs: u64 = arg(4).parse().unwrap();
-            run(Path::new(&arg(2)), Path::new(&arg(3)), |_, t0| {
+            run(Path::new(&arg(2)), Path::new(&arg(3)), false, |_, t0| {
+                t0.elapsed() >= Duration::from_secs(secs)
+            })
+        }
+        "hold" => {
+            let secs: u64 = arg(4).parse().unwrap();
+            run(Path::new(&arg(2)), Path::new(&arg(3)), true, |_, t0| {
                 t0.elapsed() >= Duration::from_secs(secs)
             })
         }
@@ -185,6 +231,6 @@ fn main() {
             arg(4).parse().unwrap(),
             arg(5).parse().unwrap(),
         ),
-        _ => eprintln!("usage: logs_bench gen|tail|follow|append ..."),
+        _ => eprintln!("usage: logs_bench gen|tail|follow|hold|append ..."),
     }
 }

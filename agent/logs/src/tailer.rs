@@ -711,7 +711,8 @@ impl Tailer {
             if l.unparsed {
                 self.metrics.lines_unparsed.inc();
             }
-            let mut attributes = meta.attributes.clone();
+            let mut attributes = Vec::with_capacity(meta.attributes.len() + 2);
+            attributes.extend(meta.attributes.iter().cloned());
             if let Some(s) = l.stream {
                 attributes.push(("log.iostream".into(), s.as_str().to_string()));
             }
