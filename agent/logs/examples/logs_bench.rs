@@ -43,7 +43,7 @@ fn line(seq: u64, pod: usize) -> String {
         seq % 10_000,
         seq % 250
     );
-    if seq % 10 == 0 {
+    if seq.is_multiple_of(10) {
         let (a, b) = body.split_at(body.len() / 2);
         format!("{ts} stdout P {a}\n{ts} stdout F {b}\n")
     } else {
