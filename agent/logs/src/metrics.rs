@@ -10,10 +10,10 @@ pub struct SourceMetrics {
     pub bytes_shipped: Counter,
     pub lines_truncated: Counter,
     pub lines_unparsed: Counter,
-    /// Lines not shipped, by reason: `file_gone` (deleted or rotated away and closed at the
-    /// bound before it was read to the end), `kmsg_overrun` (overwritten in the kernel
-    /// ring before it was read), `rejected` (an exporter refused them for good).
+    /// Bytes of files closed (gone, no progress for `rotated_close_after`) before their
+    /// lines were read or acknowledged (`nodescope_logs_bytes_dropped_total{reason="file_gone"}`).
     pub dropped_file_gone: Counter,
+    /// Ring overruns (`EPIPE`) of `/dev/kmsg`; the lost records are in `kmsg_gaps`.
     pub dropped_kmsg_overrun: Counter,
     /// Batches not acknowledged (an exporter queue was full, a backlog was full, shutdown):
     /// the source rewound to its checkpoint and read them again.
@@ -40,7 +40,7 @@ impl SourceMetrics {
         let dropped = |reason: &'static str| {
             m.counter(
                 "nodescope_logs_lines_dropped_total",
-                "Log lines not shipped, by reason (file_gone, kmsg_overrun).",
+                "Kernel log ring overruns (EPIPE); the records lost are counted in nodescope_logs_kmsg_gaps_total.",
                 &[("source", source), ("reason", reason)],
             )
         };
@@ -67,7 +67,11 @@ impl SourceMetrics {
                 "Lines not in the file's format (CRI, docker json), shipped raw.",
                 &l,
             ),
-            dropped_file_gone: dropped("file_gone"),
+            dropped_file_gone: m.counter(
+                "nodescope_logs_bytes_dropped_total",
+                "Bytes of files that went away (deleted or rotated, then closed after rotated_close_after without progress) before their lines were read or acknowledged.",
+                &[("source", source), ("reason", "file_gone")],
+            ),
             dropped_kmsg_overrun: dropped("kmsg_overrun"),
             rewinds: m.counter(
                 "nodescope_logs_rewinds_total",
@@ -114,8 +118,8 @@ impl SourceMetrics {
             checkpoint_writes: m.counter("nodescope_logs_checkpoint_writes_total", "Checkpoint files written (atomically, fsynced).", &l),
             checkpoint_errors: m.counter("nodescope_logs_checkpoint_errors_total", "Checkpoint writes that failed.", &l),
             checkpoint_seconds: m.gauge(
-                "nodescope_logs_checkpoint_write_seconds_total",
-                "Time spent writing checkpoints.",
+                "nodescope_logs_checkpoint_write_seconds",
+                "Cumulative time spent writing checkpoints (atomic write with fsync).",
                 &l,
             ),
             checkpoint_bytes: m.gauge("nodescope_logs_checkpoint_bytes", "Size of the last checkpoint written.", &l),

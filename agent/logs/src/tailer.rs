@@ -867,9 +867,10 @@ impl Tailer {
             self.open -= 1;
         }
         let left = t.size.saturating_sub(t.committed);
-        if left > 0 && t.committed < t.safe_offset() {
-            // Lines read but not acknowledged, or never read: lost with the file.
-            self.metrics.dropped_file_gone.inc();
+        if left > 0 {
+            // Lines never read, or read but not acknowledged: lost with the file.
+            self.metrics.dropped_file_gone.add(left);
+            tracing::warn!(path = %t.path.display(), bytes = left, "file went away before its lines were shipped");
         }
         let rest = t.decoder.flush();
         if !rest.is_empty() {
