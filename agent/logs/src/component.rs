@@ -252,3 +252,86 @@ impl Component for LogsConfig {
         Ok(parts.with_router(router))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_id_from_the_var_log_containers_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        let pod_dir = root.path().join("var/log/pods/shop_cart-1_u1/cart");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let file = pod_dir.join("0.log");
+        std::fs::write(&file, b"").unwrap();
+        let containers = root.path().join("var/log/containers");
+        std::fs::create_dir_all(&containers).unwrap();
+        let id = "ab".repeat(32);
+        // The kubelet's link names the host path, not the path under our host root.
+        std::os::unix::fs::symlink(
+            "/var/log/pods/shop_cart-1_u1/cart/0.log",
+            containers.join(format!("cart-1_shop_cart-{id}.log")),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/var/log/pods/shop_cart-1_u1/other/0.log",
+            containers.join(format!("cart-1_shop_other-{}.log", "cd".repeat(32))),
+        )
+        .unwrap();
+        assert_eq!(container_id_for(&containers, &file), Some(id));
+        assert_eq!(
+            container_id_for(&containers, &pod_dir.join("1.log")),
+            None,
+            "restart 1 has its own link"
+        );
+    }
+
+    struct Pods;
+    impl nodescope_model::workload::PodLookup for Pods {
+        fn pod_for_container(&self, id: &str) -> Option<nodescope_model::workload::PodRef> {
+            (id == "ab".repeat(32)).then(|| nodescope_model::workload::PodRef {
+                namespace: "shop".into(),
+                pod: "cart-1".into(),
+                container: "cart".into(),
+                labels: vec![("app".into(), "cart-svc".into())],
+            })
+        }
+    }
+
+    #[test]
+    fn pod_labels_from_the_path_and_service_name_from_the_pod_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let pod_dir = root.path().join("var/log/pods/shop_cart-1_u1/cart");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let containers = root.path().join("var/log/containers");
+        std::fs::create_dir_all(&containers).unwrap();
+        std::os::unix::fs::symlink(
+            "/var/log/pods/shop_cart-1_u1/cart/0.log",
+            containers.join(format!("cart-1_shop_cart-{}.log", "ab".repeat(32))),
+        )
+        .unwrap();
+        let cfg = LogsConfig::default();
+        let spec = cfg
+            .pods_spec(root.path(), Some("n1".into()), Some(Arc::new(Pods)))
+            .unwrap();
+        let m = (spec.meta)(&pod_dir.join("0.log"));
+        let get = |k: &str| {
+            m.labels
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("namespace"), Some("shop"));
+        assert_eq!(get("pod"), Some("cart-1"));
+        assert_eq!(get("container"), Some("cart"));
+        assert_eq!(get("job"), Some("shop/cart"));
+        assert_eq!(get("node_name"), Some("n1"));
+        assert_eq!(get("service_name"), Some("cart-svc"));
+        // Without the pod cache (or once the pod is gone): the path still names it.
+        let spec = cfg.pods_spec(root.path(), None, None).unwrap();
+        let m = (spec.meta)(&pod_dir.join("0.log"));
+        assert!(m.labels.iter().any(|(k, v)| k == "pod" && v == "cart-1"));
+        assert!(!m.labels.iter().any(|(k, _)| k == "service_name"));
+        assert!(spec.include[0].matches(&pod_dir.join("0.log")));
+    }
+}
