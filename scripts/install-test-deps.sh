@@ -17,6 +17,7 @@ DEBS=(
   # the image test (agent/nodescope/tests/image.rs): debootstrapped base, buildah build,
   # podman + runc run; objcopy/readelf (binutils) split the debug info
   debootstrap buildah podman runc containernetworking-plugins binutils
+  rsyslog                    # the logs benchmark's anchor (imfile wildcard tailing, omfile sink)
 )
 PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 
@@ -31,9 +32,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts daemons on install; tests start their own instances on free ports.
-for svc in prometheus prometheus-node-exporter; do
+for svc in prometheus prometheus-node-exporter rsyslog; do
   systemctl stop "$svc" 2>/dev/null || true
-  pkill -x "$svc" 2>/dev/null || true
+  pkill -x "${svc/rsyslog/rsyslogd}" 2>/dev/null || true
 done
 
 py=${PYTHON:-python3}

@@ -5,6 +5,7 @@
 //! (cumulative counters, cumulative histograms, gauges) because every nodescope source —
 //! `/proc` counters, eBPF maps — is already aggregated when it is read.
 
+pub mod ack;
 pub mod backoff;
 pub mod collector;
 pub mod config;
@@ -23,9 +24,10 @@ pub mod signal;
 pub mod status;
 pub mod workload;
 
+pub use ack::Ack;
 pub use collector::{CollectError, Collector};
 pub use exporter::{ExportError, Exporter, ExporterQueue};
-pub use logs::{LogRecord, Severity};
+pub use logs::{LogBatch, LogRecord, Severity};
 pub use metrics::{Bucket, Histogram, Labels, MetricBatch, MetricFamily, MetricType, Point, Value};
 pub use profile::Profile;
 pub use resource::Resource;

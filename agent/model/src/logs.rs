@@ -1,7 +1,10 @@
 //! Log records and events (failed connects, resets, collector errors, ...).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use crate::Ack;
 
 use crate::metrics::Labels;
 
@@ -57,5 +60,50 @@ impl LogRecord {
             .map(|(k, v)| k.len() + v.len() + 16)
             .sum();
         std::mem::size_of::<Self>() + self.body.len() + self.kind.len() + l
+    }
+}
+
+/// The records of one `Signal::Logs`, with an optional acknowledgement that travels with
+/// them to every logs exporter (see [`crate::ack`]). Dereferences to the records.
+#[derive(Clone, Debug)]
+pub struct LogBatch {
+    pub records: Arc<Vec<LogRecord>>,
+    /// Completed when every logs exporter delivered or durably stored the records;
+    /// dropped (= not acknowledged) when they are dropped anywhere on the way.
+    pub ack: Option<Ack>,
+}
+
+impl LogBatch {
+    pub fn new(records: Vec<LogRecord>) -> Self {
+        LogBatch {
+            records: Arc::new(records),
+            ack: None,
+        }
+    }
+
+    pub fn with_ack(records: Vec<LogRecord>, ack: Ack) -> Self {
+        LogBatch {
+            records: Arc::new(records),
+            ack: Some(ack),
+        }
+    }
+}
+
+impl std::ops::Deref for LogBatch {
+    type Target = Vec<LogRecord>;
+    fn deref(&self) -> &Vec<LogRecord> {
+        &self.records
+    }
+}
+
+impl From<Vec<LogRecord>> for LogBatch {
+    fn from(v: Vec<LogRecord>) -> Self {
+        LogBatch::new(v)
+    }
+}
+
+impl From<Arc<Vec<LogRecord>>> for LogBatch {
+    fn from(records: Arc<Vec<LogRecord>>) -> Self {
+        LogBatch { records, ack: None }
     }
 }

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::{LogRecord, MetricBatch, Profile};
+use crate::{LogBatch, LogRecord, MetricBatch, Profile};
 
 #[derive(Clone, Debug)]
 pub enum Signal {
     Metrics(Arc<MetricBatch>),
-    Logs(Arc<Vec<LogRecord>>),
+    /// Log records, optionally with an acknowledgement (see [`crate::ack`]).
+    Logs(LogBatch),
     Profile(Arc<Profile>),
 }
 

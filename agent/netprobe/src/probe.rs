@@ -726,11 +726,14 @@ impl Inner {
             self.selfc.events_read.inc();
             if batch.len() >= EVENT_BATCH {
                 self.emitter
-                    .emit(Signal::Logs(Arc::new(std::mem::take(&mut batch))));
+                    .emit(Signal::Logs(nodescope_model::LogBatch::from(
+                        std::mem::take(&mut batch),
+                    )));
             }
         }
         if !batch.is_empty() {
-            self.emitter.emit(Signal::Logs(Arc::new(batch)));
+            self.emitter
+                .emit(Signal::Logs(nodescope_model::LogBatch::from(batch)));
         }
     }
 
@@ -833,11 +836,14 @@ impl Inner {
             self.selfc.events_read.inc();
             if batch.len() >= EVENT_BATCH {
                 self.emitter
-                    .emit(Signal::Logs(Arc::new(std::mem::take(&mut batch))));
+                    .emit(Signal::Logs(nodescope_model::LogBatch::from(
+                        std::mem::take(&mut batch),
+                    )));
             }
         }
         if !batch.is_empty() {
-            self.emitter.emit(Signal::Logs(Arc::new(batch)));
+            self.emitter
+                .emit(Signal::Logs(nodescope_model::LogBatch::from(batch)));
         }
     }
 

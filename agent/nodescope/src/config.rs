@@ -14,6 +14,7 @@ use nodescope_exporter_remote_write::RemoteWriteConfig;
 use nodescope_host::HostMetricsConfig;
 use nodescope_httpguard::SecurityConfig;
 use nodescope_k8s::KubernetesConfig;
+use nodescope_logs::LogsConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
 use nodescope_profiler::ProfilingConfig;
@@ -32,6 +33,7 @@ pub struct Config {
     pub host: HostMetricsConfig,
     pub network: NetworkConfig,
     pub profiling: ProfilingConfig,
+    pub logs: LogsConfig,
     pub exporters: ExportersConfig,
     pub kubernetes: KubernetesConfig,
     pub http: HttpConfig,
@@ -340,6 +342,7 @@ impl Config {
             &self.host,
             &self.network,
             &self.profiling,
+            &self.logs,
             &self.ui,
         ]
     }

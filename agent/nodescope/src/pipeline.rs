@@ -191,21 +191,35 @@ async fn fan_out(
     intake_dropped_metric: Counter,
     intake_status: StatusHandle,
 ) {
-    let route = |s: Signal| {
+    let route = |mut s: Signal| {
         // The flight recorder sees every event, whether or not an exporter takes logs.
-        if let (Some(sink), Signal::Logs(records)) = (&events, &s) {
-            sink.offer(records);
+        if let (Some(sink), Signal::Logs(batch)) = (&events, &s) {
+            sink.offer(&batch.records);
         }
+        // A log batch's acknowledgement gets one holder per route; the pipeline's own
+        // holder completes once they are handed over (a full queue drops its holder:
+        // the batch is not acknowledged).
+        let ack = match &mut s {
+            Signal::Logs(l) => l.ack.take(),
+            _ => None,
+        };
         let k = s.kind().index();
         if !routes.iter().any(|r| r.accepts[k]) {
             unrouted[k].inc();
+            if let Some(a) = ack {
+                a.complete();
+            }
             return;
         }
         for r in &routes {
             if !r.accepts[k] {
                 continue;
             }
-            if r.tx.try_send(s.clone()).is_err() {
+            let mut copy = s.clone();
+            if let (Some(a), Signal::Logs(l)) = (&ack, &mut copy) {
+                l.ack = Some(a.clone());
+            }
+            if r.tx.try_send(copy).is_err() {
                 r.dropped.inc();
                 r.status.set_dropped(r.dropped.get());
                 r.status.set_state(
@@ -216,6 +230,9 @@ async fn fan_out(
             let depth = (r.tx.max_capacity() - r.tx.capacity()) as u64;
             r.depth.set(depth as f64);
             r.status.set_queue_depth(depth);
+        }
+        if let Some(a) = ack {
+            a.complete();
         }
     };
     for r in &routes {
@@ -358,5 +375,105 @@ mod tests {
         assert_eq!(stalled_got.load(Ordering::Relaxed) + n as u64, sent);
         assert!(stalled_got.load(Ordering::Relaxed) <= 16);
         assert!(n > 0.0);
+    }
+
+    /// Takes logs; completes every acknowledgement it receives, or (`holds`) keeps them
+    /// until it ends, then drops them (a backend that never answered).
+    struct LogSink {
+        name: &'static str,
+        holds: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Exporter for LogSink {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn accepts(&self, kind: SignalKind) -> bool {
+            kind == SignalKind::Logs
+        }
+        async fn run(self: Box<Self>, mut queue: ExporterQueue) {
+            let mut held = Vec::new();
+            while let Some(s) = queue.recv().await {
+                if let Signal::Logs(mut b) = s {
+                    if let Some(a) = b.ack.take() {
+                        if self.holds {
+                            held.push(a);
+                        } else {
+                            a.complete();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn acked_batch() -> (Signal, Arc<std::sync::atomic::AtomicU8>) {
+        let st = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let st2 = st.clone();
+        let ack = nodescope_model::Ack::new(move |ok| {
+            st2.store(if ok { 1 } else { 2 }, Ordering::SeqCst)
+        });
+        (
+            Signal::Logs(nodescope_model::LogBatch::with_ack(vec![], ack)),
+            st,
+        )
+    }
+
+    async fn settle(st: &std::sync::atomic::AtomicU8) -> u8 {
+        for _ in 0..200 {
+            let v = st.load(Ordering::SeqCst);
+            if v != 0 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        0
+    }
+
+    #[tokio::test]
+    async fn a_log_batch_is_acknowledged_only_when_every_logs_exporter_has_it() {
+        for (exporters, want) in [
+            // Both complete: acknowledged.
+            (vec![("a", false), ("b", false)], 1u8),
+            // One never completes and drops its holder at shutdown: not acknowledged.
+            (vec![("a", false), ("b", true)], 2u8),
+            // No logs exporter: nothing to wait for.
+            (vec![], 1u8),
+        ] {
+            let metrics = SelfMetrics::new();
+            let status = StatusRegistry::default();
+            let shutdown = CancellationToken::new();
+            let intake = Intake::new(16);
+            let e = intake.emitter();
+            let ex: Vec<Box<dyn Exporter>> = exporters
+                .iter()
+                .map(|&(name, holds)| Box::new(LogSink { name, holds }) as Box<dyn Exporter>)
+                .collect();
+            let p = Pipeline::start(
+                intake,
+                ex,
+                None,
+                Duration::from_secs(1),
+                &metrics,
+                &status,
+                shutdown.clone(),
+            );
+            let (sig, st) = acked_batch();
+            assert!(e.emit(sig));
+            if want == 1 {
+                assert_eq!(settle(&st).await, 1);
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(
+                    st.load(Ordering::SeqCst),
+                    0,
+                    "pending while one exporter holds it"
+                );
+            }
+            shutdown.cancel();
+            p.join(Duration::from_secs(2)).await;
+            assert_eq!(settle(&st).await, want);
+        }
     }
 }

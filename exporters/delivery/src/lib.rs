@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{
-    ComponentKind, ComponentState, ExportError, Exporter, ExporterQueue, MetricBatch, MetricFamily,
-    Resource, Signal, SignalKind, StatusHandle, StatusRegistry,
+    Ack, ComponentKind, ComponentState, ExportError, Exporter, ExporterQueue, LogBatch,
+    MetricBatch, MetricFamily, Resource, Signal, SignalKind, StatusHandle, StatusRegistry,
 };
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -146,25 +146,35 @@ pub fn split_signal(s: Signal, max_items: usize) -> Vec<Signal> {
                 })
                 .collect()
         }
-        Signal::Logs(l) => l
-            .chunks(max_items)
-            .map(|c| Signal::Logs(Arc::new(c.to_vec())))
-            .collect::<Vec<_>>(),
+        Signal::Logs(mut l) => {
+            // The acknowledgement goes with the last part: payloads are sent in order.
+            let ack = l.ack.take();
+            let mut parts: Vec<LogBatch> = l
+                .chunks(max_items)
+                .map(|c| LogBatch::new(c.to_vec()))
+                .collect();
+            if let Some(last) = parts.last_mut() {
+                last.ack = ack;
+            }
+            parts.into_iter().map(Signal::Logs).collect()
+        }
         p @ Signal::Profile(_) => vec![p],
     }
 }
 
 enum Backlog {
     Memory {
-        queue: VecDeque<Payload>,
+        /// Each payload with the log acknowledgements it completes once delivered.
+        queue: VecDeque<(Payload, Vec<Ack>)>,
         bytes: usize,
     },
     Wal(Box<Wal>),
 }
 
 /// Where the next payload to send came from, so it can be acknowledged.
-enum Ack {
-    Memory,
+enum Source {
+    /// With the producers' acknowledgements it completes.
+    Memory(Vec<Ack>),
     Wal(wal::Pos),
 }
 
@@ -186,7 +196,10 @@ pub struct Delivery {
 }
 
 enum Outcome {
+    /// Delivered, or refused for good by the backend.
     Done,
+    /// `retry.max_elapsed` passed.
+    GaveUp,
     /// Shutdown deadline reached while the payload was still unsent.
     Abandoned,
 }
@@ -388,11 +401,26 @@ fn update_gauges(shared: &Shared) {
 }
 
 /// Encodes the batch and appends the payloads to the backlog.
+///
+/// Log acknowledgements ([`Ack`]) are taken out of the batch first. With the memory
+/// backlog they travel with the batch's last payload and complete when it is delivered;
+/// with the WAL they complete once every payload of the batch is appended (and synced,
+/// unless `fsync = "never"`). A batch that carries acknowledgements and does not fit (memory
+/// limit, WAL size) is refused instead of evicting older data: its acknowledgements are
+/// dropped, so the producer keeps the lines in its source and offers them again later.
 fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) {
     if batch.is_empty() {
         return;
     }
     let items: usize = batch.iter().map(signal_items).sum();
+    let mut acks: Vec<Ack> = batch
+        .iter_mut()
+        .filter_map(|s| match s {
+            Signal::Logs(l) => l.ack.take(),
+            _ => None,
+        })
+        .collect();
+    let has_acks = !acks.is_empty();
     let payloads = match encoder.encode(batch) {
         Ok(p) => p,
         Err(e) => {
@@ -406,14 +434,24 @@ fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) 
         }
     };
     batch.clear();
+    let n = payloads.len();
     let limit = shared.cfg.batch.memory_limit_bytes;
+    let mut refused = false;
+    let mut wal_appended = false;
     {
         let mut b = shared.backlog.lock();
-        for p in payloads {
+        for (i, p) in payloads.into_iter().enumerate() {
+            if refused {
+                break;
+            }
             match &mut *b {
                 Backlog::Memory { queue, bytes } => {
                     let inflight = *shared.in_flight_bytes.lock();
                     let size = p.size();
+                    if has_acks && *bytes + size + inflight > limit {
+                        refused = true;
+                        continue;
+                    }
                     if size + inflight > limit {
                         shared
                             .metrics
@@ -422,7 +460,9 @@ fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) 
                         continue;
                     }
                     while *bytes + size + inflight > limit {
-                        let Some(old) = queue.pop_front() else { break };
+                        let Some((old, _acks)) = queue.pop_front() else {
+                            break;
+                        };
                         *bytes -= old.size();
                         shared
                             .metrics
@@ -430,15 +470,28 @@ fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) 
                             .add(u64::from(old.items));
                     }
                     *bytes += size;
-                    queue.push_back(p);
+                    let mine = if i + 1 == n {
+                        std::mem::take(&mut acks)
+                    } else {
+                        Vec::new()
+                    };
+                    queue.push_back((p, mine));
                 }
                 Backlog::Wal(w) => {
-                    if let Err(e) = w.append(&p) {
-                        tracing::error!(error = %e, "cannot append to the WAL; dropping payload");
-                        shared
-                            .metrics
-                            .dropped(DropReason::Encode)
-                            .add(u64::from(p.items));
+                    if has_acks && w.bytes() + p.size() as u64 + 64 > shared.cfg.wal.max_bytes {
+                        refused = true;
+                        continue;
+                    }
+                    match w.append(&p) {
+                        Ok(()) => wal_appended = true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot append to the WAL; dropping payload");
+                            refused = true;
+                            shared
+                                .metrics
+                                .dropped(DropReason::Encode)
+                                .add(u64::from(p.items));
+                        }
                     }
                     let ev = w.take_events();
                     shared
@@ -449,19 +502,45 @@ fn flush<E: Encoder>(shared: &Shared, encoder: &mut E, batch: &mut Vec<Signal>) 
                 }
             }
         }
+        if let Backlog::Wal(w) = &mut *b {
+            if has_acks && !refused && wal_appended && shared.cfg.wal.fsync == FsyncPolicy::Interval
+            {
+                if let Err(e) = w.sync() {
+                    tracing::warn!(error = %e, "WAL fsync failed; the batch is not acknowledged");
+                    refused = true;
+                }
+            }
+            if !refused {
+                for a in acks.drain(..) {
+                    a.complete();
+                }
+            }
+        } else if n == 0 && !refused {
+            // Nothing to send (the encoder found nothing for this backend).
+            for a in acks.drain(..) {
+                a.complete();
+            }
+        }
     }
+    if refused && has_acks {
+        shared.metrics.refused.inc();
+        tracing::debug!(items, "backlog full: batch refused, its producer keeps it");
+    }
+    // Acknowledgements still here were not taken by the backlog: dropping them tells
+    // their producers the batch was not stored.
+    drop(acks);
     update_gauges(shared);
     shared.wake.notify_one();
 }
 
-fn next_payload(shared: &Shared) -> Option<(Payload, Ack)> {
+fn next_payload(shared: &Shared) -> Option<(Payload, Source)> {
     let mut b = shared.backlog.lock();
     match &mut *b {
         Backlog::Memory { queue, bytes } => {
-            let p = queue.pop_front()?;
+            let (p, acks) = queue.pop_front()?;
             *bytes -= p.size();
             *shared.in_flight_bytes.lock() = p.size();
-            Some((p, Ack::Memory))
+            Some((p, Source::Memory(acks)))
         }
         Backlog::Wal(w) => {
             let r = w.read_next();
@@ -470,7 +549,7 @@ fn next_payload(shared: &Shared) -> Option<(Payload, Ack)> {
             match r {
                 Ok(Some((p, pos))) => {
                     *shared.in_flight_bytes.lock() = p.size();
-                    Some((p, Ack::Wal(pos)))
+                    Some((p, Source::Wal(pos)))
                 }
                 Ok(None) => None,
                 Err(e) => {
@@ -485,12 +564,23 @@ fn next_payload(shared: &Shared) -> Option<(Payload, Ack)> {
     }
 }
 
-fn ack(shared: &Shared, a: Ack) {
+/// The payload is done with: delivered (or refused for good) when `delivered`, else given
+/// up (its log acknowledgements are dropped, so their producers offer the lines again).
+fn ack(shared: &Shared, a: Source, delivered: bool) {
     *shared.in_flight_bytes.lock() = 0;
-    if let Ack::Wal(pos) = a {
-        if let Backlog::Wal(w) = &mut *shared.backlog.lock() {
-            if let Err(e) = w.ack(pos) {
-                tracing::warn!(error = %e, "cannot persist the WAL cursor");
+    match a {
+        Source::Wal(pos) => {
+            if let Backlog::Wal(w) = &mut *shared.backlog.lock() {
+                if let Err(e) = w.ack(pos) {
+                    tracing::warn!(error = %e, "cannot persist the WAL cursor");
+                }
+            }
+        }
+        Source::Memory(acks) => {
+            if delivered {
+                for a in acks {
+                    a.complete();
+                }
             }
         }
     }
@@ -527,20 +617,24 @@ async fn sender_loop<T: Transport>(shared: Arc<Shared>, transport: T) {
             let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
             continue;
         };
-        match deliver(&shared, &transport, &p, &mut backoff).await {
-            Outcome::Done => {
-                let sh = shared.clone();
-                if matches!(a, Ack::Wal(_)) {
-                    if let Err(e) = tokio::task::spawn_blocking(move || ack(&sh, a)).await {
+        let outcome = deliver(&shared, &transport, &p, &mut backoff).await;
+        match outcome {
+            Outcome::Done | Outcome::GaveUp => {
+                let delivered = matches!(outcome, Outcome::Done);
+                if matches!(a, Source::Wal(_)) {
+                    let sh = shared.clone();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || ack(&sh, a, delivered)).await
+                    {
                         tracing::error!(error = %e, "WAL ack failed");
                     }
                 } else {
-                    ack(&shared, a);
+                    ack(&shared, a, delivered);
                 }
             }
             Outcome::Abandoned => {
                 *shared.in_flight_bytes.lock() = 0;
-                if let Ack::Memory = a {
+                if let Source::Memory(_) = a {
                     shared
                         .metrics
                         .dropped(DropReason::Shutdown)
@@ -613,7 +707,7 @@ async fn deliver<T: Transport>(
                         .metrics
                         .dropped(DropReason::RetriesExhausted)
                         .add(u64::from(p.items));
-                    return Outcome::Done;
+                    return Outcome::GaveUp;
                 }
                 let delay = backoff.next_delay(retry_after);
                 shared.status.failure(
@@ -644,7 +738,7 @@ fn finish(shared: &Shared) {
     let mut b = shared.backlog.lock();
     match &mut *b {
         Backlog::Memory { queue, bytes } => {
-            let lost: u64 = queue.iter().map(|p| u64::from(p.items)).sum();
+            let lost: u64 = queue.iter().map(|(p, _)| u64::from(p.items)).sum();
             if lost > 0 {
                 tracing::warn!(items = lost, "stopping with unsent data and no WAL");
                 shared.metrics.dropped(DropReason::Shutdown).add(lost);
@@ -758,4 +852,153 @@ macro_rules! exporter_component {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+    use nodescope_model::{LogRecord, Severity};
+    use std::sync::atomic::AtomicU8;
+    use tokio::sync::mpsc;
+
+    struct Enc;
+    impl Encoder for Enc {
+        fn encode(&mut self, batch: &[Signal]) -> Result<Vec<Payload>, ExportError> {
+            let items: usize = batch.iter().map(signal_items).sum();
+            Ok(vec![Payload {
+                items: items as u32,
+                meta: vec![],
+                body: vec![7; items * 100],
+            }])
+        }
+    }
+
+    struct Tr(Arc<AtomicBool>);
+    #[async_trait::async_trait]
+    impl Transport for Tr {
+        async fn send(&self, _p: &Payload) -> Result<u64, ExportError> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(0)
+            } else {
+                Err(ExportError::Retryable {
+                    backend: "t".into(),
+                    reason: "down".into(),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// 0 = pending, 1 = acknowledged, 2 = not acknowledged.
+    fn batch(n: usize) -> (Signal, Arc<AtomicU8>) {
+        let st = Arc::new(AtomicU8::new(0));
+        let st2 = st.clone();
+        let recs = (0..n)
+            .map(|i| LogRecord {
+                timestamp: std::time::SystemTime::now(),
+                severity: Severity::Info,
+                kind: "t".into(),
+                body: i.to_string(),
+                labels: vec![],
+                attributes: vec![],
+            })
+            .collect();
+        let ack = Ack::new(move |ok| st2.store(if ok { 1 } else { 2 }, Ordering::SeqCst));
+        (Signal::Logs(LogBatch::with_ack(recs, ack)), st)
+    }
+
+    fn cfg(wal_dir: Option<&std::path::Path>, wal_max: u64) -> DeliveryConfig {
+        let mut c = DeliveryConfig::default();
+        c.batch.timeout = Duration::from_millis(20);
+        c.batch.max_items = 5;
+        c.retry.initial_backoff = Duration::from_millis(20);
+        c.retry.max_backoff = Duration::from_millis(50);
+        if let Some(d) = wal_dir {
+            c.wal.enabled = true;
+            c.wal.dir = d.to_path_buf();
+            c.wal.max_bytes = wal_max;
+            c.wal.segment_bytes = 4096;
+        }
+        c
+    }
+
+    async fn wait_for(st: &AtomicU8, want: u8) -> bool {
+        for _ in 0..200 {
+            if st.load(Ordering::SeqCst) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_backlog_acknowledges_on_delivery_only() {
+        let up = Arc::new(AtomicBool::new(false));
+        let d = Delivery::new("t", &cfg(None, 0), &ExporterContext::default()).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(d.run(
+            ExporterQueue {
+                rx,
+                flush_timeout: Duration::from_millis(300),
+            },
+            Enc,
+            Tr(up.clone()),
+        ));
+        // 12 records: split into 3 parts of at most 5; the ack rides on the last.
+        let (s, st) = batch(12);
+        tx.send(s).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(st.load(Ordering::SeqCst), 0, "not acknowledged while down");
+        up.store(true, Ordering::SeqCst);
+        assert!(wait_for(&st, 1).await, "acknowledged once delivered");
+        // Backend down again at shutdown: the batch is not acknowledged.
+        up.store(false, Ordering::SeqCst);
+        let (s, st) = batch(3);
+        tx.send(s).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(st.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_acknowledges_on_append_and_refuses_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Arc::new(AtomicBool::new(false));
+        let d = Delivery::new(
+            "t",
+            &cfg(Some(dir.path()), 16 << 10),
+            &ExporterContext::default(),
+        )
+        .unwrap();
+        let refused = d.metrics().refused.clone();
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(d.run(
+            ExporterQueue {
+                rx,
+                flush_timeout: Duration::from_millis(300),
+            },
+            Enc,
+            Tr(up.clone()),
+        ));
+        let (s, st) = batch(4);
+        tx.send(s).await.unwrap();
+        assert!(
+            wait_for(&st, 1).await,
+            "acknowledged once in the WAL, backend down"
+        );
+        // Fill the WAL: later batches are refused, never acknowledged.
+        let mut last = None;
+        for _ in 0..60 {
+            let (s, st) = batch(5);
+            tx.send(s).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            last = Some(st);
+        }
+        assert!(wait_for(last.as_ref().unwrap(), 2).await);
+        assert!(refused.get() > 0);
+        drop(tx);
+        task.await.unwrap();
+    }
 }

@@ -55,6 +55,9 @@ pub struct ExporterMetrics {
     pub queue_bytes: Gauge,
     /// Bytes of the WAL on disk.
     pub wal_bytes: Gauge,
+    /// Acknowledged log batches refused because the backlog was full (their producer
+    /// keeps the lines and offers them again).
+    pub refused: Counter,
 }
 
 impl ExporterMetrics {
@@ -97,6 +100,11 @@ impl ExporterMetrics {
             wal_bytes: m.gauge(
                 "nodescope_exporter_wal_bytes",
                 "Bytes of an exporter's write-ahead log on disk.",
+                &l,
+            ),
+            refused: m.counter(
+                "nodescope_exporter_refused_batches_total",
+                "Acknowledged log batches refused because the memory backlog or the WAL was full; their producer keeps the lines and offers them again.",
                 &l,
             ),
         }

@@ -11,7 +11,6 @@
 //! every second. Then the backend comes up and the backlog drain is timed and checked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodescope_delivery::{ExporterContext, FsyncPolicy};
@@ -130,7 +129,12 @@ fn throughput(rounds: usize, lines: usize) {
     let ctx = ctx();
     let chunk = 1000;
     let signals: Vec<Signal> = (0..lines / chunk)
-        .map(|i| Signal::Logs(Arc::new(records(chunk, (i * chunk) as u64))))
+        .map(|i| {
+            Signal::Logs(nodescope_model::LogBatch::from(records(
+                chunk,
+                (i * chunk) as u64,
+            )))
+        })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -229,7 +233,7 @@ fn outage(secs: u64, rate: u64, wal_dir: Option<String>) {
         while t0.elapsed() < Duration::from_secs(secs) {
             tick.tick().await;
             let n = (rate / 10) as usize;
-            tx.send(Signal::Logs(Arc::new(records(n, produced)))).await.unwrap();
+            tx.send(Signal::Logs(nodescope_model::LogBatch::from(records(n, produced)))).await.unwrap();
             produced += n as u64;
             let r = rss_bytes();
             max_rss = max_rss.max(r);

@@ -107,6 +107,13 @@ impl Default for LokiConfig {
 
 /// Loki label names must match `[a-zA-Z_][a-zA-Z0-9_]*`; anything else becomes `_`.
 pub fn sanitize_label_name(s: &str) -> String {
+    // Fast path: already valid (the common case, checked without allocating twice).
+    if !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return s.to_string();
+    }
     let mut out: String = s
         .chars()
         .map(|c| {
@@ -268,23 +275,32 @@ impl LokiEncoder {
         let mut streams: Vec<logproto::StreamAdapter> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut items = 0u32;
+        // Consecutive records of one source usually share their labels: reuse the stream.
+        let mut prev: Option<(&LogRecord, usize)> = None;
+        let mut names: Vec<(String, String)> = Vec::new();
         for s in batch {
             let Signal::Logs(records) = s else { continue };
             for r in records.iter() {
                 items += 1;
-                let labels = self.stream_labels(r);
-                let i = match index.get(&labels) {
-                    Some(&i) => i,
-                    None => {
-                        index.insert(labels.clone(), streams.len());
-                        streams.push(logproto::StreamAdapter {
-                            labels,
-                            entries: Vec::new(),
-                            hash: 0,
-                        });
-                        streams.len() - 1
+                let i = match prev {
+                    Some((p, i)) if p.kind == r.kind && p.labels == r.labels => i,
+                    _ => {
+                        let labels = self.stream_labels(r);
+                        match index.get(&labels) {
+                            Some(&i) => i,
+                            None => {
+                                index.insert(labels.clone(), streams.len());
+                                streams.push(logproto::StreamAdapter {
+                                    labels,
+                                    entries: Vec::new(),
+                                    hash: 0,
+                                });
+                                streams.len() - 1
+                            }
+                        }
                     }
                 };
+                prev = Some((r, i));
                 let d = r.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default();
                 let mut md = Vec::with_capacity(r.attributes.len() + 1);
                 md.push(logproto::LabelPairAdapter {
@@ -292,8 +308,19 @@ impl LokiEncoder {
                     value: r.severity.as_str().into(),
                 });
                 for (k, v) in &r.attributes {
+                    // Few distinct attribute names: sanitize each once per request.
+                    let name = match names.iter().find(|(raw, _)| raw == k) {
+                        Some((_, n)) => n.clone(),
+                        None => {
+                            let n = sanitize_label_name(k);
+                            if names.len() < 64 {
+                                names.push((k.to_string(), n.clone()));
+                            }
+                            n
+                        }
+                    };
                     md.push(logproto::LabelPairAdapter {
-                        name: sanitize_label_name(k),
+                        name,
                         value: v.clone(),
                     });
                 }
@@ -416,7 +443,7 @@ mod tests {
             ("job".into(), "ns".into()),
             ("node".into(), "a\"b".into()),
         ]);
-        let batch = [Signal::Logs(Arc::new(vec![
+        let batch = [Signal::Logs(nodescope_model::LogBatch::from(vec![
             rec("tcp_reset", 20, "second"),
             rec("tcp_connect_failed", 5, "x"),
             rec("tcp_reset", 10, "first"),
@@ -443,7 +470,7 @@ mod tests {
     #[test]
     fn rejected_streams_are_remembered_once() {
         let mut e = LokiEncoder::new(vec![("job".into(), "ns".into())]);
-        let batch = [Signal::Logs(Arc::new(vec![
+        let batch = [Signal::Logs(nodescope_model::LogBatch::from(vec![
             rec("a", 1, "x"),
             rec("b", 2, "y"),
             rec("a", 3, "z"),

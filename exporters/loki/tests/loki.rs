@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Mode, Sink};
@@ -136,7 +135,9 @@ async fn receiver_decodes_streams_labels_metadata_and_order() {
                 }
             })
             .collect();
-        tx.send(Signal::Logs(Arc::new(v))).await.unwrap();
+        tx.send(Signal::Logs(nodescope_model::LogBatch::from(v)))
+            .await
+            .unwrap();
     }
     drop(tx);
     h.await.unwrap();
@@ -205,7 +206,7 @@ async fn outage_then_recovery_delivers_every_event() {
                 rec(*seq, "tcp_reset", "container")
             })
             .collect();
-        Signal::Logs(Arc::new(v))
+        Signal::Logs(nodescope_model::LogBatch::from(v))
     };
     tx.send(emit(&mut seq)).await.unwrap();
     wait_for("first delivery", Duration::from_secs(10), || {
@@ -264,9 +265,11 @@ async fn retry_after_on_429_is_honoured() {
         cfg(&sink.url()).build(&ctx).unwrap(),
         Duration::from_secs(10),
     );
-    tx.send(Signal::Logs(Arc::new(vec![rec(1, "x", "host")])))
-        .await
-        .unwrap();
+    tx.send(Signal::Logs(nodescope_model::LogBatch::from(vec![rec(
+        1, "x", "host",
+    )])))
+    .await
+    .unwrap();
     wait_for("the retried request", Duration::from_secs(10), || {
         sink.requests().len() >= 2
     })
@@ -298,13 +301,19 @@ async fn bad_request_is_not_retried_and_is_counted() {
     c.batch.max_items = 4;
     let (tx, h) = start(c.build(&ctx).unwrap(), Duration::from_secs(5));
     let v: Vec<_> = (0..12).map(|i| rec(i, "tcp_reset", "host")).collect();
-    tx.send(Signal::Logs(Arc::new(v))).await.unwrap();
+    tx.send(Signal::Logs(nodescope_model::LogBatch::from(v)))
+        .await
+        .unwrap();
     // Then the backend recovers: later data flows, rejected data is not re-sent.
     tokio::time::sleep(Duration::from_secs(1)).await;
     sink.set_mode(Mode::Accept);
-    tx.send(Signal::Logs(Arc::new(vec![rec(99, "tcp_reset", "host")])))
-        .await
-        .unwrap();
+    tx.send(Signal::Logs(nodescope_model::LogBatch::from(vec![rec(
+        99,
+        "tcp_reset",
+        "host",
+    )])))
+    .await
+    .unwrap();
     drop(tx);
     h.await.unwrap();
     let r = sink.requests();
@@ -348,7 +357,9 @@ async fn slow_backend_keeps_memory_under_the_bound() {
                 r
             })
             .collect();
-        tx.send(Signal::Logs(Arc::new(v))).await.unwrap();
+        tx.send(Signal::Logs(nodescope_model::LogBatch::from(v)))
+            .await
+            .unwrap();
         peak = peak.max(metric(&ctx, "nodescope_exporter_queue_bytes", None));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -398,7 +409,7 @@ async fn wal_child_entry() {
     let ctx = ctx();
     let (tx, _h) = start(c.build(&ctx).unwrap(), Duration::from_secs(5));
     for i in 0..emit {
-        tx.send(Signal::Logs(Arc::new(vec![rec(
+        tx.send(Signal::Logs(nodescope_model::LogBatch::from(vec![rec(
             i + 1,
             "tcp_reset",
             "host",

@@ -303,6 +303,20 @@ fn attrs(l: &Labels) -> Vec<KeyValue> {
     l.iter().map(|(k, v)| kv(k, v)).collect()
 }
 
+/// A log record's stream label as an OpenTelemetry semantic-convention attribute: the
+/// Loki-style pod labels the log sources set (`namespace`, `pod`, `container`,
+/// `node_name`, `service_name`) become `k8s.*` / `service.name`; others keep their name.
+pub fn log_label_key(k: &str) -> &str {
+    match k {
+        "namespace" => "k8s.namespace.name",
+        "pod" => "k8s.pod.name",
+        "container" => "k8s.container.name",
+        "node_name" => "k8s.node.name",
+        "service_name" => "service.name",
+        k => k,
+    }
+}
+
 /// Data points of one OTLP metric.
 fn data_points(m: &metrics_pb::Metric) -> usize {
     use metrics_pb::metric::Data;
@@ -506,7 +520,11 @@ impl OtlpEncoder {
         for s in batch {
             let Signal::Logs(l) = s else { continue };
             records.extend(l.iter().map(|r: &LogRecord| {
-                let mut a = attrs(&r.labels);
+                let mut a: Vec<KeyValue> = r
+                    .labels
+                    .iter()
+                    .map(|(k, v)| kv(log_label_key(k), v))
+                    .collect();
                 a.extend(attrs(&r.attributes));
                 logs_pb::LogRecord {
                     time_unix_nano: nanos(r.timestamp),
@@ -1003,6 +1021,48 @@ mod tests {
         assert!(keys.contains(&"exporters.otlp.endpoint"), "{keys:?}");
         assert!(keys.contains(&"exporters.otlp.tls.cert_file"), "{keys:?}");
         assert!(toml::from_str::<OtlpConfig>("protocol = \"udp\"").is_err());
+    }
+
+    #[test]
+    fn pod_log_labels_follow_the_semantic_conventions() {
+        let e = OtlpEncoder::new(&Resource::default(), MetricNames::Otel, false);
+        let r = LogRecord {
+            timestamp: SystemTime::now(),
+            severity: nodescope_model::Severity::Info,
+            kind: "container_log".into(),
+            body: "hello".into(),
+            labels: vec![
+                ("namespace".into(), "shop".into()),
+                ("pod".into(), "cart-1".into()),
+                ("container".into(), "cart".into()),
+                ("node_name".into(), "n1".into()),
+                ("job".into(), "shop/cart".into()),
+            ],
+            attributes: vec![
+                ("log.file.path".into(), "/var/log/pods/x/cart/0.log".into()),
+                ("log.iostream".into(), "stderr".into()),
+                ("k8s.pod.uid".into(), "u1".into()),
+            ],
+        };
+        let (req, n) = e.logs_request(&[Signal::Logs(vec![r].into())]);
+        assert_eq!(n, 1);
+        let keys: Vec<String> = req.resource_logs[0].scope_logs[0].log_records[0]
+            .attributes
+            .iter()
+            .map(|kv| kv.key.clone())
+            .collect();
+        for k in [
+            "k8s.namespace.name",
+            "k8s.pod.name",
+            "k8s.container.name",
+            "k8s.node.name",
+            "job",
+            "log.file.path",
+            "log.iostream",
+            "k8s.pod.uid",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing in {keys:?}");
+        }
     }
 }
 

@@ -183,7 +183,7 @@ fn signals(ts: SystemTime) -> Vec<Signal> {
             timestamp: ts,
             families: vec![cpu, rx, tx, load, h],
         })),
-        Signal::Logs(Arc::new(logs)),
+        Signal::Logs(nodescope_model::LogBatch::from(logs)),
     ]
 }
 
@@ -592,7 +592,7 @@ fn partial_signals(ts: SystemTime) -> Vec<Signal> {
                     r.body = format!("record {i}");
                     l.push(r);
                 }
-                out.push(Signal::Logs(Arc::new(l)));
+                out.push(Signal::Logs(nodescope_model::LogBatch::from(l)));
             }
             other => out.push(other),
         }

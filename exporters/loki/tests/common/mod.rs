@@ -65,7 +65,12 @@ fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         // The include root under which the upstream `import` lines resolve unchanged;
         // protox supplies google/protobuf/{timestamp,descriptor}.proto itself.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto");
+        // Relative to the workspace, so the agent's end-to-end tests can include this
+        // receiver too (`#[path]`).
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../exporters/loki/tests/proto"
+        );
         protox::Compiler::new([dir])
             .expect("protox compiler")
             .include_imports(true)
