@@ -4,16 +4,15 @@
  *
  * Attached by user space to one software cpu-clock perf event per CPU (frequency mode).
  * On each sample: filter by pid / cgroup FIRST (cheap map lookups, before any stack
- * walk), then collect the kernel and user stacks into a stack-trace map (frame-pointer
- * unwinding by the kernel's bpf_get_stackid), then add one to the count of
- * (pid, tid, cgroup, kernel stack, user stack) in a bounded hash map that user space
- * drains periodically. Every way a sample can be lost is counted per CPU.
+ * walk), then walk the kernel and user stacks (frame pointers, bpf_get_stack) into a
+ * per-CPU scratch record and write the used part of it, with its boot-clock timestamp,
+ * to a bounded ring buffer that user space drains and aggregates. Every way a sample can
+ * be lost is counted per CPU.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "profile.h"
 
-#define EEXIST 17
 #define EFAULT 14
 
 char LICENSE[] SEC("license") = "GPL";
@@ -40,18 +39,17 @@ struct {
 } profile_filter_cgroups SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PROFILE_COUNTS_MAX_ENTRIES);
-	__type(key, struct profile_key);
-	__type(value, struct profile_value);
-} profile_counts SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROFILE_RINGBUF_BYTES);
+} profile_samples SEC(".maps");
 
+/* Scratch space for one sample (too large for the BPF stack). */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, PROFILE_STACKS_MAX_ENTRIES);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, PROFILE_MAX_STACK_DEPTH * sizeof(__u64));
-} profile_stacks SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct profile_sample);
+} profile_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -76,10 +74,10 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	__u32 zero = 0;
 	struct profile_config *cfg;
-	struct profile_key key = {};
-	struct profile_value *val;
+	struct profile_sample *s;
 	__u64 cgid;
-	long err;
+	long n;
+	__u32 klen = 0, ulen = 0;
 
 	cfg = bpf_map_lookup_elem(&profile_config, &zero);
 	if (!cfg || cfg->filter_mode == PROFILE_FILTER_NONE)
@@ -102,48 +100,43 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 		}
 	}
 
-	key.pid = tgid;
-	key.tid = tid;
-	key.cgroup_id = cgid;
+	s = bpf_map_lookup_elem(&profile_scratch, &zero);
+	if (!s)
+		return 0;
+	s->time_ns = bpf_ktime_get_boot_ns();
+	s->cgroup_id = cgid;
+	s->pid = tgid;
+	s->tid = tid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->flags = 0;
+	s->_pad = 0;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
 	/* -EFAULT means "no such stack" (a sample taken in user mode has no kernel stack,
 	 * a kernel thread has no user stack): not an error. */
-	err = bpf_get_stackid(ctx, &profile_stacks, 0);
-	key.kernel_stack_id = (__s32)err;
-	if (err == -EEXIST)
-		count(PROFILE_CTR_KSTACK_COLLISION);
-	else if (err < 0 && err != -EFAULT)
+	n = bpf_get_stack(ctx, s->ips, PROFILE_MAX_KSTACK * sizeof(__u64), 0);
+	if (n > 0)
+		klen = (__u32)n / sizeof(__u64);
+	else if (n < 0 && n != -EFAULT)
 		count(PROFILE_CTR_KSTACK_ERROR);
+	if (klen > PROFILE_MAX_KSTACK)
+		klen = PROFILE_MAX_KSTACK;
 
-	err = bpf_get_stackid(ctx, &profile_stacks, BPF_F_USER_STACK);
-	key.user_stack_id = (__s32)err;
-	if (err == -EEXIST)
-		count(PROFILE_CTR_USTACK_COLLISION);
-	else if (err < 0 && err != -EFAULT)
+	n = bpf_get_stack(ctx, &s->ips[klen], PROFILE_MAX_USTACK * sizeof(__u64), BPF_F_USER_STACK);
+	if (n > 0)
+		ulen = (__u32)n / sizeof(__u64);
+	else if (n < 0 && n != -EFAULT)
 		count(PROFILE_CTR_USTACK_ERROR);
+	if (ulen > PROFILE_MAX_USTACK)
+		ulen = PROFILE_MAX_USTACK;
 
-	val = bpf_map_lookup_elem(&profile_counts, &key);
-	if (val) {
-		__sync_fetch_and_add(&val->count, 1);
-		count(PROFILE_CTR_SAMPLES);
-		return 0;
-	}
-
-	struct profile_value init = { .count = 1 };
-
-	bpf_get_current_comm(init.comm, sizeof(init.comm));
-	err = bpf_map_update_elem(&profile_counts, &key, &init, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* Another CPU inserted the same key in between. */
-		val = bpf_map_lookup_elem(&profile_counts, &key);
-		if (val) {
-			__sync_fetch_and_add(&val->count, 1);
-			count(PROFILE_CTR_SAMPLES);
-			return 0;
-		}
-	}
-	if (err) {
-		count(PROFILE_CTR_LOST_MAP_FULL);
+	s->kernel_len = klen;
+	s->user_len = ulen;
+	n = PROFILE_SAMPLE_HDR_BYTES + (klen + ulen) * sizeof(__u64);
+	if (n > sizeof(*s))
+		n = sizeof(*s);
+	if (bpf_ringbuf_output(&profile_samples, s, n, 0)) {
+		count(PROFILE_CTR_LOST_RINGBUF);
 		return 0;
 	}
 	count(PROFILE_CTR_SAMPLES);

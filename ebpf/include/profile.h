@@ -11,13 +11,14 @@
 #include <linux/types.h>
 #endif
 
-/* PERF_MAX_STACK_DEPTH: the kernel's default cap of bpf_get_stackid frames. */
-#define PROFILE_MAX_STACK_DEPTH 127
+/* Kernel frames kept per sample (PERF_MAX_STACK_DEPTH, the kernel's default cap). */
+#define PROFILE_MAX_KSTACK 127
+/* User frames kept per sample. */
+#define PROFILE_MAX_USTACK 256
 #define PROFILE_COMM_LEN 16
 
-/* Map sizes. User space sizes its drain buffers from the same numbers. */
-#define PROFILE_COUNTS_MAX_ENTRIES 16384
-#define PROFILE_STACKS_MAX_ENTRIES 8192
+/* Map sizes. */
+#define PROFILE_RINGBUF_BYTES (4 << 20) /* sample records; full → PROFILE_CTR_LOST_RINGBUF */
 #define PROFILE_FILTER_MAX_ENTRIES 1024
 
 /* profile_config.filter_mode */
@@ -27,31 +28,34 @@
 #define PROFILE_FILTER_NONE 3    /* paused: count nothing (the state before user space configures) */
 
 /* Indices into the per-CPU profile_counters array. */
-#define PROFILE_CTR_SAMPLES 0          /* samples counted into profile_counts */
-#define PROFILE_CTR_LOST_MAP_FULL 1    /* samples dropped: profile_counts was full */
-#define PROFILE_CTR_KSTACK_COLLISION 2 /* bpf_get_stackid(kernel) == -EEXIST (hash bucket taken) */
-#define PROFILE_CTR_USTACK_COLLISION 3 /* bpf_get_stackid(user) == -EEXIST */
-#define PROFILE_CTR_KSTACK_ERROR 4     /* other kernel stack errors (not -EFAULT = no kernel stack) */
-#define PROFILE_CTR_USTACK_ERROR 5     /* other user stack errors (not -EFAULT = no user stack) */
-#define PROFILE_CTR_FILTERED 6         /* perf events dropped by the pid/cgroup filter */
-#define PROFILE_CTR_MAX 7
+#define PROFILE_CTR_SAMPLES 0       /* sample records written to the ring buffer */
+#define PROFILE_CTR_LOST_RINGBUF 1  /* samples lost: the ring buffer was full */
+#define PROFILE_CTR_KSTACK_ERROR 2  /* kernel stack walks that failed (not -EFAULT = no kernel stack) */
+#define PROFILE_CTR_USTACK_ERROR 3  /* user stack walks that failed (not -EFAULT = no user stack) */
+#define PROFILE_CTR_FILTERED 4      /* perf events dropped by the pid/cgroup filter */
+#define PROFILE_CTR_MAX 5
 
 struct profile_config {
 	__u32 filter_mode;
 	__u32 include_idle; /* count pid 0 (the idle task) when non-zero */
 };
 
-struct profile_key {
-	__u32 pid; /* tgid */
-	__u32 tid;
+/* One sample as written to the ring buffer: the header, then kernel_len kernel frames
+ * followed by user_len user frames (leaf first each). Only the used part of ips is sent. */
+struct profile_sample {
+	__u64 time_ns;   /* bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME) */
 	__u64 cgroup_id; /* cgroup v2 id (inode of the cgroup directory) */
-	__s32 kernel_stack_id; /* < 0: no kernel stack (see counters) */
-	__s32 user_stack_id;   /* < 0: no user stack */
+	__u32 pid;       /* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u16 kernel_len;
+	__u16 user_len;
+	__u32 flags;     /* reserved (unwind outcome) */
+	char comm[PROFILE_COMM_LEN];
+	__u32 _pad;
+	__u64 ips[PROFILE_MAX_KSTACK + PROFILE_MAX_USTACK];
 };
 
-struct profile_value {
-	__u64 count;
-	char comm[PROFILE_COMM_LEN];
-};
+#define PROFILE_SAMPLE_HDR_BYTES 56
 
 #endif /* NODESCOPE_PROFILE_H */

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use nodescope_model::config::Issues;
 use nodescope_model::selfmetrics::SelfMetrics;
+use nodescope_model::services::Services;
 use nodescope_model::signal::Emitter;
 use nodescope_model::status::StatusRegistry;
 use nodescope_model::workload::PodLookup;
@@ -109,6 +110,11 @@ pub struct ProfilerContext {
     pub pods: Option<Arc<dyn PodLookup>>,
     /// `/proc` (or `/host/proc` in a container with the host's /proc mounted).
     pub host_proc: PathBuf,
+    /// Late-bound services: the profiler looks up a `dyn SampleSink` (the flight
+    /// recorder) at run time and feeds it timestamped samples.
+    pub services: Services,
+    /// Emit continuous profiles into the pipeline (an exporter takes profiles).
+    pub emit_profiles: bool,
 }
 
 impl std::fmt::Debug for ProfilerContext {
@@ -116,6 +122,7 @@ impl std::fmt::Debug for ProfilerContext {
         f.debug_struct("ProfilerContext")
             .field("host_proc", &self.host_proc)
             .field("pods", &self.pods.is_some())
+            .field("emit_profiles", &self.emit_profiles)
             .finish()
     }
 }

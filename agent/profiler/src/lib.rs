@@ -10,6 +10,7 @@ pub mod cli;
 mod component;
 pub mod config;
 pub mod debugsize;
+pub mod feed;
 pub mod http;
 pub mod kallsyms;
 pub mod metrics;

@@ -14,9 +14,9 @@ pub struct ProfilerMetrics {
     registry: SelfMetrics,
     pub samples: Counter,
     pub lost_samples: Counter,
-    pub stack_collisions: Counter,
     pub stack_errors: Counter,
-    pub missing_stacks: Counter,
+    pub bad_records: Counter,
+    pub sink_samples: Counter,
     pub filtered: Counter,
     pub aggregation_dropped: Counter,
     pub cache_hits: Counter,
@@ -47,22 +47,22 @@ impl ProfilerMetrics {
             ),
             lost_samples: m.counter(
                 "nodescope_profiler_lost_samples_total",
-                "CPU samples lost because the in-kernel count map was full.",
-                &[],
-            ),
-            stack_collisions: m.counter(
-                "nodescope_profiler_stack_collisions_total",
-                "bpf_get_stackid calls that returned -EEXIST (stack-map hash collision); the sample is kept without that stack.",
+                "CPU samples lost because the BPF ring buffer of sample records was full.",
                 &[],
             ),
             stack_errors: m.counter(
                 "nodescope_profiler_stack_errors_total",
-                "Kernel stack walks that failed for another reason than a collision.",
+                "Kernel or user stack walks that failed (other than \"no such stack\").",
                 &[],
             ),
-            missing_stacks: m.counter(
-                "nodescope_profiler_missing_stacks_total",
-                "Samples whose stack id was no longer in the stack map when drained.",
+            bad_records: m.counter(
+                "nodescope_profiler_bad_records_total",
+                "Ring-buffer sample records that could not be decoded (dropped).",
+                &[],
+            ),
+            sink_samples: m.counter(
+                "nodescope_profiler_sink_samples_total",
+                "Timestamped samples offered to the flight recorder (SampleSink).",
                 &[],
             ),
             filtered: m.counter(

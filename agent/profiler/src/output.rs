@@ -75,7 +75,7 @@ fn pprof_mapping(m: &MappingInfo) -> Mapping {
 }
 
 /// The model frames of a resolved frame (innermost inlined function first).
-fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
+pub(crate) fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
     let module: Arc<str> = f
         .mapping
         .as_ref()

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodescope_model::collector::{CollectError, Collector};
+use nodescope_model::feeds::SampleSink;
 use nodescope_model::metrics::{MetricFamily, MetricType};
+use nodescope_model::services::Services;
 use nodescope_model::signal::{Emitter, Signal};
 use nodescope_model::status::{ComponentKind, ComponentState, StatusHandle};
 use nodescope_model::workload::{PodLookup, WorkloadKind};
@@ -18,10 +20,11 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProfilerContext, ProfilingConfig, SelfProfiler};
+use crate::feed::RateControl;
 use crate::metrics::ProfilerMetrics;
 use crate::output::{self, Format, ProfileMeta};
 use crate::request::{ProfileRequest, RequestLimits, Target};
-use crate::sampler::{EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
+use crate::sampler::{Drained, EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
 use crate::samples::{Aggregator, RawSample};
 use crate::symbolize::{ResolvedSample, Symbolizer, SymbolizerLimits};
 
@@ -72,6 +75,10 @@ pub struct ProfilerService {
     ebpf_error: Mutex<Option<String>>,
     continuous_up: AtomicBool,
     sigprof_busy: AtomicBool,
+    services: Services,
+    /// Emit continuous profiles into the pipeline (an exporter takes profiles).
+    emit_profiles: bool,
+    control: Arc<RateControl>,
 }
 
 impl std::fmt::Debug for ProfilerService {
@@ -110,13 +117,11 @@ impl CounterTracker {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         m.samples.add(d(now.samples, self.last.samples));
         m.lost_samples
-            .add(d(now.lost_map_full, self.last.lost_map_full));
-        m.stack_collisions.add(
-            d(now.kstack_collisions, self.last.kstack_collisions)
-                + d(now.ustack_collisions, self.last.ustack_collisions),
+            .add(d(now.lost_ringbuf, self.last.lost_ringbuf));
+        m.stack_errors.add(
+            d(now.kstack_errors, self.last.kstack_errors)
+                + d(now.ustack_errors, self.last.ustack_errors),
         );
-        m.stack_errors
-            .add(d(now.kstack_errors, self.last.kstack_errors));
         m.filtered.add(d(now.filtered, self.last.filtered));
         self.last = now;
     }
@@ -163,6 +168,11 @@ impl ProfilerService {
         if !cfg.enabled {
             status.set_state(ComponentState::Disabled, None);
         }
+        let control = Arc::new(RateControl::new(
+            cfg.hz,
+            cfg.max_hz,
+            cfg.enabled && cfg.continuous,
+        ));
         Arc::new(ProfilerService {
             cfg,
             emitter: ctx.emitter,
@@ -176,6 +186,9 @@ impl ProfilerService {
             ebpf_error: Mutex::new(None),
             continuous_up: AtomicBool::new(false),
             sigprof_busy: AtomicBool::new(false),
+            services: ctx.services,
+            emit_profiles: ctx.emit_profiles,
+            control,
         })
     }
 
@@ -185,6 +198,11 @@ impl ProfilerService {
 
     pub fn metrics(&self) -> &ProfilerMetrics {
         &self.metrics
+    }
+
+    /// The continuous profiler's rate control (provided as `dyn ProfilerControl`).
+    pub fn control(&self) -> Arc<RateControl> {
+        self.control.clone()
     }
 
     pub fn limits(&self) -> RequestLimits {
@@ -210,6 +228,7 @@ impl ProfilerService {
             }
             Err(e) => {
                 let msg = e.to_string();
+                self.status.set_detail("ebpf", "down");
                 self.status.set_detail("ebpf_error", msg.clone());
                 // Self-profiling may still work (SIGPROF); node-wide profiles do not.
                 self.status.set_state(
@@ -245,7 +264,10 @@ impl ProfilerService {
                     let r = EbpfSampler::start(1, &Filter::Pids(Vec::new()));
                     svc.note_ebpf(&r);
                     match r {
-                        Ok(_) => svc.status.set_state(ComponentState::Ok, None),
+                        Ok(_) => {
+                            svc.status.set_detail("ebpf", "up");
+                            svc.status.set_state(ComponentState::Ok, None)
+                        }
                         Err(e) => tracing::warn!(
                             error = %e,
                             "eBPF profiling unavailable: node-wide profiles will answer 503; \
@@ -521,27 +543,56 @@ impl ProfilerService {
         Ok(agg.take())
     }
 
-    fn drain_into(&self, s: &mut EbpfSampler, agg: &mut Aggregator, tracker: &mut CounterTracker) {
-        match s.drain() {
+    /// Drains the sampler into `agg`; returns the drain (its timed samples point into
+    /// its `samples`, which were also added to `agg`).
+    fn drain_into(
+        &self,
+        s: &mut EbpfSampler,
+        agg: &mut Aggregator,
+        tracker: &mut CounterTracker,
+    ) -> Drained {
+        let d = match s.drain() {
             Ok(d) => {
-                self.metrics.missing_stacks.add(d.missing_stacks);
-                for smp in d.samples {
+                self.metrics.bad_records.add(d.bad_records);
+                for smp in &d.samples {
                     self.symbolizer.observe(smp.key.pid);
-                    agg.add(smp);
+                    agg.add(smp.clone());
                 }
+                d
             }
-            Err(e) => tracing::warn!(error = %e, "draining the eBPF sampler"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "draining the eBPF sampler");
+                Drained::default()
+            }
+        };
         tracker.update(&self.metrics, s.counters());
+        d
+    }
+
+    /// Symbolizes a drain's samples and offers them to the flight recorder, if one is
+    /// provided (looked up now: late-bound). Never blocks: the sink bounds itself.
+    fn offer_to_sink(&self, hz: u32, d: &Drained) {
+        if d.timed.is_empty() {
+            return;
+        }
+        let Some(sink) = self.services.get::<dyn SampleSink>() else {
+            return;
+        };
+        let resolved = self.symbolizer.resolve(&d.samples);
+        let batch = crate::feed::build_batch(hz, &resolved, &d.timed);
+        self.metrics.sink_samples.add(batch.samples.len() as u64);
+        sink.offer(batch);
     }
 
     fn continuous_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
-        let started = EbpfSampler::start(self.cfg.hz, &Filter::All);
+        let mut hz = self.control.desired(SystemTime::now());
+        let started = EbpfSampler::start(hz, &Filter::All);
         self.note_ebpf(&started);
         let mut sampler = match started {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "continuous profiling unavailable (eBPF); on-demand self-profiling still works");
+                self.control.set_down(e.to_string());
                 self.status.failure(
                     ComponentState::Unavailable,
                     format!("continuous profiling needs eBPF: {e}"),
@@ -552,13 +603,14 @@ impl ProfilerService {
             }
         };
         self.continuous_up.store(true, Ordering::Release);
+        self.control.set_running(hz);
         self.status.set_state(ComponentState::Ok, None);
         self.status.set_detail("ebpf", "up");
-        self.status
-            .set_detail("continuous_hz", self.cfg.hz.to_string());
+        self.status.set_detail("continuous_hz", hz.to_string());
         tracing::info!(
-            hz = self.cfg.hz,
+            hz,
             interval_secs = self.cfg.interval_secs,
+            emit_profiles = self.emit_profiles,
             "continuous profiling started"
         );
         let interval = Duration::from_secs(self.cfg.interval_secs);
@@ -571,8 +623,12 @@ impl ProfilerService {
         loop {
             // Shutdown is checked every 250 ms: fewer wake-ups on the always-on path.
             let stop = sleep_or_cancel_step(tick, Duration::from_millis(250), shutdown);
-            self.drain_into(&mut sampler, &mut agg, &mut tracker);
-            if stop || window_t0.elapsed() >= interval {
+            let d = self.drain_into(&mut sampler, &mut agg, &mut tracker);
+            self.offer_to_sink(hz, &d);
+            drop(d);
+            let want = self.control.desired(SystemTime::now());
+            let rate_change = want != hz && !stop;
+            if stop || rate_change || window_t0.elapsed() >= interval {
                 let t = Instant::now();
                 let raw = agg.take();
                 let dropped = agg.dropped_samples();
@@ -580,7 +636,11 @@ impl ProfilerService {
                     .aggregation_dropped
                     .add(dropped - dropped_before);
                 dropped_before = dropped;
-                let n = self.emit_window(&raw, window_start, window_t0.elapsed());
+                let n = if self.emit_profiles {
+                    self.emit_window(&raw, window_start, window_t0.elapsed(), hz)
+                } else {
+                    0
+                };
                 self.status.success(t.elapsed());
                 tracing::debug!(
                     profiles = n,
@@ -591,11 +651,31 @@ impl ProfilerService {
                 window_t0 = Instant::now();
                 self.symbolizer.expire();
             }
+            if rate_change {
+                // A boost began or ended: a new sampler at the new rate (the window was
+                // closed above, so no profile mixes two rates).
+                match EbpfSampler::start(want, &Filter::All) {
+                    Ok(s) => {
+                        let d = self.drain_into(&mut sampler, &mut agg, &mut tracker);
+                        self.offer_to_sink(hz, &d);
+                        sampler = s;
+                        tracker = CounterTracker::new();
+                        tracing::info!(from = hz, to = want, "continuous profiling rate changed");
+                        hz = want;
+                        self.control.set_running(hz);
+                        self.status.set_detail("continuous_hz", hz.to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, hz = want, "restarting the sampler at a new rate; keeping the old rate");
+                    }
+                }
+            }
             if stop {
                 break;
             }
         }
         self.continuous_up.store(false, Ordering::Release);
+        self.control.set_stopped();
         self.status.set_state(ComponentState::Stopped, None);
         tracing::info!("continuous profiling stopped");
     }
@@ -607,6 +687,7 @@ impl ProfilerService {
         raw: &[RawSample],
         start: SystemTime,
         duration: Duration,
+        hz: u32,
     ) -> usize {
         if raw.is_empty() {
             return 0;
@@ -630,7 +711,7 @@ impl ProfilerService {
             let meta = ProfileMeta {
                 start,
                 duration,
-                hz: self.cfg.hz,
+                hz,
                 comments: vec![format!("nodescope continuous profile of {label}")],
             };
             let p = output::build_pprof(&samples, &meta);
@@ -661,7 +742,7 @@ impl ProfilerService {
             let profile = Profile {
                 start,
                 duration,
-                sample_rate_hz: self.cfg.hz,
+                sample_rate_hz: hz,
                 labels,
                 pprof_gz: gz,
             };
@@ -788,7 +869,7 @@ impl Collector for ProfilerCollector {
         Ok(vec![
             MetricFamily::single(
                 "nodescope_profiler_ebpf_up",
-                "1 when the continuous eBPF sampler is attached.",
+                "1 when eBPF sampling works: the continuous sampler is attached or, with continuous profiling off, the start-up check loaded it.",
                 MetricType::Gauge,
                 if up { 1.0 } else { 0.0 },
             ),
