@@ -34,7 +34,98 @@ pub const CTR_LOST_RINGBUF: u32 = 1;
 pub const CTR_KSTACK_ERROR: u32 = 2;
 pub const CTR_USTACK_ERROR: u32 = 3;
 pub const CTR_FILTERED: u32 = 4;
-pub const CTR_MAX: u32 = 5;
+pub const CTR_DWARF: u32 = 5;
+pub const CTR_MAX: u32 = 6;
+
+pub const MAP_UNWIND_PROCS: &str = "unwind_procs";
+pub const MAP_UNWIND_TABLES: &str = "unwind_tables";
+pub const MAP_UNWIND_ROWS: &str = "unwind_rows";
+
+pub const UNWIND_MAX_MAPPINGS: usize = 128;
+pub const UNWIND_MAX_PROCS: u32 = 4096;
+pub const UNWIND_MAX_TABLES: u32 = 1024;
+pub const UNWIND_MAX_ROWS: u32 = 2 << 20;
+
+pub const UNWIND_MAPPING_FP: u32 = 0;
+pub const UNWIND_MAPPING_CFI: u32 = 1;
+
+pub const UNWIND_CFA_INVALID: u8 = 0;
+pub const UNWIND_CFA_RSP: u8 = 1;
+pub const UNWIND_CFA_RBP: u8 = 2;
+pub const UNWIND_CFA_PLT: u8 = 3;
+pub const UNWIND_CFA_DEREF_RSP: u8 = 4;
+pub const UNWIND_CFA_SIGNAL: u8 = 5;
+pub const UNWIND_CFA_END: u8 = 6;
+pub const UNWIND_RBP_SAME: u8 = 0;
+pub const UNWIND_RBP_CFA: u8 = 1;
+
+pub const UNWIND_END_NONE: u32 = 0;
+pub const UNWIND_END_ROOT: u32 = 1;
+pub const UNWIND_END_NO_MAPPING: u32 = 2;
+pub const UNWIND_END_READ: u32 = 3;
+pub const UNWIND_END_DEPTH: u32 = 4;
+pub const UNWIND_END_BAD_FRAME: u32 = 5;
+pub const UNWIND_END_NO_PROC: u32 = 6;
+pub const UNWIND_FLAG_DWARF: u32 = 0x100;
+
+/// `struct unwind_row` (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    pub pc: u32,
+    pub cfa_off: i16,
+    pub rbp_off: i8,
+    pub kind: u8,
+}
+
+/// `struct unwind_table_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindTableInfo {
+    pub first_row: u32,
+    pub nrows: u32,
+}
+
+/// `struct unwind_mapping`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub table: u32,
+    pub kind: u32,
+}
+
+/// `struct unwind_proc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindProc {
+    pub n: u32,
+    pub _pad: u32,
+    pub maps: [UnwindMapping; UNWIND_MAX_MAPPINGS],
+}
+
+impl Default for UnwindProc {
+    fn default() -> Self {
+        UnwindProc {
+            n: 0,
+            _pad: 0,
+            maps: [UnwindMapping::default(); UNWIND_MAX_MAPPINGS],
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<UnwindRow>() == 8);
+const _: () = assert!(std::mem::size_of::<UnwindMapping>() == 32);
+const _: () = assert!(std::mem::size_of::<UnwindProc>() == 8 + 32 * UNWIND_MAX_MAPPINGS);
+
+// SAFETY: plain-old-data #[repr(C)] types; any bit pattern is a valid value.
+unsafe impl aya::Pod for UnwindRow {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UnwindTableInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UnwindProc {}
 
 /// `struct profile_config`.
 #[repr(C)]
@@ -184,7 +275,9 @@ int main(void) {
   printf("sample %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", O(time_ns), O(cgroup_id), O(pid), O(tid), O(cpu), O(kernel_len), O(user_len), O(flags), O(comm), O(_pad), O(ips));
   printf("consts %d %d %d %d %d %d\n", PROFILE_MAX_KSTACK, PROFILE_MAX_USTACK, PROFILE_COMM_LEN, PROFILE_RINGBUF_BYTES, PROFILE_FILTER_MAX_ENTRIES, PROFILE_SAMPLE_HDR_BYTES);
   printf("filter %d %d %d %d\n", PROFILE_FILTER_ALL, PROFILE_FILTER_PIDS, PROFILE_FILTER_CGROUPS, PROFILE_FILTER_NONE);
-  printf("ctr %d %d %d %d %d %d\n", PROFILE_CTR_SAMPLES, PROFILE_CTR_LOST_RINGBUF, PROFILE_CTR_KSTACK_ERROR, PROFILE_CTR_USTACK_ERROR, PROFILE_CTR_FILTERED, PROFILE_CTR_MAX);
+  printf("ctr %d %d %d %d %d %d %d\n", PROFILE_CTR_SAMPLES, PROFILE_CTR_LOST_RINGBUF, PROFILE_CTR_KSTACK_ERROR, PROFILE_CTR_USTACK_ERROR, PROFILE_CTR_FILTERED, PROFILE_CTR_DWARF, PROFILE_CTR_MAX);
+  printf("unwind %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct unwind_row), offsetof(struct unwind_row, cfa_off), offsetof(struct unwind_row, rbp_off), offsetof(struct unwind_row, kind), sizeof(struct unwind_table_info), sizeof(struct unwind_mapping), offsetof(struct unwind_mapping, bias), offsetof(struct unwind_mapping, table), offsetof(struct unwind_mapping, kind), sizeof(struct unwind_proc), offsetof(struct unwind_proc, maps), (size_t)UNWIND_MAX_ROWS, (size_t)UNWIND_MAX_TABLES);
+  printf("uconst %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", UNWIND_MAX_MAPPINGS, UNWIND_MAX_PROCS, UNWIND_MAPPING_FP, UNWIND_MAPPING_CFI, UNWIND_CFA_INVALID, UNWIND_CFA_RSP, UNWIND_CFA_RBP, UNWIND_CFA_PLT, UNWIND_CFA_DEREF_RSP, UNWIND_CFA_SIGNAL, UNWIND_CFA_END, UNWIND_RBP_SAME, UNWIND_RBP_CFA, UNWIND_END_NONE, UNWIND_END_ROOT, UNWIND_END_NO_MAPPING, UNWIND_END_READ, UNWIND_END_DEPTH, UNWIND_END_BAD_FRAME, UNWIND_END_NO_PROC, UNWIND_FLAG_DWARF, 0);
   return 0;
 }
 "#,
@@ -204,7 +297,7 @@ int main(void) {
         let _ = std::fs::remove_dir_all(&dir);
         let got = String::from_utf8(out.stdout).expect("utf8");
         let want = format!(
-            "config {} {} {}\nsample {} {} {} {} {} {} {} {} {} {} {}\nconsts {} {} {} {} {} {}\nfilter {} {} {} {}\nctr {} {} {} {} {} {}\n",
+            "config {} {} {}\nsample {} {} {} {} {} {} {} {} {} {} {}\nconsts {} {} {} {} {} {}\nfilter {} {} {} {}\nctr {} {} {} {} {} {} {}\nunwind {} {} {} {} {} {} {} {} {} {} {} {} {}\nuconst {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} 0\n",
             size_of::<ProfileConfig>(),
             offset_of!(ProfileConfig, filter_mode),
             offset_of!(ProfileConfig, include_idle),
@@ -234,7 +327,42 @@ int main(void) {
             CTR_KSTACK_ERROR,
             CTR_USTACK_ERROR,
             CTR_FILTERED,
+            CTR_DWARF,
             CTR_MAX,
+            size_of::<UnwindRow>(),
+            offset_of!(UnwindRow, cfa_off),
+            offset_of!(UnwindRow, rbp_off),
+            offset_of!(UnwindRow, kind),
+            size_of::<UnwindTableInfo>(),
+            size_of::<UnwindMapping>(),
+            offset_of!(UnwindMapping, bias),
+            offset_of!(UnwindMapping, table),
+            offset_of!(UnwindMapping, kind),
+            size_of::<UnwindProc>(),
+            offset_of!(UnwindProc, maps),
+            UNWIND_MAX_ROWS,
+            UNWIND_MAX_TABLES,
+            UNWIND_MAX_MAPPINGS,
+            UNWIND_MAX_PROCS,
+            UNWIND_MAPPING_FP,
+            UNWIND_MAPPING_CFI,
+            UNWIND_CFA_INVALID,
+            UNWIND_CFA_RSP,
+            UNWIND_CFA_RBP,
+            UNWIND_CFA_PLT,
+            UNWIND_CFA_DEREF_RSP,
+            UNWIND_CFA_SIGNAL,
+            UNWIND_CFA_END,
+            UNWIND_RBP_SAME,
+            UNWIND_RBP_CFA,
+            UNWIND_END_NONE,
+            UNWIND_END_ROOT,
+            UNWIND_END_NO_MAPPING,
+            UNWIND_END_READ,
+            UNWIND_END_DEPTH,
+            UNWIND_END_BAD_FRAME,
+            UNWIND_END_NO_PROC,
+            UNWIND_FLAG_DWARF,
         );
         assert_eq!(got, want);
     }

@@ -22,6 +22,7 @@ pub mod samples;
 pub mod selfprof;
 pub mod service;
 pub mod symbolize;
+pub mod unwind;
 
 pub use cli::{run_profile_cli, ProfileArgs, ProfileCliError};
 pub use config::{ProfilerContext, ProfilingConfig};
