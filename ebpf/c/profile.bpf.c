@@ -79,6 +79,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, UNWIND_MAX_ROWS);
+	__uint(map_flags, BPF_F_MMAPABLE); /* user space writes tables with memcpy */
 	__type(key, __u32);
 	__type(value, struct unwind_row);
 } unwind_rows SEC(".maps");

@@ -266,6 +266,9 @@ mod tests {
                 workload: w.clone(),
                 frames: vec![hot.clone(), main.clone()],
                 count: 3,
+                unwind: 0,
+                reached_root: false,
+                leaf_binary: "burn".into(),
             },
             ResolvedSample {
                 pid: 7,
@@ -274,6 +277,9 @@ mod tests {
                 workload: w,
                 frames: vec![sys, main],
                 count: 1,
+                unwind: 0,
+                reached_root: false,
+                leaf_binary: "burn".into(),
             },
         ]
     }

@@ -24,15 +24,15 @@ use crate::samples::{RawSample, StackKey};
 /// `PERF_COUNT_SW_CPU_CLOCK` from `linux/perf_event.h`.
 const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
 
-/// How user stacks are unwound. Only frame pointers exist today (the kernel's
-/// `bpf_get_stack` walk). The seam for a DWARF / `.eh_frame` unwinder (unwind tables
-/// in BPF maps, as the OTel profiler and lightswitch do) is this enum plus
-/// [`StackSource`]: a new variant brings its own BPF program and `StackSource` impl; the
-/// symbolizer, pprof builder and HTTP layer consume [`RawSample`]s and do not change.
+/// How user stacks are unwound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnwindMethod {
+    /// DWARF CFI tables (`.eh_frame`, `.debug_frame`) in BPF maps for every process the
+    /// sampler sees, frame pointers where a binary has no usable table (Go, JIT code).
     #[default]
+    Dwarf,
+    /// The kernel's frame-pointer walk (`bpf_get_stack`) only.
     FramePointers,
 }
 
@@ -87,6 +87,7 @@ pub struct SamplerCounters {
     pub kstack_errors: u64,
     pub ustack_errors: u64,
     pub filtered: u64,
+    pub dwarf: u64,
 }
 
 /// One sample with its time: `sample` indexes [`Drained::samples`] (pid, tid and stacks).
@@ -170,6 +171,7 @@ impl DrainBuilder {
             comm,
             kernel: self.intern(r.kernel),
             user: self.intern(r.user),
+            unwind: (h.flags & 0xffff) as u16,
         };
         let idx = match self.index.get(&key) {
             Some(&i) => {
@@ -218,6 +220,7 @@ pub struct EbpfSampler {
     _filter_maps: Vec<FilterMap>,
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
+    unwind: Option<crate::unwind::Registrar>,
     counters: PerCpuArray<MapData, u64>,
     hz: u32,
     cpus: usize,
@@ -344,6 +347,7 @@ impl EbpfSampler {
             _config: config,
             _filter_maps: filter_maps,
             ring,
+            unwind: None,
             counters,
             hz,
             cpus: cpus.len(),
@@ -352,6 +356,38 @@ impl EbpfSampler {
 
     pub fn hz(&self) -> u32 {
         self.hz
+    }
+
+    /// Turns on DWARF CFI unwinding: from now on, [`EbpfSampler::register`]ed processes
+    /// are unwound with tables from `cache`.
+    pub fn enable_dwarf(
+        &mut self,
+        cache: Arc<crate::unwind::TableCache>,
+        proc_root: std::path::PathBuf,
+        metrics: Option<crate::metrics::ProfilerMetrics>,
+    ) -> Result<(), SamplerError> {
+        let procs = take(&mut self._ebpf, obj::MAP_UNWIND_PROCS)?;
+        let tables = take(&mut self._ebpf, obj::MAP_UNWIND_TABLES)?;
+        let rows = crate::unwind::RowMap::new(loader::take_map(
+            &mut self._ebpf,
+            obj::OBJECT_NAME,
+            obj::MAP_UNWIND_ROWS,
+        )?)
+        .map_err(|reason| SamplerError::Map {
+            map: obj::MAP_UNWIND_ROWS,
+            reason,
+        })?;
+        let mut u = crate::unwind::UnwindMaps::new(procs, tables, rows, cache, proc_root);
+        if let Some(m) = metrics {
+            u = u.with_metrics(m);
+        }
+        self.unwind = Some(crate::unwind::Registrar::start(u));
+        Ok(())
+    }
+
+    /// The unwind maps, when DWARF unwinding is on.
+    pub fn unwind(&mut self) -> Option<&mut crate::unwind::Registrar> {
+        self.unwind.as_mut()
     }
 }
 
@@ -380,6 +416,7 @@ impl StackSource for EbpfSampler {
             kstack_errors: get(obj::CTR_KSTACK_ERROR),
             ustack_errors: get(obj::CTR_USTACK_ERROR),
             filtered: get(obj::CTR_FILTERED),
+            dwarf: get(obj::CTR_DWARF),
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct ProfilerService {
     continuous_up: AtomicBool,
     sigprof_busy: AtomicBool,
     services: Services,
+    /// DWARF unwind tables built so far, shared by every sampler.
+    tables: Arc<crate::unwind::TableCache>,
     /// Emit continuous profiles into the pipeline (an exporter takes profiles).
     emit_profiles: bool,
     control: Arc<RateControl>,
@@ -187,6 +189,9 @@ impl ProfilerService {
             continuous_up: AtomicBool::new(false),
             sigprof_busy: AtomicBool::new(false),
             services: ctx.services,
+            tables: Arc::new(crate::unwind::TableCache::new(
+                nodescope_ebpf::profile::UNWIND_MAX_ROWS as usize,
+            )),
             emit_profiles: ctx.emit_profiles,
             control,
         })
@@ -217,6 +222,32 @@ impl ProfilerService {
     /// The last reason eBPF sampling failed, if it did.
     pub fn ebpf_error(&self) -> Option<String> {
         self.ebpf_error.lock().clone()
+    }
+
+    /// Starts a sampler; with `unwind = "dwarf"` it gets unwind maps, and the pids of a
+    /// pid filter are registered at once (others as they show up in samples).
+    fn start_sampler(&self, hz: u32, filter: &Filter) -> Result<EbpfSampler, SamplerError> {
+        let mut s = EbpfSampler::start(hz, filter)?;
+        if self.cfg.unwind == crate::sampler::UnwindMethod::Dwarf {
+            match s.enable_dwarf(
+                self.tables.clone(),
+                self.host_proc.clone(),
+                Some(self.metrics.clone()),
+            ) {
+                Ok(()) => {
+                    if let (Filter::Pids(pids), Some(u)) = (filter, s.unwind()) {
+                        u.register_now(pids, Duration::from_secs(2));
+                        // Samples taken while the tables were built were walked with
+                        // frame pointers: the profile starts now.
+                        let _ = s.drain();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DWARF unwinding unavailable; frame pointers only")
+                }
+            }
+        }
+        Ok(s)
     }
 
     fn note_ebpf(&self, r: &Result<EbpfSampler, SamplerError>) {
@@ -426,7 +457,7 @@ impl ProfilerService {
         let started = if sigprof_only {
             None
         } else {
-            let r = EbpfSampler::start(req.hz, &filter);
+            let r = self.start_sampler(req.hz, &filter);
             self.note_ebpf(&r);
             Some(r)
         };
@@ -566,6 +597,17 @@ impl ProfilerService {
             }
         };
         tracker.update(&self.metrics, s.counters());
+        // New processes get unwind tables for their next samples (bounded per drain).
+        if let Some(u) = s.unwind() {
+            let mut seen = HashSet::new();
+            let pids: Vec<u32> = d
+                .samples
+                .iter()
+                .map(|x| x.key.pid)
+                .filter(|p| seen.insert(*p))
+                .collect();
+            u.offer(pids);
+        }
         d
     }
 
@@ -586,7 +628,7 @@ impl ProfilerService {
 
     fn continuous_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
         let mut hz = self.control.desired(SystemTime::now());
-        let started = EbpfSampler::start(hz, &Filter::All);
+        let started = self.start_sampler(hz, &Filter::All);
         self.note_ebpf(&started);
         let mut sampler = match started {
             Ok(s) => s,
@@ -654,7 +696,7 @@ impl ProfilerService {
             if rate_change {
                 // A boost began or ended: a new sampler at the new rate (the window was
                 // closed above, so no profile mixes two rates).
-                match EbpfSampler::start(want, &Filter::All) {
+                match self.start_sampler(want, &Filter::All) {
                     Ok(s) => {
                         let d = self.drain_into(&mut sampler, &mut agg, &mut tracker);
                         self.offer_to_sink(hz, &d);

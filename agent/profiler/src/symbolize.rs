@@ -134,6 +134,15 @@ pub struct ResolvedSample {
     pub workload: Arc<WorkloadInfo>,
     pub frames: Vec<Arc<ResolvedFrame>>,
     pub count: u64,
+    /// The user stack's unwind flags (`StackKey::unwind`).
+    pub unwind: u16,
+    /// The user stack reaches a process root: its outermost frame is an entry point
+    /// (`_start`, `clone3`, `start_thread`...) or the DWARF walk ended at a frame whose
+    /// return address is undefined.
+    pub reached_root: bool,
+    /// Name of the binary of the leaf user frame (`[unknown]` if none), the key of the
+    /// unwind-quality numbers.
+    pub leaf_binary: Arc<str>,
 }
 
 /// What a process belongs to.
@@ -737,7 +746,7 @@ impl Symbolizer {
             .collect();
         let names = self.user_names(samples, &snaps);
         let mut frame_intern: HashMap<(u32, u64, bool), Arc<ResolvedFrame>> = HashMap::new();
-        let mut quality: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut quality: HashMap<String, (u64, u64, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(samples.len());
         for (s, snap) in samples.iter().zip(snaps) {
             let k = &s.key;
@@ -758,6 +767,8 @@ impl Symbolizer {
                     .clone();
                 frames.push(f);
             }
+            let mut reached_root = false;
+            let mut leaf: Arc<str> = Arc::from("[unknown]");
             if !k.user.is_empty() {
                 let leaf_bin = frames
                     .get(k.kernel.len())
@@ -766,11 +777,21 @@ impl Symbolizer {
                     .unwrap_or_else(|| "[unknown]".to_string());
                 let outer = frames.last().map(|f| f.outer_name()).unwrap_or("");
                 let truncated = k.user.len() <= 2 && !ENTRY_POINTS.contains(&outer);
-                let e = quality.entry(leaf_bin).or_default();
+                reached_root = ENTRY_POINTS.contains(&outer)
+                    || (k.unwind as u32 & 0xff) == nodescope_ebpf::profile::UNWIND_END_ROOT;
+                let e = quality.entry(leaf_bin.clone()).or_default();
                 e.0 += s.count;
                 if truncated {
                     e.1 += s.count;
                 }
+                if reached_root {
+                    e.2 += s.count;
+                }
+                if k.unwind as u32 & nodescope_ebpf::profile::UNWIND_FLAG_DWARF != 0 {
+                    self.metrics
+                        .observe_unwind_end(k.unwind as u32 & 0xff, s.count);
+                }
+                leaf = Arc::from(leaf_bin.as_str());
             }
             let workload = snap
                 .as_ref()
@@ -783,10 +804,13 @@ impl Symbolizer {
                 workload,
                 frames,
                 count: s.count,
+                unwind: k.unwind,
+                reached_root,
+                leaf_binary: leaf,
             });
         }
-        for (bin, (total, trunc)) in quality {
-            self.metrics.observe_unwind(&bin, total, trunc);
+        for (bin, (total, trunc, root)) in quality {
+            self.metrics.observe_unwind(&bin, total, trunc, root);
         }
         out
     }
@@ -1000,6 +1024,7 @@ mod tests {
         let pid = std::process::id();
         RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 tid: pid,
                 cgroup_id: 0,
@@ -1085,6 +1110,7 @@ mod tests {
         std::fs::remove_file(&bin).unwrap();
         let r = s.resolve(&[RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 tid: pid,
                 cgroup_id: 0,
@@ -1168,6 +1194,7 @@ mod tests {
         for (s, m, plan, skipped) in runs {
             let r = s.resolve(&[RawSample {
                 key: StackKey {
+                    unwind: 0,
                     pid,
                     tid: pid,
                     cgroup_id: 0,

@@ -80,9 +80,25 @@ pub struct TableStats {
 pub struct Table {
     pub rows: Vec<UnwindRow>,
     pub stats: TableStats,
+    /// PT_LOAD segments: (file offset, virtual address, file size).
+    pub loads: Vec<(u64, u64, u64)>,
 }
 
 impl Table {
+    /// `pc - bias` is the ELF virtual address for a mapping of this file at `start` from
+    /// file offset `offset`.
+    pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
+        let (o, v, _) = self
+            .loads
+            .iter()
+            .find(|(o, _, sz)| (o & !0xfff) <= offset && offset < o + sz.max(&1))?;
+        let vaddr_at_start = (v + offset).checked_sub(*o)?;
+        start.checked_sub(vaddr_at_start).or_else(|| {
+            // Mapped below its link address (prelinked/non-PIE at a lower base): wraps.
+            Some(start.wrapping_sub(vaddr_at_start))
+        })
+    }
+
     /// Bytes the rows take (in user space and in the BPF row map alike).
     pub fn bytes(&self) -> usize {
         self.rows.len() * std::mem::size_of::<UnwindRow>()
@@ -269,6 +285,14 @@ pub fn build_table<'a, D: object::ReadRef<'a>>(
     if elf.section_by_name(".gopclntab").is_some() {
         return Err(TableError::Go);
     }
+    use object::ObjectSegment;
+    let loads: Vec<(u64, u64, u64)> = elf
+        .segments()
+        .map(|sg| {
+            let (o, sz) = sg.file_range();
+            (o, sg.address(), sz)
+        })
+        .collect();
     let addr_of = |n: &str| elf.section_by_name(n).map(|s| s.address()).unwrap_or(0);
     let bases = BaseAddresses::default()
         .set_eh_frame_hdr(addr_of(".eh_frame_hdr"))
@@ -299,6 +323,7 @@ pub fn build_table<'a, D: object::ReadRef<'a>>(
     Ok(Table {
         rows: compact(rows),
         stats,
+        loads,
     })
 }
 
@@ -328,6 +353,10 @@ fn compact(mut rows: Vec<UnwindRow>) -> Vec<UnwindRow> {
     }
     out
 }
+
+/// Largest table of one binary (rows). Larger binaries are unwound with frame pointers
+/// (counted as `too_large`): building and loading their tables would stall sampling.
+pub const MAX_TABLE_ROWS: usize = 500_000;
 
 /// Identity of a binary's contents: (device, inode, size, mtime).
 pub type TableKey = (u64, u64, u64, i64);
@@ -415,7 +444,7 @@ impl TableCache {
             }
         }
         let cache = ReadCache::new(&file);
-        let built = build_table(&cache, self.max_rows).map(Arc::new);
+        let built = build_table(&cache, MAX_TABLE_ROWS.min(self.max_rows)).map(Arc::new);
         let mut g = self.inner.lock();
         let n = built.as_ref().map(|t| t.rows.len()).unwrap_or(0);
         while g.rows + n > self.max_rows && !g.tables.is_empty() {
@@ -439,6 +468,562 @@ impl TableCache {
     pub fn stats(&self) -> (usize, usize, u64) {
         let g = self.inner.lock();
         (g.tables.len(), g.rows, g.evictions)
+    }
+}
+
+/// The BPF row map (`BPF_F_MMAPABLE` array), written through a shared mapping: loading
+/// a table is one memcpy, not one syscall per row.
+pub struct RowMap {
+    _map: aya::maps::MapData,
+    ptr: *mut UnwindRow,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only written through `&mut self`.
+unsafe impl Send for RowMap {}
+
+impl RowMap {
+    /// Maps the row map of a loaded object.
+    pub fn new(map: aya::maps::Map) -> Result<Self, String> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let aya::maps::Map::Array(data) = map else {
+            return Err("unwind_rows is not an array map".into());
+        };
+        let len = obj::UNWIND_MAX_ROWS as usize;
+        let bytes = len * std::mem::size_of::<UnwindRow>();
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: mmap of a BPF array map created with BPF_F_MMAPABLE, exactly its size;
+        // the result is checked before use and unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap of unwind_rows: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(RowMap {
+            _map: data,
+            ptr: p as *mut UnwindRow,
+            len,
+        })
+    }
+
+    fn write(&mut self, first: u32, rows: &[UnwindRow]) {
+        let first = first as usize;
+        let n = rows.len().min(self.len.saturating_sub(first));
+        // SAFETY: [first, first + n) is inside the mapping (checked above); UnwindRow is POD.
+        unsafe {
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.ptr.add(first), n);
+        }
+    }
+}
+
+impl Drop for RowMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe {
+            libc::munmap(
+                self.ptr as *mut libc::c_void,
+                self.len * std::mem::size_of::<UnwindRow>(),
+            );
+        }
+    }
+}
+
+/// Registers processes on a worker thread so that building and loading tables never
+/// delays a drain: the sampler hands over pids it sees ([`Registrar::offer`], never
+/// blocks; a full queue drops the pid and it is offered again on a later drain).
+pub struct Registrar {
+    maps: Arc<Mutex<UnwindMaps>>,
+    tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    sent: std::collections::HashSet<u32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Pids waiting for registration at most.
+pub const REGISTER_QUEUE: usize = 1024;
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar").finish_non_exhaustive()
+    }
+}
+
+impl Registrar {
+    pub fn start(maps: UnwindMaps) -> Self {
+        let maps = Arc::new(Mutex::new(maps));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(REGISTER_QUEUE);
+        let m = maps.clone();
+        let thread = std::thread::Builder::new()
+            .name("ns-unwind".into())
+            .spawn(move || {
+                // Ends when the sender is dropped (the sampler went away).
+                loop {
+                    match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+                        Ok(pid) => {
+                            m.lock()
+                                .register_new([pid], std::time::Duration::from_secs(60));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            m.lock().register_new([], std::time::Duration::ZERO);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
+            .ok();
+        Registrar {
+            maps,
+            tx: Some(tx),
+            sent: std::collections::HashSet::new(),
+            thread,
+        }
+    }
+
+    /// Queues pids not offered before (never blocks).
+    pub fn offer(&mut self, pids: impl IntoIterator<Item = u32>) {
+        if self.sent.len() > 65_536 {
+            self.sent.clear();
+        }
+        let Some(tx) = &self.tx else { return };
+        for pid in pids {
+            if pid == 0 || self.sent.contains(&pid) {
+                continue;
+            }
+            if tx.try_send(pid).is_ok() {
+                self.sent.insert(pid);
+            }
+        }
+    }
+
+    /// Registers pids now, on the caller's thread (on-demand profiles of known pids).
+    pub fn register_now(&mut self, pids: &[u32], budget: std::time::Duration) {
+        self.maps.lock().register_new(pids.iter().copied(), budget);
+        self.sent.extend(pids.iter().copied());
+    }
+
+    pub fn maps(&self) -> &Arc<Mutex<UnwindMaps>> {
+        &self.maps
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        // The worker ends after the pid it is registering (not joined: a large table
+        // must not delay the end of a profile); it owns the last reference to the maps.
+        self.tx = None;
+        self.thread.take();
+    }
+}
+
+/// The agent's own `[vdso]` image (identical in every process of this kernel).
+fn own_vdso() -> Option<Vec<u8>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let m = crate::procmaps::parse_line(line)?;
+    let len = (m.end - m.start) as usize;
+    if len == 0 || len > (1 << 20) {
+        return None;
+    }
+    // SAFETY: [vdso] is mapped readable in our process for its whole lifetime, at exactly
+    // this range (from our own maps file).
+    let bytes = unsafe { std::slice::from_raw_parts(m.start as *const u8, len) };
+    Some(bytes.to_vec())
+}
+
+/// Cumulative counters of one sampler's unwind maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnwindCounters {
+    pub procs_registered: u64,
+    pub procs_failed: u64,
+    pub mappings_cfi: u64,
+    /// Mappings unwound with frame pointers, by reason (`anonymous`, `go`, `no_cfi`, ...).
+    pub mappings_fp: HashMap<&'static str, u64>,
+    pub tables_loaded: u64,
+    pub table_evictions: u64,
+    pub rows_loaded: u64,
+}
+
+struct Loaded {
+    id: u32,
+    first: u32,
+    n: u32,
+    used: Instant,
+}
+
+/// One sampler's unwind maps: which processes have tables, which tables are loaded where.
+pub struct UnwindMaps {
+    procs: aya::maps::HashMap<aya::maps::MapData, u32, obj::UnwindProc>,
+    tables: aya::maps::Array<aya::maps::MapData, obj::UnwindTableInfo>,
+    rows: RowMap,
+    cache: Arc<TableCache>,
+    proc_root: PathBuf,
+    loaded: HashMap<TableKey, Loaded>,
+    free_ids: Vec<u32>,
+    /// Free row extents (first, len), sorted by first.
+    free_rows: Vec<(u32, u32)>,
+    /// Registered pids and the table keys their entry uses.
+    pids: HashMap<u32, Vec<TableKey>>,
+    /// Pids that could not be registered (not retried).
+    failed: HashMap<u32, Instant>,
+    last_forget: Instant,
+    metrics: Option<crate::metrics::ProfilerMetrics>,
+    pub counters: UnwindCounters,
+}
+
+impl std::fmt::Debug for UnwindMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnwindMaps")
+            .field("pids", &self.pids.len())
+            .field("tables", &self.loaded.len())
+            .finish()
+    }
+}
+
+/// Why a process could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("reading {path}: {reason}")]
+    Maps { path: String, reason: String },
+    #[error("the process table map is full ({0} processes)")]
+    ProcsFull(u32),
+    #[error("map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+const VDSO_KEY: TableKey = (0, 0, 0, -1);
+
+impl UnwindMaps {
+    pub fn new(
+        procs: aya::maps::HashMap<aya::maps::MapData, u32, obj::UnwindProc>,
+        tables: aya::maps::Array<aya::maps::MapData, obj::UnwindTableInfo>,
+        rows: RowMap,
+        cache: Arc<TableCache>,
+        proc_root: PathBuf,
+    ) -> Self {
+        UnwindMaps {
+            procs,
+            tables,
+            rows,
+            cache,
+            proc_root,
+            loaded: HashMap::new(),
+            free_ids: (0..obj::UNWIND_MAX_TABLES).rev().collect(),
+            free_rows: vec![(0, obj::UNWIND_MAX_ROWS)],
+            pids: HashMap::new(),
+            failed: HashMap::new(),
+            last_forget: Instant::now(),
+            metrics: None,
+            counters: UnwindCounters::default(),
+        }
+    }
+
+    /// Also count into the agent's self metrics.
+    pub fn with_metrics(mut self, m: crate::metrics::ProfilerMetrics) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
+    /// Registers the pids not seen before, within `budget` (the rest wait for the next
+    /// call), and every 30 s forgets processes that exited. Returns how many were
+    /// registered.
+    pub fn register_new(
+        &mut self,
+        pids: impl IntoIterator<Item = u32>,
+        budget: std::time::Duration,
+    ) -> usize {
+        if self.last_forget.elapsed() >= std::time::Duration::from_secs(30) {
+            self.forget_exited();
+            self.last_forget = Instant::now();
+        }
+        let t = Instant::now();
+        let mut n = 0;
+        for pid in pids {
+            if pid == 0 || self.is_known(pid) {
+                continue;
+            }
+            if t.elapsed() >= budget {
+                break;
+            }
+            match self.register(pid) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::debug!(pid, error = %e, "no unwind tables for process"),
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.unwind_rows.set(self.rows_in_use() as f64);
+            m.unwind_processes.set(self.pids.len() as f64);
+        }
+        n
+    }
+
+    pub fn is_known(&self, pid: u32) -> bool {
+        self.pids.contains_key(&pid) || self.failed.contains_key(&pid)
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.pids.len()
+    }
+
+    /// Rows loaded in the BPF row map now.
+    pub fn rows_in_use(&self) -> u64 {
+        self.loaded.values().map(|l| l.n as u64).sum()
+    }
+
+    fn alloc_rows(&mut self, n: u32) -> Option<u32> {
+        let i = self.free_rows.iter().position(|&(_, len)| len >= n)?;
+        let (first, len) = self.free_rows[i];
+        if len == n {
+            self.free_rows.remove(i);
+        } else {
+            self.free_rows[i] = (first + n, len - n);
+        }
+        Some(first)
+    }
+
+    fn free_extent(&mut self, first: u32, n: u32) {
+        let i = self.free_rows.partition_point(|&(f, _)| f < first);
+        self.free_rows.insert(i, (first, n));
+        // Merge neighbours.
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.free_rows.len());
+        for &(f, l) in &self.free_rows {
+            match merged.last_mut() {
+                Some((mf, ml)) if *mf + *ml == f => *ml += l,
+                _ => merged.push((f, l)),
+            }
+        }
+        self.free_rows = merged;
+    }
+
+    /// Evicts the least recently used table not in `keep`; processes using it are
+    /// re-registered without it (frame pointers for that mapping).
+    fn evict_one(&mut self, keep: &[TableKey]) -> bool {
+        let Some((&key, _)) = self
+            .loaded
+            .iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .min_by_key(|(_, l)| l.used)
+        else {
+            return false;
+        };
+        let l = self.loaded.remove(&key).expect("present");
+        let _ = self.tables.set(l.id, obj::UnwindTableInfo::default(), 0);
+        self.free_ids.push(l.id);
+        self.free_extent(l.first, l.n);
+        self.counters.table_evictions += 1;
+        if let Some(m) = &self.metrics {
+            m.unwind_table_evictions.inc();
+        }
+        let users: Vec<u32> = self
+            .pids
+            .iter()
+            .filter(|(_, ks)| ks.contains(&key))
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in users {
+            if let Some(ks) = self.pids.get_mut(&pid) {
+                ks.retain(|k| *k != key);
+            }
+            // Point the mappings of that table at frame pointers.
+            if let Ok(mut e) = self.procs.get(&pid, 0) {
+                let n = (e.n as usize).min(obj::UNWIND_MAX_MAPPINGS);
+                for m in e.maps[..n].iter_mut() {
+                    if m.kind == obj::UNWIND_MAPPING_CFI && m.table == l.id {
+                        m.kind = obj::UNWIND_MAPPING_FP;
+                    }
+                }
+                let _ = self.procs.insert(pid, e, 0);
+            }
+        }
+        true
+    }
+
+    /// Loads `t` (if not loaded) and returns its table id.
+    fn load(&mut self, key: TableKey, t: &Table, keep: &[TableKey]) -> Option<u32> {
+        if let Some(l) = self.loaded.get_mut(&key) {
+            l.used = Instant::now();
+            return Some(l.id);
+        }
+        let n = u32::try_from(t.rows.len()).ok()?;
+        if n == 0 || n > obj::UNWIND_MAX_ROWS {
+            return None;
+        }
+        let first = loop {
+            if self.free_ids.is_empty() && !self.evict_one(keep) {
+                return None;
+            }
+            if let Some(f) = self.alloc_rows(n) {
+                break f;
+            }
+            if !self.evict_one(keep) {
+                return None;
+            }
+        };
+        let Some(id) = self.free_ids.pop() else {
+            self.free_extent(first, n);
+            return None;
+        };
+        self.rows.write(first, &t.rows);
+        if self
+            .tables
+            .set(
+                id,
+                obj::UnwindTableInfo {
+                    first_row: first,
+                    nrows: n,
+                },
+                0,
+            )
+            .is_err()
+        {
+            self.free_extent(first, n);
+            self.free_ids.push(id);
+            return None;
+        }
+        self.counters.tables_loaded += 1;
+        self.counters.rows_loaded += n as u64;
+        if let Some(m) = &self.metrics {
+            m.unwind_tables_loaded.inc();
+        }
+        self.loaded.insert(
+            key,
+            Loaded {
+                id,
+                first,
+                n,
+                used: Instant::now(),
+            },
+        );
+        Some(id)
+    }
+
+    fn fp(&mut self, reason: &'static str) {
+        *self.counters.mappings_fp.entry(reason).or_default() += 1;
+        if let Some(m) = &self.metrics {
+            m.observe_fp_mapping(reason);
+        }
+    }
+
+    /// Builds (or reuses) the tables of every executable mapping of `pid` and writes its
+    /// entry, so that its next samples are unwound with DWARF CFI.
+    pub fn register(&mut self, pid: u32) -> Result<(), RegisterError> {
+        let r = self.register_inner(pid);
+        match &r {
+            Ok(()) => self.counters.procs_registered += 1,
+            Err(_) => {
+                self.counters.procs_failed += 1;
+                if let Some(m) = &self.metrics {
+                    m.unwind_procs_failed.inc();
+                }
+                if self.failed.len() >= 65_536 {
+                    self.failed.clear();
+                }
+                self.failed.insert(pid, Instant::now());
+            }
+        }
+        r
+    }
+
+    fn register_inner(&mut self, pid: u32) -> Result<(), RegisterError> {
+        let path = self.proc_root.join(pid.to_string()).join("maps");
+        let content = std::fs::read_to_string(&path).map_err(|e| RegisterError::Maps {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if !self.pids.contains_key(&pid) && self.pids.len() >= obj::UNWIND_MAX_PROCS as usize {
+            return Err(RegisterError::ProcsFull(obj::UNWIND_MAX_PROCS));
+        }
+        let (maps, _) = crate::procmaps::executable_mappings(&content);
+        let mut entry = obj::UnwindProc::default();
+        let mut keys: Vec<TableKey> = Vec::new();
+        let mut n = 0usize;
+        for m in maps.iter() {
+            if n >= obj::UNWIND_MAX_MAPPINGS {
+                self.fp("too_many_mappings");
+                break;
+            }
+            let mut e = obj::UnwindMapping {
+                start: m.start,
+                end: m.end,
+                bias: 0,
+                table: 0,
+                kind: obj::UNWIND_MAPPING_FP,
+            };
+            let got = if m.path == "[vdso]" {
+                Some(self.vdso_table())
+            } else if m.is_file() {
+                Some(self.cache.get(&self.proc_root, pid, m))
+            } else {
+                self.fp("anonymous");
+                None
+            };
+            match got {
+                Some((key, Ok(t))) => {
+                    let offset = if key == VDSO_KEY { 0 } else { m.offset };
+                    match t.bias(m.start, offset) {
+                        Some(bias) => match self.load(key, &t, &keys) {
+                            Some(id) => {
+                                e.bias = bias;
+                                e.table = id;
+                                e.kind = obj::UNWIND_MAPPING_CFI;
+                                keys.push(key);
+                                self.counters.mappings_cfi += 1;
+                            }
+                            None => self.fp("table_map_full"),
+                        },
+                        None => self.fp("no_segment"),
+                    }
+                }
+                Some((_, Err(err))) => self.fp(err.reason()),
+                None => {}
+            }
+            entry.maps[n] = e;
+            n += 1;
+        }
+        entry.n = n as u32;
+        self.procs
+            .insert(pid, entry, 0)
+            .map_err(|e| RegisterError::Map {
+                map: obj::MAP_UNWIND_PROCS,
+                reason: e.to_string(),
+            })?;
+        self.pids.insert(pid, keys);
+        Ok(())
+    }
+
+    fn vdso_table(&self) -> (TableKey, Result<Arc<Table>, TableError>) {
+        static VDSO: std::sync::OnceLock<Result<Arc<Table>, TableError>> =
+            std::sync::OnceLock::new();
+        let t = VDSO.get_or_init(|| match own_vdso() {
+            Some(b) => build_table(&b[..], obj::UNWIND_MAX_ROWS as usize).map(Arc::new),
+            None => Err(TableError::NoCfi),
+        });
+        (VDSO_KEY, t.clone())
+    }
+
+    /// Forgets processes that exited (their entry and their claim on tables).
+    pub fn forget_exited(&mut self) {
+        let gone: Vec<u32> = self
+            .pids
+            .keys()
+            .copied()
+            .filter(|p| !self.proc_root.join(p.to_string()).exists())
+            .collect();
+        for p in gone {
+            let _ = self.procs.remove(&p);
+            self.pids.remove(&p);
+        }
+        let old = Instant::now() - std::time::Duration::from_secs(60);
+        self.failed.retain(|_, t| *t > old);
     }
 }
 

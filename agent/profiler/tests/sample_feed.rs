@@ -77,7 +77,7 @@ async fn window(sink: &Collect, pid: u32, hz: u32, secs: u64) -> (u64, f64, u64,
     let (t1, c1) = (SystemTime::now(), cpu_seconds(pid));
     // Wait until every sample of the window has reached the sink (drains every 500 ms,
     // then symbolization): a sample taken after `t1` has arrived.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let done = sink
             .0
@@ -89,7 +89,7 @@ async fn window(sink: &Collect, pid: u32, hz: u32, secs: u64) -> (u64, f64, u64,
         }
         assert!(
             Instant::now() < deadline,
-            "no sample after the window within 15 s"
+            "no sample after the window within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -128,9 +128,10 @@ async fn sample_sink_gets_timestamped_batches_and_boost_raises_the_rate() {
     let shutdown = CancellationToken::new();
     h.svc.spawn(shutdown.clone());
     // Wait for the first batch (loading and the first symbolization take a while).
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // (Generous deadlines: a debug build symbolizing every process of a busy node.)
+    let deadline = Instant::now() + Duration::from_secs(60);
     while sink.0.lock().is_empty() {
-        assert!(Instant::now() < deadline, "no batch within 20 s");
+        assert!(Instant::now() < deadline, "no batch within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(control.current_hz(), 19);
@@ -160,13 +161,16 @@ async fn sample_sink_gets_timestamped_batches_and_boost_raises_the_rate() {
 
     // Boost to 97 Hz for a while: the rate in force rises, then falls back.
     control
-        .boost(97, SystemTime::now() + Duration::from_secs(6))
+        .boost(97, SystemTime::now() + Duration::from_secs(30))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // The next drain tick (500 ms) closes the window and loads a new sampler.
+    let t_boost = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(25);
     while control.current_hz() != 97 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(control.current_hz(), 97);
+    eprintln!("boost took effect after {:?}", t_boost.elapsed());
     let (nb, wantb, _, _, hzb) = window(&sink, w.pid(), 97, 2).await;
     eprintln!("97 Hz: {nb} samples, {wantb:.1} predicted by CPU time");
     assert_eq!(hzb, 97);
@@ -174,7 +178,7 @@ async fn sample_sink_gets_timestamped_batches_and_boost_raises_the_rate() {
         (nb as f64) >= wantb * 0.7 && (nb as f64) <= wantb * 1.3,
         "{nb} samples vs {wantb:.1} predicted at 97 Hz"
     );
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while control.current_hz() != 19 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
