@@ -349,6 +349,29 @@ impl ProfilerService {
         })
     }
 
+    fn unwind_description(&self) -> String {
+        match self.cfg.unwind {
+            crate::sampler::UnwindMethod::Dwarf => {
+                "DWARF CFI unwinding in BPF (frame pointers where a binary has no table)".into()
+            }
+            crate::sampler::UnwindMethod::FramePointers => "frame-pointer unwinding".into(),
+        }
+    }
+
+    /// Unwind quality per binary and the unwind tables held, into the status details.
+    fn publish_quality(&self) {
+        self.status
+            .set_detail("unwind_quality", self.metrics.quality_summary(8));
+        let (tables, rows, evictions) = self.tables.stats();
+        self.status.set_detail(
+            "unwind_tables",
+            format!(
+                "{tables} binaries, {rows} rows ({:.1} MiB at 8 bytes/row), {evictions} evicted",
+                rows as f64 * 8.0 / (1 << 20) as f64
+            ),
+        );
+    }
+
     fn publish_running(&self) {
         self.status.set_detail(
             "active_profiles",
@@ -472,8 +495,9 @@ impl ProfilerService {
                     raw,
                     "ebpf",
                     vec![format!(
-                        "nodescope eBPF sampler, cpu-clock at {} Hz, frame-pointer unwinding",
-                        req.hz
+                        "nodescope eBPF sampler, cpu-clock at {} Hz, {}",
+                        req.hz,
+                        self.unwind_description()
                     )],
                 )
             }
@@ -503,6 +527,8 @@ impl ProfilerService {
         let samples: u64 = raw.iter().map(|s| s.count).sum();
         let resolved = self.symbolizer.resolve(&raw);
         comments.push(format!("target {}", req.target.key()));
+        comments.extend(quality_comments(&resolved));
+        self.publish_quality();
         let meta = ProfileMeta {
             start: window.0,
             duration: window.1,
@@ -684,6 +710,7 @@ impl ProfilerService {
                     0
                 };
                 self.status.success(t.elapsed());
+                self.publish_quality();
                 tracing::debug!(
                     profiles = n,
                     stacks = raw.len(),
@@ -754,7 +781,14 @@ impl ProfilerService {
                 start,
                 duration,
                 hz,
-                comments: vec![format!("nodescope continuous profile of {label}")],
+                comments: {
+                    let mut c = vec![
+                        format!("nodescope continuous profile of {label}"),
+                        self.unwind_description(),
+                    ];
+                    c.extend(quality_comments(&samples));
+                    c
+                },
             };
             let p = output::build_pprof(&samples, &meta);
             let gz = match output::gzip_pprof(&p) {
@@ -797,6 +831,47 @@ impl ProfilerService {
         }
         emitted
     }
+}
+
+/// Per-binary unwind quality of a set of samples, as pprof comments: the share reaching
+/// a process root and how DWARF walks ended.
+pub fn quality_comments(samples: &[ResolvedSample]) -> Vec<String> {
+    let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut ends: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for s in samples {
+        if s.pid == 0 || (s.frames.iter().all(|f| f.kernel)) {
+            continue;
+        }
+        let e = per.entry(&s.leaf_binary).or_default();
+        e.0 += s.count;
+        if s.reached_root {
+            e.1 += s.count;
+        }
+        if s.unwind as u32 & nodescope_ebpf::profile::UNWIND_FLAG_DWARF != 0 {
+            *ends
+                .entry(crate::metrics::unwind_end_name(s.unwind as u32 & 0xff))
+                .or_default() += s.count;
+        }
+    }
+    let mut out: Vec<String> = per
+        .iter()
+        .map(|(b, (t, r))| {
+            format!(
+                "unwind {b}: {:.1}% of {t} stacks reach a process root",
+                *r as f64 * 100.0 / (*t).max(1) as f64
+            )
+        })
+        .collect();
+    if !ends.is_empty() {
+        out.push(format!(
+            "DWARF walks ended: {}",
+            ends.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    out
 }
 
 /// Renders symbolized samples in the requested format.

@@ -99,6 +99,49 @@ async fn gxx_o2_without_frame_pointers_reaches_main_with_the_right_split() {
         .points
         .iter()
         .any(|p| p.labels.iter().any(|(_, v)| v == "root")));
+    let root = fams
+        .iter()
+        .find(|f| f.name == "nodescope_profiler_root_reached_ratio")
+        .expect("root_reached_ratio");
+    let split = root
+        .points
+        .iter()
+        .find(|p| p.labels.iter().any(|(_, v)| v == "split"))
+        .expect("binary=split");
+    assert!(matches!(split.value, nodescope_model::Value::Number(v) if v >= 0.99));
+    // And in the status page.
+    let st = h.status.snapshot();
+    let s = st.iter().find(|s| s.name == "profiler").unwrap();
+    let q = s.details.get("unwind_quality").expect("unwind_quality detail");
+    assert!(q.contains("split: 100.0% reach root") || q.contains("split: 99."), "{q}");
+    assert!(s.details.get("unwind_tables").is_some_and(|t| t.contains("rows")));
+
+    // The pprof carries the quality as comments, and go tool pprof reads it.
+    if let Some(go) = require_tool(T, "go", GO_PATHS) {
+        let resp = get(format!(
+            "http://{}/debug/pprof/profile?pid={}&seconds=1&hz=99",
+            h.addr,
+            w.pid()
+        ))
+        .await;
+        assert_eq!(resp.status(), 200);
+        let body = resp.bytes().await.unwrap();
+        let p = nodescope_pprof::decode_gzip(&body, 64 << 20).unwrap();
+        let comments: Vec<&str> = p
+            .comment
+            .iter()
+            .map(|&i| p.string_table[i as usize].as_str())
+            .collect();
+        assert!(
+            comments.iter().any(|c| c.starts_with("unwind split: ") && c.contains("reach a process root")),
+            "{comments:?}"
+        );
+        assert!(comments.iter().any(|c| c.contains("DWARF CFI")), "{comments:?}");
+        let file = dir.path().join("split.pb.gz");
+        std::fs::write(&file, &body).unwrap();
+        let top = go_pprof(&go, &["-top"], &file);
+        assert!(top.contains("spin"), "{top}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
