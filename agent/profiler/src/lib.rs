@@ -15,6 +15,7 @@ pub mod http;
 pub mod kallsyms;
 pub mod metrics;
 pub mod output;
+pub mod perfmap;
 pub mod procmaps;
 pub mod request;
 pub mod sampler;

@@ -234,6 +234,19 @@ pub struct ProcSnapshot {
     pub workload: Arc<WorkloadInfo>,
     taken: Instant,
     last_used: Mutex<Instant>,
+    /// JIT symbols (`/tmp/perf-<pid>.map` in the process's mount namespace), read when a
+    /// frame falls outside every file mapping.
+    perf_map_path: PathBuf,
+    perf_map: Mutex<crate::perfmap::PerfMap>,
+}
+
+impl ProcSnapshot {
+    /// The perf-map name of `addr` (refreshing the map when it grew).
+    fn jit_name(&self, addr: u64) -> Option<Arc<str>> {
+        let mut m = self.perf_map.lock();
+        m.refresh(&self.perf_map_path);
+        m.lookup(addr)
+    }
 }
 
 impl ProcSnapshot {
@@ -447,6 +460,8 @@ impl Symbolizer {
             workload: Arc::new(workload),
             taken: Instant::now(),
             last_used: Mutex::new(Instant::now()),
+            perf_map_path: crate::perfmap::path_for(&self.host_proc, pid),
+            perf_map: Mutex::new(crate::perfmap::PerfMap::default()),
         });
         let mut procs = self.procs.lock();
         if procs.len() >= self.limits.max_processes && !procs.contains_key(&pid) {
@@ -954,7 +969,19 @@ fn user_frame(
     lookup: u64,
     names: &HashMap<(usize, u64), Option<Names>>,
 ) -> ResolvedFrame {
-    let Some(m) = snap.and_then(|s| s.find(lookup)) else {
+    let m = snap.and_then(|s| s.find(lookup));
+    // JIT code (anonymous executable memory, or none we saw): the perf map names it.
+    if m.is_none_or(|m| m.binary.is_none()) {
+        if let Some(name) = snap.and_then(|s| s.jit_name(lookup)) {
+            return ResolvedFrame {
+                address: addr,
+                mapping: m.map(|m| m.info.clone()),
+                names: vec![name].into(),
+                kernel: false,
+            };
+        }
+    }
+    let Some(m) = m else {
         return ResolvedFrame {
             address: addr,
             mapping: None,

@@ -112,9 +112,18 @@ async fn gxx_o2_without_frame_pointers_reaches_main_with_the_right_split() {
     // And in the status page.
     let st = h.status.snapshot();
     let s = st.iter().find(|s| s.name == "profiler").unwrap();
-    let q = s.details.get("unwind_quality").expect("unwind_quality detail");
-    assert!(q.contains("split: 100.0% reach root") || q.contains("split: 99."), "{q}");
-    assert!(s.details.get("unwind_tables").is_some_and(|t| t.contains("rows")));
+    let q = s
+        .details
+        .get("unwind_quality")
+        .expect("unwind_quality detail");
+    assert!(
+        q.contains("split: 100.0% reach root") || q.contains("split: 99."),
+        "{q}"
+    );
+    assert!(s
+        .details
+        .get("unwind_tables")
+        .is_some_and(|t| t.contains("rows")));
 
     // The pprof carries the quality as comments, and go tool pprof reads it.
     if let Some(go) = require_tool(T, "go", GO_PATHS) {
@@ -133,10 +142,15 @@ async fn gxx_o2_without_frame_pointers_reaches_main_with_the_right_split() {
             .map(|&i| p.string_table[i as usize].as_str())
             .collect();
         assert!(
-            comments.iter().any(|c| c.starts_with("unwind split: ") && c.contains("reach a process root")),
+            comments
+                .iter()
+                .any(|c| c.starts_with("unwind split: ") && c.contains("reach a process root")),
             "{comments:?}"
         );
-        assert!(comments.iter().any(|c| c.contains("DWARF CFI")), "{comments:?}");
+        assert!(
+            comments.iter().any(|c| c.contains("DWARF CFI")),
+            "{comments:?}"
+        );
         let file = dir.path().join("split.pb.gz");
         std::fs::write(&file, &body).unwrap();
         let top = go_pprof(&go, &["-top"], &file);
@@ -215,4 +229,50 @@ async fn debian_python3_reaches_a_process_root() {
         "{pct:.2} % reach a root\n{:?}",
         &lines[..lines.len().min(5)]
     );
+}
+
+/// Node with `--perf-basic-prof`: JIT frames get their names from /tmp/perf-<pid>.map
+/// (read through /proc/<pid>/root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_jit_frames_are_named_from_the_perf_map() {
+    const T: &str = "node_jit_frames_are_named_from_the_perf_map";
+    if !require_root(T) {
+        return;
+    }
+    let Some(node) = require_tool(T, "node", &["/usr/bin/node"]) else {
+        return;
+    };
+    let w = Workload(
+        Command::new(node)
+            .args([
+                "--perf-basic-prof",
+                "-e",
+                "function spinJs(n){let x=0;for(let i=0;i<n;i++){x=(x*31+i)|0}return x}\
+                 for(;;){spinJs(1e6)}",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let h = serve(on_demand_only()).await;
+    // Let V8 optimize spinJs (and write its perf-map line).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lines = folded(&h, w.pid(), 4, 199).await;
+    // Leaf user frames outside any file mapping: named from the perf map, or not.
+    let mut named = 0;
+    let mut unnamed = 0;
+    let mut total = 0;
+    for (n, f) in &lines {
+        total += n;
+        let Some(leaf) = user(f).last() else { continue };
+        if leaf.contains("spinJs") {
+            named += n;
+        } else if leaf.starts_with("[unknown] 0x") {
+            unnamed += n;
+        }
+    }
+    let pct = named as f64 * 100.0 / (named + unnamed).max(1) as f64;
+    eprintln!("node --perf-basic-prof: {named} JIT leaf samples named spinJs, {unnamed} unnamed, {total} samples ({pct:.1} % named)");
+    assert!(named + unnamed >= 100, "{lines:?}");
+    assert!(pct >= 90.0, "{pct:.1} % named");
 }
