@@ -276,3 +276,47 @@ async fn node_jit_frames_are_named_from_the_perf_map() {
     assert!(named + unnamed >= 100, "{lines:?}");
     assert!(pct >= 90.0, "{pct:.1} % named");
 }
+
+/// Bad input: a binary deleted while mapped is still unwound (its table is read through
+/// /proc/<pid>/map_files); a process that execs mid-profile is profiled on, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_binary_and_exec_mid_profile() {
+    const T: &str = "deleted_binary_and_exec_mid_profile";
+    if !require_root(T) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = build_split(T, dir.path()) else {
+        return;
+    };
+    let w = Workload::spawn(&bin);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::remove_file(&bin).unwrap();
+    let h = serve(on_demand_only()).await;
+    let lines = folded(&h, w.pid(), 2, 199).await;
+    let (main, total) = share(&lines, |f| user(f).any(|x| x == "main"));
+    eprintln!("deleted binary: {main}/{total} samples reach main");
+    assert!(total >= 50, "only {total} samples");
+    assert!(main * 100 >= total * 95, "{main}/{total}\n{lines:?}");
+    drop(w);
+
+    // A shell that spins, then execs python3: the old entry describes the shell.
+    let Some(bin) = build_split(T, dir.path()) else {
+        return;
+    };
+    let w = Workload(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "timeout 1 {} ; exec /usr/bin/python3 -c 'while True:\n    pass'",
+                bin.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = folded(&h, w.pid(), 3, 199).await;
+    let total: u64 = lines.iter().map(|(n, _)| n).sum();
+    eprintln!("exec mid-profile: {total} samples");
+    assert!(total >= 50, "only {total} samples\n{lines:?}");
+}
