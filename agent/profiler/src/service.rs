@@ -625,13 +625,17 @@ impl ProfilerService {
         tracker.update(&self.metrics, s.counters());
         // New processes get unwind tables for their next samples (bounded per drain).
         if let Some(u) = s.unwind() {
-            let mut seen = HashSet::new();
-            let pids: Vec<u32> = d
-                .samples
-                .iter()
-                .map(|x| x.key.pid)
-                .filter(|p| seen.insert(*p))
-                .collect();
+            // Each pid once per sample (up to twice): see `Registrar::offer`.
+            let mut seen: std::collections::HashMap<u32, u8> = std::collections::HashMap::new();
+            let mut pids: Vec<u32> = Vec::new();
+            for t in &d.timed {
+                let pid = d.samples[t.sample as usize].key.pid;
+                let c = seen.entry(pid).or_default();
+                if *c < 2 {
+                    *c += 1;
+                    pids.push(pid);
+                }
+            }
             u.offer(pids);
         }
         d

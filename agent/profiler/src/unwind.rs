@@ -276,6 +276,10 @@ where
     Ok(())
 }
 
+/// `.eh_frame` bytes per table row at least (an FDE with its instructions takes ~20-30
+/// bytes and yields ~2-4 rows): a section larger than cap × this is refused unparsed.
+const EH_FRAME_BYTES_PER_ROW: usize = 24;
+
 /// Builds the unwind table of an ELF image held in `data`.
 pub fn build_table<'a, D: object::ReadRef<'a>>(
     data: D,
@@ -305,6 +309,13 @@ pub fn build_table<'a, D: object::ReadRef<'a>>(
         .section_by_name(".eh_frame")
         .and_then(|s| s.data().ok())
         .filter(|d| !d.is_empty());
+    if let Some(d) = eh.filter(|d| d.len() > max_rows.saturating_mul(EH_FRAME_BYTES_PER_ROW)) {
+        // Far more CFI than the cap allows: refuse before parsing it.
+        return Err(TableError::TooLarge {
+            rows: d.len() / EH_FRAME_BYTES_PER_ROW,
+            max: max_rows,
+        });
+    }
     if let Some(d) = eh {
         let mut s = EhFrame::new(d, LittleEndian);
         s.set_address_size(8);
@@ -546,11 +557,16 @@ pub struct Registrar {
     maps: Arc<Mutex<UnwindMaps>>,
     tx: Option<std::sync::mpsc::SyncSender<u32>>,
     sent: std::collections::HashSet<u32>,
+    /// Pids offered once: a pid is queued the second time it is offered (seen in two
+    /// drains, or with two samples in one), so short-lived processes cost no tables.
+    seen_once: std::collections::HashSet<u32>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Pids waiting for registration at most.
 pub const REGISTER_QUEUE: usize = 1024;
+/// The registration worker sleeps this many times the time it worked (duty cycle 1/20).
+pub const WORKER_IDLE_FACTOR: u32 = 19;
 
 impl std::fmt::Debug for Registrar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -570,8 +586,12 @@ impl Registrar {
                 loop {
                     match rx.recv_timeout(std::time::Duration::from_secs(5)) {
                         Ok(pid) => {
+                            let t = Instant::now();
                             m.lock()
                                 .register_new([pid], std::time::Duration::from_secs(60));
+                            // CPU budget: sleep 19x the time spent, so that registering a
+                            // stream of new binaries costs at most ~5 % of one core.
+                            std::thread::sleep(t.elapsed() * WORKER_IDLE_FACTOR);
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             m.lock().register_new([], std::time::Duration::ZERO);
@@ -585,18 +605,25 @@ impl Registrar {
             maps,
             tx: Some(tx),
             sent: std::collections::HashSet::new(),
+            seen_once: std::collections::HashSet::new(),
             thread,
         }
     }
 
-    /// Queues pids not offered before (never blocks).
+    /// Queues pids offered before and not queued yet (never blocks).
     pub fn offer(&mut self, pids: impl IntoIterator<Item = u32>) {
         if self.sent.len() > 65_536 {
             self.sent.clear();
         }
+        if self.seen_once.len() > 65_536 {
+            self.seen_once.clear();
+        }
         let Some(tx) = &self.tx else { return };
         for pid in pids {
             if pid == 0 || self.sent.contains(&pid) {
+                continue;
+            }
+            if self.seen_once.insert(pid) {
                 continue;
             }
             if tx.try_send(pid).is_ok() {
