@@ -88,10 +88,13 @@ impl Table {
     /// `pc - bias` is the ELF virtual address for a mapping of this file at `start` from
     /// file offset `offset`.
     pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
+        // Several segments can share the mapping's first page (lld puts .text right after
+        // .rodata at a page-shifted address): the one starting last is the mapped one.
         let (o, v, _) = self
             .loads
             .iter()
-            .find(|(o, _, sz)| (o & !0xfff) <= offset && offset < o + sz.max(&1))?;
+            .filter(|(o, _, sz)| (o & !0xfff) <= offset && offset < o + sz.max(&1))
+            .max_by_key(|(o, _, _)| *o)?;
         let vaddr_at_start = (v + offset).checked_sub(*o)?;
         start.checked_sub(vaddr_at_start).or_else(|| {
             // Mapped below its link address (prelinked/non-PIE at a lower base): wraps.
@@ -1077,6 +1080,19 @@ mod tests {
             .count();
         assert!(rsp * 2 > t.rows.len(), "{rsp} rsp rows of {}", t.rows.len());
         assert_eq!(t.bytes(), t.rows.len() * 8);
+    }
+
+    #[test]
+    fn bias_picks_the_segment_that_starts_last_in_the_page() {
+        // lld layout: .rodata segment at offset 0, .text segment at 0x128e0 mapped at
+        // vaddr 0x138e0; the executable mapping starts at file offset 0x12000.
+        let t = Table {
+            loads: vec![(0, 0, 0x128e0), (0x128e0, 0x138e0, 0x1000)],
+            ..Default::default()
+        };
+        let start = 0x5555_5556_6000;
+        let bias = t.bias(start, 0x12000).unwrap();
+        assert_eq!(start + 0x8e0 - bias, 0x138e0);
     }
 
     #[test]
