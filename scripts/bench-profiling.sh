@@ -7,7 +7,7 @@
 #   ns19    nodescope continuous profiler at 19 Hz (examples/continuous_bench: the same
 #           ProfilingConfig::build + ProfilerService::spawn path the agent runs)
 #   ns99    the same at 99 Hz
-#   perf99  perf record -F 99 -a -g
+#   perf99  perf record -F 99 -a --call-graph dwarf (the anchor of issue 11)
 # and reports per mode the medians of: profiler process CPU (% of one core, utime+stime),
 # in-kernel BPF program time (% of one core, kernel.bpf_stats_enabled), worker throughput
 # relative to `none`, and for nodescope the RSS (VmHWM) and BPF map memory (memlock).
@@ -173,9 +173,13 @@ def cpu_secs(pid):
     # fields 14,15 (utime, stime) are rest[11], rest[12]
     return (int(rest[11]) + int(rest[12])) / tck
 
-def bpf_ns():
+def bpf_stats():
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
-    return sum(p.get("run_time_ns", 0) for p in json.loads(out or "[]") if p.get("name") == "nodescope_profile")
+    progs = [p for p in json.loads(out or "[]") if p.get("name") == "nodescope_profile"]
+    return sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs)
+
+def bpf_ns():
+    return bpf_stats()[0]
 
 def status_kb(pid, key):
     with open(f"/proc/{pid}/status") as f:
@@ -202,7 +206,9 @@ def start(mode):
         return None
     if mode.startswith("ns"):
         return subprocess.Popen([binp, "--hz", mode[2:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.Popen(["perf", "record", "-F", "99", "-a", "-g", "-o", f"{work}/perf.data", "-q"],
+    # The anchor: perf's own DWARF unwinding (copies 8 KiB of user stack per sample and
+    # unwinds when reporting), node-wide at the same rate.
+    return subprocess.Popen(["perf", "record", "-F", "99", "-a", "--call-graph", "dwarf", "-o", f"{work}/perf.data", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 def stop(p, mode):
@@ -215,16 +221,18 @@ def stop(p, mode):
         p.kill(); p.wait()
 
 modes = ["none", "ns19", "ns99", "perf99"]
-res = {m: {"cpu": [], "bpf": [], "thr": [], "rss_mb": [], "anon_mb": [], "maps_mb": []} for m in modes}
+res = {m: {"cpu": [], "bpf": [], "thr": [], "rss_mb": [], "anon_mb": [], "maps_mb": [], "ns_per_sample": [], "perf_mb": []} for m in modes}
 for r in range(rounds):
     order = modes[r % 4:] + modes[:r % 4]
     for m in order:
         p = start(m)
         time.sleep(warmup if m.startswith("ns") else (2 if m == "perf99" else 0))
-        c0, b0, t0 = counters(), bpf_ns(), time.monotonic()
+        c0, (b0, n0), t0 = counters(), bpf_stats(), time.monotonic()
         cpu0 = cpu_secs(p.pid) if p else 0.0
         time.sleep(measure)
-        c1, b1, t1 = counters(), bpf_ns(), time.monotonic()
+        c1, (b1, n1), t1 = counters(), bpf_stats(), time.monotonic()
+        if m.startswith("ns") and n1 > n0:
+            res[m]["ns_per_sample"].append((b1 - b0) / (n1 - n0))
         cpu1 = cpu_secs(p.pid) if p else 0.0
         dt = t1 - t0
         res[m]["thr"].append((c1 - c0) / dt)
@@ -235,6 +243,8 @@ for r in range(rounds):
             res[m]["anon_mb"].append(status_kb(p.pid, "RssAnon") / 1024)
             res[m]["maps_mb"].append(map_memlock(p.pid) / 2**20)
         stop(p, m)
+        if m == "perf99" and os.path.exists(f"{work}/perf.data"):
+            res[m]["perf_mb"].append(os.path.getsize(f"{work}/perf.data") / 2**20)
         print(f"round {r+1}/{rounds} {m:6s} cpu={res[m]['cpu'][-1]:.3f}% bpf={res[m]['bpf'][-1]:.3f}% thr={res[m]['thr'][-1]:.0f}/s", flush=True)
 for w in workers:
     w.kill(); w.wait()
@@ -252,6 +262,11 @@ for m in modes:
     maps = f"{med(res[m]['maps_mb']):.1f}" if res[m]["maps_mb"] else "-"
     anon = f"{med(res[m]['anon_mb']):.1f}" if res[m]["anon_mb"] else "-"
     print(f"| {m} | {c:.3f} | {b:.3f} | {c+b:.3f} | {thr:.4f} | {rss} | {anon} | {maps} |")
+for m in ("ns19", "ns99"):
+    if res[m]["ns_per_sample"]:
+        print(f"{m}: BPF time per sample (bpf_stats, median over rounds): {med(res[m]['ns_per_sample']):.0f} ns")
+if res["perf99"]["perf_mb"]:
+    print(f"perf99 (--call-graph dwarf): perf.data {med(res['perf99']['perf_mb']):.1f} MB per {measure:.0f}s round (median)")
 for m in ("ns19", "ns99"):
     if res[m]["rss_mb"]:
         print(f"{m}: max over rounds: peak RSS {max(res[m]['rss_mb']):.1f} MB, profiler CPU {max(res[m]['cpu']):.3f}%, BPF {max(res[m]['bpf']):.3f}%")

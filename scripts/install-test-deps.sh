@@ -8,7 +8,8 @@ DEBS=(
   prometheus-node-exporter   # the anchor for value and family comparisons
   golang-go                  # go tool pprof
   clang-19 llvm-19 libbpf-dev bpftool   # eBPF objects: rebuild + staleness check
-  linux-perf                 # profiler benchmark anchor (perf record)
+  linux-perf                 # profiler benchmark anchor (perf record --call-graph dwarf)
+  g++ python3                # DWARF unwinding tests: g++ -O2 -fomit-frame-pointer, Debian's /usr/bin/python3
   iproute2 iptables nftables # netns/veth ground-truth network tests
   bind9-dnsutils             # DNS probe tests: dig as the client (the test server logs what it receives)
   python3-pip python3-venv

@@ -4,16 +4,18 @@
  *
  * Attached by user space to one software cpu-clock perf event per CPU (frequency mode).
  * On each sample: filter by pid / cgroup FIRST (cheap map lookups, before any stack
- * walk), then collect the kernel and user stacks into a stack-trace map (frame-pointer
- * unwinding by the kernel's bpf_get_stackid), then add one to the count of
- * (pid, tid, cgroup, kernel stack, user stack) in a bounded hash map that user space
- * drains periodically. Every way a sample can be lost is counted per CPU.
+ * walk), then walk the kernel stack (bpf_get_stack) and the user stack (DWARF CFI tables
+ * from unwind_* maps when user space registered the process, one bpf_loop step per frame
+ * with a binary search for the mapping and one for the row, frame pointers where a
+ * mapping has no table or a row no usable rule; bpf_get_stack's frame-pointer walk for
+ * processes without tables) into a per-CPU scratch record and write the used part of it, with its boot-clock timestamp,
+ * to a bounded ring buffer that user space drains and aggregates. Every way a sample can
+ * be lost is counted per CPU.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "profile.h"
 
-#define EEXIST 17
 #define EFAULT 14
 
 char LICENSE[] SEC("license") = "GPL";
@@ -40,18 +42,17 @@ struct {
 } profile_filter_cgroups SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PROFILE_COUNTS_MAX_ENTRIES);
-	__type(key, struct profile_key);
-	__type(value, struct profile_value);
-} profile_counts SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROFILE_RINGBUF_BYTES);
+} profile_samples SEC(".maps");
 
+/* Scratch space for one sample (too large for the BPF stack). */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, PROFILE_STACKS_MAX_ENTRIES);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, PROFILE_MAX_STACK_DEPTH * sizeof(__u64));
-} profile_stacks SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct profile_sample);
+} profile_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -60,12 +61,248 @@ struct {
 	__type(value, __u64);
 } profile_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UNWIND_MAX_PROCS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct unwind_proc);
+} unwind_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, UNWIND_MAX_TABLES);
+	__type(key, __u32);
+	__type(value, struct unwind_table_info);
+} unwind_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, UNWIND_MAX_ROWS);
+	__uint(map_flags, BPF_F_MMAPABLE); /* user space writes tables with memcpy */
+	__type(key, __u32);
+	__type(value, struct unwind_row);
+} unwind_rows SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&profile_counters, &idx);
 
 	if (v)
 		*v += 1; /* per-CPU slot: no other writer */
+}
+
+/* State of one DWARF walk, on the program's stack, passed to each bpf_loop step. */
+struct walk {
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u32 pid;
+	__u32 klen;
+	__u32 n;
+	__u32 end;
+	__u32 signal; /* the frame was entered by a signal: its ip is exact (no -1) */
+	__u32 _pad;
+};
+
+/* Offsets in the x86-64 rt_sigframe as seen from rsp inside __restore_rt: the ucontext
+ * (uc_flags, uc_link, uc_stack = 40 bytes) then struct sigcontext. */
+#define SIGCTX 40
+#define SIGCTX_RBP (SIGCTX + 80)
+#define SIGCTX_RSP (SIGCTX + 120)
+#define SIGCTX_RIP (SIGCTX + 128)
+
+/*
+ * The two binary searches are global functions: the verifier checks each once with
+ * unknown arguments, instead of once per path through the caller (which explodes).
+ */
+
+/* Index of the mapping of p containing pc, or -1. */
+__attribute__((noinline)) int find_mapping(struct unwind_proc *p, __u64 pc)
+{
+	__u32 lo = 0, hi, mid;
+	int j;
+
+	if (!p)
+		return -1;
+	hi = p->n;
+	if (hi > UNWIND_MAX_MAPPINGS)
+		hi = UNWIND_MAX_MAPPINGS;
+	for (j = 0; j < 8; j++) {
+		if (lo >= hi)
+			break;
+		mid = (lo + hi) / 2;
+		if (p->maps[mid & (UNWIND_MAX_MAPPINGS - 1)].start <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return -1;
+	mid = (lo - 1) & (UNWIND_MAX_MAPPINGS - 1);
+	if (pc >= p->maps[mid].end)
+		return -1;
+	return mid;
+}
+
+/* Index in unwind_rows of the last row of [first, first + n) with pc <= rel, or -1. */
+__attribute__((noinline)) int find_row(__u32 first, __u32 n, __u64 rel)
+{
+	__u32 lo = first, hi = first + n, mid;
+	struct unwind_row *r;
+	int j;
+
+	for (j = 0; j < UNWIND_SEARCH_STEPS; j++) {
+		if (lo >= hi)
+			break;
+		mid = lo + (hi - lo) / 2;
+		r = bpf_map_lookup_elem(&unwind_rows, &mid);
+		if (!r)
+			return -1;
+		if (r->pc <= rel)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo <= first)
+		return -1;
+	return (int)(lo - 1);
+}
+
+static long walk_step(__u64 i, void *vctx)
+{
+	struct walk *w = vctx;
+	__u32 zero = 0;
+	struct profile_sample *s;
+	struct unwind_proc *p;
+	struct unwind_mapping *m;
+	struct unwind_table_info *t;
+	struct unwind_row row = {}, *r;
+	__u64 pc, cfa, ra = 0, v = 0, rel;
+	__u32 k;
+	int idx;
+
+	if (w->n >= PROFILE_MAX_USTACK) {
+		w->end = UNWIND_END_DEPTH;
+		return 1;
+	}
+	s = bpf_map_lookup_elem(&profile_scratch, &zero);
+	if (!s)
+		return 1;
+	k = w->klen + w->n;
+	if (k >= PROFILE_MAX_KSTACK + PROFILE_MAX_USTACK) {
+		w->end = UNWIND_END_DEPTH;
+		return 1;
+	}
+	s->ips[k] = w->ip;
+	w->n++;
+
+	p = bpf_map_lookup_elem(&unwind_procs, &w->pid);
+	if (!p) {
+		w->end = UNWIND_END_NO_PROC;
+		return 1;
+	}
+	/* A return address points after the call: look up the call itself. */
+	pc = w->ip;
+	if (w->n > 1 && !w->signal)
+		pc -= 1;
+	w->signal = 0;
+
+	idx = find_mapping(p, pc);
+	/* Keep the mask below: clang knows the range, the verifier does not. */
+	asm volatile("" : "+r"(idx));
+	if (idx < 0) {
+		w->end = UNWIND_END_NO_MAPPING;
+		return 1;
+	}
+	m = &p->maps[idx & (UNWIND_MAX_MAPPINGS - 1)];
+
+	if (m->kind == UNWIND_MAPPING_CFI) {
+		t = bpf_map_lookup_elem(&unwind_tables, &m->table);
+		rel = pc - m->bias;
+		if (t && t->nrows && rel < (1ULL << 32)) {
+			idx = find_row(t->first_row, t->nrows, rel);
+			asm volatile("" : "+r"(idx));
+			if (idx >= 0) {
+				k = idx;
+				r = bpf_map_lookup_elem(&unwind_rows, &k);
+				if (r)
+					row = *r;
+			}
+		}
+	}
+
+	switch (row.kind & 15) {
+	case UNWIND_CFA_END:
+		w->end = UNWIND_END_ROOT;
+		return 1;
+	case UNWIND_CFA_RSP:
+		cfa = w->sp + row.cfa_off;
+		break;
+	case UNWIND_CFA_RBP:
+		cfa = w->bp + row.cfa_off;
+		break;
+	case UNWIND_CFA_PLT:
+		cfa = w->sp + 8 + ((w->ip & 15) >= (__u64)row.cfa_off ? 8 : 0);
+		break;
+	case UNWIND_CFA_DEREF_RSP:
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->sp + row.cfa_off))) {
+			w->end = UNWIND_END_READ;
+			return 1;
+		}
+		cfa = v + row.rbp_off;
+		row.kind = UNWIND_CFA_DEREF_RSP; /* rbp unchanged */
+		break;
+	case UNWIND_CFA_SIGNAL:
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->sp + SIGCTX_RBP)) ||
+		    bpf_probe_read_user(&cfa, sizeof(cfa), (void *)(w->sp + SIGCTX_RSP)) ||
+		    bpf_probe_read_user(&ra, sizeof(ra), (void *)(w->sp + SIGCTX_RIP))) {
+			w->end = UNWIND_END_READ;
+			return 1;
+		}
+		w->bp = v;
+		w->sp = cfa;
+		w->ip = ra;
+		w->signal = 1;
+		return 0;
+	default:
+		/* No usable rule (frame-pointer mapping, no row, unsupported rule):
+		 * follow the frame pointer. */
+		if (w->bp == 0) {
+			w->end = UNWIND_END_ROOT;
+			return 1;
+		}
+		if (w->bp < w->sp) {
+			w->end = UNWIND_END_BAD_FRAME;
+			return 1;
+		}
+		cfa = w->bp + 16;
+		row.kind = UNWIND_RBP_CFA << 4;
+		row.rbp_off = -16;
+		break;
+	}
+	if (cfa <= w->sp) {
+		w->end = UNWIND_END_BAD_FRAME;
+		return 1;
+	}
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+		w->end = UNWIND_END_READ;
+		return 1;
+	}
+	if ((row.kind >> 4) == UNWIND_RBP_CFA) {
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(cfa + row.rbp_off))) {
+			w->end = UNWIND_END_READ;
+			return 1;
+		}
+		w->bp = v;
+	}
+	if (ra == 0) {
+		w->end = UNWIND_END_ROOT;
+		return 1;
+	}
+	w->ip = ra;
+	w->sp = cfa;
+	return 0;
 }
 
 SEC("perf_event")
@@ -76,10 +313,11 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	__u32 zero = 0;
 	struct profile_config *cfg;
-	struct profile_key key = {};
-	struct profile_value *val;
+	struct profile_sample *s;
+	struct task_struct *task;
 	__u64 cgid;
-	long err;
+	long n;
+	__u32 klen = 0, ulen = 0;
 
 	cfg = bpf_map_lookup_elem(&profile_config, &zero);
 	if (!cfg || cfg->filter_mode == PROFILE_FILTER_NONE)
@@ -102,48 +340,64 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 		}
 	}
 
-	key.pid = tgid;
-	key.tid = tid;
-	key.cgroup_id = cgid;
+	s = bpf_map_lookup_elem(&profile_scratch, &zero);
+	if (!s)
+		return 0;
+	s->time_ns = bpf_ktime_get_boot_ns();
+	s->cgroup_id = cgid;
+	s->pid = tgid;
+	s->tid = tid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->flags = 0;
+	s->_pad = 0;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
 	/* -EFAULT means "no such stack" (a sample taken in user mode has no kernel stack,
 	 * a kernel thread has no user stack): not an error. */
-	err = bpf_get_stackid(ctx, &profile_stacks, 0);
-	key.kernel_stack_id = (__s32)err;
-	if (err == -EEXIST)
-		count(PROFILE_CTR_KSTACK_COLLISION);
-	else if (err < 0 && err != -EFAULT)
+	n = bpf_get_stack(ctx, s->ips, PROFILE_MAX_KSTACK * sizeof(__u64), 0);
+	if (n > 0)
+		klen = (__u32)n / sizeof(__u64);
+	else if (n < 0 && n != -EFAULT)
 		count(PROFILE_CTR_KSTACK_ERROR);
+	if (klen > PROFILE_MAX_KSTACK)
+		klen = PROFILE_MAX_KSTACK;
 
-	err = bpf_get_stackid(ctx, &profile_stacks, BPF_F_USER_STACK);
-	key.user_stack_id = (__s32)err;
-	if (err == -EEXIST)
-		count(PROFILE_CTR_USTACK_COLLISION);
-	else if (err < 0 && err != -EFAULT)
-		count(PROFILE_CTR_USTACK_ERROR);
+	task = bpf_get_current_task_btf();
+	if (task->mm && bpf_map_lookup_elem(&unwind_procs, &tgid)) {
+		/* DWARF CFI walk from the task's user registers (saved at kernel entry, also
+		 * when the sample interrupted user mode). */
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		struct walk w = {};
 
-	val = bpf_map_lookup_elem(&profile_counts, &key);
-	if (val) {
-		__sync_fetch_and_add(&val->count, 1);
-		count(PROFILE_CTR_SAMPLES);
-		return 0;
+		w.ip = regs->ip;
+		w.sp = regs->sp;
+		w.bp = regs->bp;
+		w.pid = tgid;
+		w.klen = klen;
+		bpf_loop(PROFILE_MAX_USTACK, walk_step, &w, 0);
+		ulen = w.n;
+		if (w.end == UNWIND_END_NONE)
+			w.end = UNWIND_END_DEPTH;
+		s->flags = UNWIND_FLAG_DWARF | w.end;
+		count(PROFILE_CTR_DWARF);
+	} else {
+		n = bpf_get_stack(ctx, &s->ips[klen], PROFILE_MAX_USTACK * sizeof(__u64),
+				  BPF_F_USER_STACK);
+		if (n > 0)
+			ulen = (__u32)n / sizeof(__u64);
+		else if (n < 0 && n != -EFAULT)
+			count(PROFILE_CTR_USTACK_ERROR);
 	}
+	if (ulen > PROFILE_MAX_USTACK)
+		ulen = PROFILE_MAX_USTACK;
 
-	struct profile_value init = { .count = 1 };
-
-	bpf_get_current_comm(init.comm, sizeof(init.comm));
-	err = bpf_map_update_elem(&profile_counts, &key, &init, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/* Another CPU inserted the same key in between. */
-		val = bpf_map_lookup_elem(&profile_counts, &key);
-		if (val) {
-			__sync_fetch_and_add(&val->count, 1);
-			count(PROFILE_CTR_SAMPLES);
-			return 0;
-		}
-	}
-	if (err) {
-		count(PROFILE_CTR_LOST_MAP_FULL);
+	s->kernel_len = klen;
+	s->user_len = ulen;
+	n = PROFILE_SAMPLE_HDR_BYTES + (klen + ulen) * sizeof(__u64);
+	if (n > sizeof(*s))
+		n = sizeof(*s);
+	if (bpf_ringbuf_output(&profile_samples, s, n, 0)) {
+		count(PROFILE_CTR_LOST_RINGBUF);
 		return 0;
 	}
 	count(PROFILE_CTR_SAMPLES);

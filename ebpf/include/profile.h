@@ -11,13 +11,14 @@
 #include <linux/types.h>
 #endif
 
-/* PERF_MAX_STACK_DEPTH: the kernel's default cap of bpf_get_stackid frames. */
-#define PROFILE_MAX_STACK_DEPTH 127
+/* Kernel frames kept per sample (PERF_MAX_STACK_DEPTH, the kernel's default cap). */
+#define PROFILE_MAX_KSTACK 127
+/* User frames kept per sample. */
+#define PROFILE_MAX_USTACK 256
 #define PROFILE_COMM_LEN 16
 
-/* Map sizes. User space sizes its drain buffers from the same numbers. */
-#define PROFILE_COUNTS_MAX_ENTRIES 16384
-#define PROFILE_STACKS_MAX_ENTRIES 8192
+/* Map sizes. */
+#define PROFILE_RINGBUF_BYTES (4 << 20) /* sample records; full → PROFILE_CTR_LOST_RINGBUF */
 #define PROFILE_FILTER_MAX_ENTRIES 1024
 
 /* profile_config.filter_mode */
@@ -27,31 +28,102 @@
 #define PROFILE_FILTER_NONE 3    /* paused: count nothing (the state before user space configures) */
 
 /* Indices into the per-CPU profile_counters array. */
-#define PROFILE_CTR_SAMPLES 0          /* samples counted into profile_counts */
-#define PROFILE_CTR_LOST_MAP_FULL 1    /* samples dropped: profile_counts was full */
-#define PROFILE_CTR_KSTACK_COLLISION 2 /* bpf_get_stackid(kernel) == -EEXIST (hash bucket taken) */
-#define PROFILE_CTR_USTACK_COLLISION 3 /* bpf_get_stackid(user) == -EEXIST */
-#define PROFILE_CTR_KSTACK_ERROR 4     /* other kernel stack errors (not -EFAULT = no kernel stack) */
-#define PROFILE_CTR_USTACK_ERROR 5     /* other user stack errors (not -EFAULT = no user stack) */
-#define PROFILE_CTR_FILTERED 6         /* perf events dropped by the pid/cgroup filter */
-#define PROFILE_CTR_MAX 7
+#define PROFILE_CTR_SAMPLES 0       /* sample records written to the ring buffer */
+#define PROFILE_CTR_LOST_RINGBUF 1  /* samples lost: the ring buffer was full */
+#define PROFILE_CTR_KSTACK_ERROR 2  /* kernel stack walks that failed (not -EFAULT = no kernel stack) */
+#define PROFILE_CTR_USTACK_ERROR 3  /* user stack walks that failed (not -EFAULT = no user stack) */
+#define PROFILE_CTR_FILTERED 4      /* perf events dropped by the pid/cgroup filter */
+#define PROFILE_CTR_DWARF 5         /* user stacks walked with DWARF CFI tables */
+#define PROFILE_CTR_MAX 6
 
 struct profile_config {
 	__u32 filter_mode;
 	__u32 include_idle; /* count pid 0 (the idle task) when non-zero */
 };
 
-struct profile_key {
-	__u32 pid; /* tgid */
-	__u32 tid;
+/* One sample as written to the ring buffer: the header, then kernel_len kernel frames
+ * followed by user_len user frames (leaf first each). Only the used part of ips is sent. */
+struct profile_sample {
+	__u64 time_ns;   /* bpf_ktime_get_boot_ns() (CLOCK_BOOTTIME) */
 	__u64 cgroup_id; /* cgroup v2 id (inode of the cgroup directory) */
-	__s32 kernel_stack_id; /* < 0: no kernel stack (see counters) */
-	__s32 user_stack_id;   /* < 0: no user stack */
+	__u32 pid;       /* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u16 kernel_len;
+	__u16 user_len;
+	__u32 flags;     /* reserved (unwind outcome) */
+	char comm[PROFILE_COMM_LEN];
+	__u32 _pad;
+	__u64 ips[PROFILE_MAX_KSTACK + PROFILE_MAX_USTACK];
 };
 
-struct profile_value {
-	__u64 count;
-	char comm[PROFILE_COMM_LEN];
+#define PROFILE_SAMPLE_HDR_BYTES 56
+
+/*
+ * DWARF CFI unwinding (user space builds the tables from .eh_frame / .debug_frame).
+ *
+ * unwind_procs:  tgid -> the process's executable mappings, sorted by start; each points
+ *                at a table (UNWIND_MAPPING_CFI) or says "frame pointers" (UNWIND_MAPPING_FP).
+ *                A process without an entry is unwound with frame pointers (bpf_get_stack).
+ * unwind_tables: table id -> [first_row, first_row + nrows) in unwind_rows.
+ * unwind_rows:   8-byte rows sorted by pc (ELF virtual address) within a table.
+ */
+#define UNWIND_MAX_MAPPINGS 128
+#define UNWIND_MAX_PROCS 4096
+#define UNWIND_MAX_TABLES 1024
+#define UNWIND_MAX_ROWS (2 << 20)
+#define UNWIND_SEARCH_STEPS 22 /* >= log2(UNWIND_MAX_ROWS) + 1 */
+
+#define UNWIND_MAPPING_FP 0
+#define UNWIND_MAPPING_CFI 1
+
+/* unwind_row.kind, low 4 bits: how to find the CFA */
+#define UNWIND_CFA_INVALID 0   /* no rule we can follow: try frame pointers */
+#define UNWIND_CFA_RSP 1       /* cfa = rsp + cfa_off */
+#define UNWIND_CFA_RBP 2       /* cfa = rbp + cfa_off */
+#define UNWIND_CFA_PLT 3       /* cfa = rsp + 8 + ((ip & 15) >= cfa_off ? 8 : 0) */
+#define UNWIND_CFA_DEREF_RSP 4 /* cfa = *(rsp + cfa_off) + rbp_off (rbp unchanged) */
+#define UNWIND_CFA_SIGNAL 5    /* signal trampoline: registers from the ucontext at rsp */
+#define UNWIND_CFA_END 6       /* return address undefined: the outermost frame */
+/* unwind_row.kind, bits 4-5: where the caller's rbp is */
+#define UNWIND_RBP_SAME 0      /* unchanged */
+#define UNWIND_RBP_CFA 1       /* *(cfa + rbp_off) */
+
+/* End of a user stack walk (profile_sample.flags, low byte). */
+#define UNWIND_END_NONE 0       /* frame pointers (bpf_get_stack), no DWARF walk */
+#define UNWIND_END_ROOT 1       /* reached a frame whose return address is undefined / zero */
+#define UNWIND_END_NO_MAPPING 2 /* pc outside every known executable mapping */
+#define UNWIND_END_READ 3       /* reading the stack failed */
+#define UNWIND_END_DEPTH 4      /* PROFILE_MAX_USTACK frames: truncated */
+#define UNWIND_END_BAD_FRAME 5  /* no rule and no usable frame pointer */
+#define UNWIND_END_NO_PROC 6    /* the process entry vanished during the walk */
+/* profile_sample.flags bit 8: the user stack was walked with DWARF CFI. */
+#define UNWIND_FLAG_DWARF 0x100
+
+struct unwind_row {
+	__u32 pc;      /* ELF virtual address (table-relative) */
+	__s16 cfa_off;
+	__s8 rbp_off;
+	__u8 kind;
+};
+
+struct unwind_table_info {
+	__u32 first_row;
+	__u32 nrows;
+};
+
+struct unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 bias; /* pc - bias = ELF virtual address */
+	__u32 table;
+	__u32 kind; /* UNWIND_MAPPING_* */
+};
+
+struct unwind_proc {
+	__u32 n;
+	__u32 _pad;
+	struct unwind_mapping maps[UNWIND_MAX_MAPPINGS];
 };
 
 #endif /* NODESCOPE_PROFILE_H */

@@ -52,6 +52,7 @@ fn main() {
         let samples: Vec<RawSample> = (0..64)
             .map(|i| RawSample {
                 key: StackKey {
+                    unwind: 0,
                     pid,
                     tid: pid + i,
                     cgroup_id: 0,

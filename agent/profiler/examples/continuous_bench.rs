@@ -56,6 +56,8 @@ async fn main() {
         self_metrics: metrics.clone(),
         pods: None,
         host_proc: PathBuf::from("/proc"),
+        services: Default::default(),
+        emit_profiles: true,
     });
     let shutdown = CancellationToken::new();
     svc.spawn(shutdown.clone());

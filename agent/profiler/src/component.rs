@@ -2,6 +2,7 @@
 
 use nodescope_component::{BuildContext, BuildError, Component, Parts, Task, ValidateContext};
 use nodescope_model::config::Issues;
+use nodescope_model::feeds::{ProfilerControl, SampleSink};
 use nodescope_model::SignalKind;
 use tracing::info;
 
@@ -24,13 +25,17 @@ impl Component for ProfilingConfig {
         ProfilingConfig::validate(self, "profiling", issues);
     }
 
-    /// On-demand `/debug/pprof/*` for any pid, container or the whole node, and, when an
-    /// exporter takes profiles, continuous per-workload profiles. Never fails the agent:
+    /// On-demand `/debug/pprof/*` for any pid, container or the whole node, and
+    /// continuous profiling when an exporter takes profiles (per-workload profiles into
+    /// the pipeline) or a `dyn SampleSink` (the flight recorder, built before us) takes
+    /// timestamped samples. Provides `dyn ProfilerControl`. Never fails the agent:
     /// without eBPF it still profiles itself.
     fn build(&self, ctx: &BuildContext) -> Result<Parts, BuildError> {
         let mut cfg = self.clone();
-        if cfg.continuous && !ctx.wants(SignalKind::Profiles) {
-            info!("continuous profiling off: no exporter takes profiles (enable [exporters.pyroscope]); on-demand profiles still served");
+        let emit_profiles = ctx.wants(SignalKind::Profiles);
+        let sink = ctx.services.get::<dyn SampleSink>().is_some();
+        if cfg.continuous && !emit_profiles && !sink {
+            info!("continuous profiling off: neither an exporter takes profiles (enable [exporters.pyroscope]) nor the flight recorder takes samples; on-demand profiles still served");
             cfg.continuous = false;
         }
         let svc = ProfilingConfig::build(
@@ -41,9 +46,12 @@ impl Component for ProfilingConfig {
                 self_metrics: ctx.self_metrics.clone(),
                 pods: ctx.pods(),
                 host_proc: ctx.host.proc.clone(),
+                services: ctx.services.clone(),
+                emit_profiles,
             },
         );
         svc.wrap_up_on(ctx.shutdown.clone());
+        ctx.services.provide::<dyn ProfilerControl>(svc.control());
         let mut parts = Parts::default()
             .with_collector(svc.collector())
             .with_router(crate::router(svc.clone()));

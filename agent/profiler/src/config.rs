@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use nodescope_model::config::Issues;
 use nodescope_model::selfmetrics::SelfMetrics;
+use nodescope_model::services::Services;
 use nodescope_model::signal::Emitter;
 use nodescope_model::status::StatusRegistry;
 use nodescope_model::workload::PodLookup;
@@ -46,7 +47,8 @@ pub struct ProfilingConfig {
     pub max_stacks_per_profile: usize,
     /// Continuous profiles emitted per interval at most (one per workload); more are dropped and counted.
     pub max_workloads_per_interval: usize,
-    /// User-stack unwinding method (only `frame_pointers` today).
+    /// User-stack unwinding: `dwarf` (CFI tables in BPF maps, frame pointers where a
+    /// binary has none) or `frame_pointers`.
     pub unwind: UnwindMethod,
     /// How the agent profiles itself: `auto` (eBPF filtered to our pid, SIGPROF when
     /// eBPF is unavailable) or `sigprof` (always pprof-rs).
@@ -80,7 +82,7 @@ impl Default for ProfilingConfig {
             drain_interval_ms: 1000,
             max_stacks_per_profile: 50_000,
             max_workloads_per_interval: 256,
-            unwind: UnwindMethod::FramePointers,
+            unwind: UnwindMethod::Dwarf,
             self_profiler: SelfProfiler::Auto,
             max_binaries: 256,
             max_symbols_per_binary: 65_536,
@@ -109,6 +111,11 @@ pub struct ProfilerContext {
     pub pods: Option<Arc<dyn PodLookup>>,
     /// `/proc` (or `/host/proc` in a container with the host's /proc mounted).
     pub host_proc: PathBuf,
+    /// Late-bound services: the profiler looks up a `dyn SampleSink` (the flight
+    /// recorder) at run time and feeds it timestamped samples.
+    pub services: Services,
+    /// Emit continuous profiles into the pipeline (an exporter takes profiles).
+    pub emit_profiles: bool,
 }
 
 impl std::fmt::Debug for ProfilerContext {
@@ -116,6 +123,7 @@ impl std::fmt::Debug for ProfilerContext {
         f.debug_struct("ProfilerContext")
             .field("host_proc", &self.host_proc)
             .field("pods", &self.pods.is_some())
+            .field("emit_profiles", &self.emit_profiles)
             .finish()
     }
 }
@@ -297,7 +305,9 @@ mod tests {
             .any(|x| x.key == "profiling.debug_info_max_binary_mb" && x.reason.contains("65536")));
         let err = toml::from_str::<ProfilingConfig>("hzz = 3").unwrap_err();
         assert!(err.to_string().contains("hzz"));
-        let err = toml::from_str::<ProfilingConfig>("unwind = \"dwarf\"").unwrap_err();
-        assert!(err.to_string().contains("dwarf"));
+        let c: ProfilingConfig = toml::from_str("unwind = \"frame_pointers\"").unwrap();
+        assert_eq!(c.unwind, UnwindMethod::FramePointers);
+        let err = toml::from_str::<ProfilingConfig>("unwind = \"lbr\"").unwrap_err();
+        assert!(err.to_string().contains("lbr"));
     }
 }

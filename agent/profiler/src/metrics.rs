@@ -14,9 +14,15 @@ pub struct ProfilerMetrics {
     registry: SelfMetrics,
     pub samples: Counter,
     pub lost_samples: Counter,
-    pub stack_collisions: Counter,
     pub stack_errors: Counter,
-    pub missing_stacks: Counter,
+    pub bad_records: Counter,
+    pub sink_samples: Counter,
+    pub unwind_tables_loaded: Counter,
+    pub unwind_table_evictions: Counter,
+    pub unwind_procs_failed: Counter,
+    pub unwind_rows: Gauge,
+    pub unwind_processes: Gauge,
+
     pub filtered: Counter,
     pub aggregation_dropped: Counter,
     pub cache_hits: Counter,
@@ -31,9 +37,28 @@ pub struct ProfilerMetrics {
     quality: std::sync::Arc<Mutex<QualityState>>,
 }
 
+/// Per binary: samples, truncated, reached root, and their two gauges.
+type Quality = (u64, u64, u64, Gauge, Gauge);
+
 #[derive(Debug, Default)]
 struct QualityState {
-    per_binary: HashMap<String, (u64, u64, Gauge)>,
+    per_binary: HashMap<String, Quality>,
+    ends: HashMap<u32, Counter>,
+    fp_reasons: HashMap<&'static str, Counter>,
+}
+
+/// Names of the DWARF walk's end reasons (`UNWIND_END_*`).
+pub fn unwind_end_name(end: u32) -> &'static str {
+    use nodescope_ebpf::profile as o;
+    match end {
+        o::UNWIND_END_ROOT => "root",
+        o::UNWIND_END_NO_MAPPING => "no_mapping",
+        o::UNWIND_END_READ => "read_error",
+        o::UNWIND_END_DEPTH => "depth",
+        o::UNWIND_END_BAD_FRAME => "bad_frame",
+        o::UNWIND_END_NO_PROC => "no_process",
+        _ => "other",
+    }
 }
 
 impl ProfilerMetrics {
@@ -47,22 +72,47 @@ impl ProfilerMetrics {
             ),
             lost_samples: m.counter(
                 "nodescope_profiler_lost_samples_total",
-                "CPU samples lost because the in-kernel count map was full.",
-                &[],
-            ),
-            stack_collisions: m.counter(
-                "nodescope_profiler_stack_collisions_total",
-                "bpf_get_stackid calls that returned -EEXIST (stack-map hash collision); the sample is kept without that stack.",
+                "CPU samples lost because the BPF ring buffer of sample records was full.",
                 &[],
             ),
             stack_errors: m.counter(
                 "nodescope_profiler_stack_errors_total",
-                "Kernel stack walks that failed for another reason than a collision.",
+                "Kernel or user stack walks that failed (other than \"no such stack\").",
                 &[],
             ),
-            missing_stacks: m.counter(
-                "nodescope_profiler_missing_stacks_total",
-                "Samples whose stack id was no longer in the stack map when drained.",
+            bad_records: m.counter(
+                "nodescope_profiler_bad_records_total",
+                "Ring-buffer sample records that could not be decoded (dropped).",
+                &[],
+            ),
+            sink_samples: m.counter(
+                "nodescope_profiler_sink_samples_total",
+                "Timestamped samples offered to the flight recorder (SampleSink).",
+                &[],
+            ),
+            unwind_tables_loaded: m.counter(
+                "nodescope_profiler_unwind_tables_loaded_total",
+                "DWARF unwind tables loaded into a sampler's BPF row map.",
+                &[],
+            ),
+            unwind_table_evictions: m.counter(
+                "nodescope_profiler_unwind_table_evictions_total",
+                "Unwind tables evicted (least recently used) because the BPF row map or table map was full; their mappings fall back to frame pointers.",
+                &[],
+            ),
+            unwind_procs_failed: m.counter(
+                "nodescope_profiler_unwind_process_errors_total",
+                "Processes whose unwind entry could not be written (maps unreadable, process map full); they are unwound with frame pointers.",
+                &[],
+            ),
+            unwind_rows: m.gauge(
+                "nodescope_profiler_unwind_rows",
+                "Unwind-table rows (8 bytes each) loaded in the continuous sampler's BPF row map.",
+                &[],
+            ),
+            unwind_processes: m.gauge(
+                "nodescope_profiler_unwind_processes",
+                "Processes with an unwind entry in the continuous sampler.",
                 &[],
             ),
             filtered: m.counter(
@@ -126,7 +176,38 @@ impl ProfilerMetrics {
 
     /// Records `total` user stacks of `binary`, `truncated` of which look truncated, and
     /// updates `nodescope_profiler_truncated_stacks_ratio{binary}` (cumulative ratio).
-    pub fn observe_unwind(&self, binary: &str, total: u64, truncated: u64) {
+    /// Counts an executable mapping unwound with frame pointers, by reason.
+    pub fn observe_fp_mapping(&self, reason: &'static str) {
+        let mut q = self.quality.lock();
+        q.fp_reasons
+            .entry(reason)
+            .or_insert_with(|| {
+                self.registry.counter(
+                    "nodescope_profiler_unwind_fp_mappings_total",
+                    "Executable mappings unwound with frame pointers instead of DWARF tables, by reason (anonymous = JIT or anonymous code, go, no_cfi, corrupt, open, elf, too_high, too_large, table_map_full, no_segment, too_many_mappings).",
+                    &[("reason", reason)],
+                )
+            })
+            .inc();
+    }
+
+    /// Counts DWARF walks that ended with `end` (`UNWIND_END_*`).
+    pub fn observe_unwind_end(&self, end: u32, n: u64) {
+        let name = unwind_end_name(end);
+        let mut q = self.quality.lock();
+        q.ends
+            .entry(end.min(7))
+            .or_insert_with(|| {
+                self.registry.counter(
+                    "nodescope_profiler_unwind_ends_total",
+                    "Samples whose user stack was walked with DWARF CFI, by how the walk ended (root = a frame with an undefined return address).",
+                    &[("end", name)],
+                )
+            })
+            .add(n);
+    }
+
+    pub fn observe_unwind(&self, binary: &str, total: u64, truncated: u64, root: u64) {
         if total == 0 {
             return;
         }
@@ -147,12 +228,21 @@ impl ProfilerMetrics {
                     "Share of sampled user stacks per binary that look truncated (depth <= 2 without reaching a known entry point): a sign of missing frame pointers.",
                     &[("binary", key)],
                 );
-                q.per_binary.entry(key.to_string()).or_insert((0, 0, g))
+                let r = self.registry.gauge(
+                    "nodescope_profiler_root_reached_ratio",
+                    "Share of sampled user stacks per binary (of the leaf frame) that reach a process root (_start, clone, start_thread... or a frame with an undefined return address).",
+                    &[("binary", key)],
+                );
+                q.per_binary
+                    .entry(key.to_string())
+                    .or_insert((0, 0, 0, g, r))
             }
         };
         entry.0 = entry.0.saturating_add(total);
         entry.1 = entry.1.saturating_add(truncated);
-        entry.2.set(entry.1 as f64 / entry.0 as f64);
+        entry.2 = entry.2.saturating_add(root);
+        entry.3.set(entry.1 as f64 / entry.0 as f64);
+        entry.4.set(entry.2 as f64 / entry.0 as f64);
     }
 
     /// Current (total, truncated) for a binary label, for tests and status.
@@ -161,7 +251,26 @@ impl ProfilerMetrics {
             .lock()
             .per_binary
             .get(binary)
-            .map(|(t, tr, _)| (*t, *tr))
+            .map(|(t, tr, _, _, _)| (*t, *tr))
+    }
+
+    /// `binary=root%/truncated% (samples)` for the binaries with the most samples, for
+    /// the status page.
+    pub fn quality_summary(&self, max: usize) -> String {
+        let q = self.quality.lock();
+        let mut v: Vec<(&String, &Quality)> = q.per_binary.iter().collect();
+        v.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+        v.iter()
+            .take(max)
+            .map(|(b, (t, tr, r, _, _))| {
+                format!(
+                    "{b}: {:.1}% reach root, {:.1}% truncated ({t} samples)",
+                    *r as f64 * 100.0 / (*t).max(1) as f64,
+                    *tr as f64 * 100.0 / (*t).max(1) as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -175,9 +284,17 @@ mod tests {
         let m = SelfMetrics::new();
         let p = ProfilerMetrics::new(&m);
         for i in 0..(MAX_QUALITY_BINARIES + 10) {
-            p.observe_unwind(&format!("bin{i}"), 4, 1);
+            p.observe_unwind(&format!("bin{i}"), 4, 1, 2);
         }
-        p.observe_unwind("bin0", 4, 3);
+        p.observe_unwind("bin0", 4, 3, 4);
+        let sum = p.quality_summary(2);
+        assert!(
+            sum.starts_with(
+                "other: 50.0% reach root, 25.0% truncated (44 samples); \
+                 bin0: 75.0% reach root, 50.0% truncated (8 samples)"
+            ),
+            "{sum}"
+        );
         assert_eq!(p.unwind_counts("bin0"), Some((8, 4)));
         let (other_total, _) = p.unwind_counts("other").expect("other slot");
         assert_eq!(other_total, 11 * 4);

@@ -75,7 +75,7 @@ fn pprof_mapping(m: &MappingInfo) -> Mapping {
 }
 
 /// The model frames of a resolved frame (innermost inlined function first).
-fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
+pub(crate) fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
     let module: Arc<str> = f
         .mapping
         .as_ref()
@@ -266,6 +266,9 @@ mod tests {
                 workload: w.clone(),
                 frames: vec![hot.clone(), main.clone()],
                 count: 3,
+                unwind: 0,
+                reached_root: false,
+                leaf_binary: "burn".into(),
             },
             ResolvedSample {
                 pid: 7,
@@ -274,6 +277,9 @@ mod tests {
                 workload: w,
                 frames: vec![sys, main],
                 count: 1,
+                unwind: 0,
+                reached_root: false,
+                leaf_binary: "burn".into(),
             },
         ]
     }

@@ -1,6 +1,7 @@
 //! The eBPF CPU sampler: loads `profile.bpf.o`, attaches it to one software cpu-clock
 //! perf event per online CPU in frequency mode, configures the in-BPF pid/cgroup filter
-//! and drains the in-kernel aggregation.
+//! and drains the ring buffer of timestamped sample records, aggregating them per stack
+//! while keeping each sample's time and CPU (for the flight recorder).
 //!
 //! Each sampler instance owns its own maps and perf events, so the continuous profiler
 //! (19 Hz, everything) and an on-demand profile (e.g. 99 Hz, one pid) run side by side
@@ -9,27 +10,29 @@
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::perf_event::{PerfEventScope, PerfTypeId, SamplePolicy};
 use aya::programs::PerfEvent;
 use aya::Ebpf;
 use nodescope_ebpf::loader::{self, LoadError};
 use nodescope_ebpf::profile as obj;
 
+use std::time::{Duration, SystemTime};
+
 use crate::samples::{RawSample, StackKey};
 
 /// `PERF_COUNT_SW_CPU_CLOCK` from `linux/perf_event.h`.
 const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
 
-/// How user stacks are unwound. Only frame pointers exist today (the kernel's
-/// `bpf_get_stackid` walk). The seam for a DWARF / `.eh_frame` unwinder (unwind tables
-/// in BPF maps, as the OTel profiler and lightswitch do) is this enum plus
-/// [`StackSource`]: a new variant brings its own BPF program and `StackSource` impl; the
-/// symbolizer, pprof builder and HTTP layer consume [`RawSample`]s and do not change.
+/// How user stacks are unwound.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnwindMethod {
+    /// DWARF CFI tables (`.eh_frame`, `.debug_frame`) in BPF maps for every process the
+    /// sampler sees, frame pointers where a binary has no usable table (Go, JIT code).
     #[default]
+    Dwarf,
+    /// The kernel's frame-pointer walk (`bpf_get_stack`) only.
     FramePointers,
 }
 
@@ -80,20 +83,129 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SamplerError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SamplerCounters {
     pub samples: u64,
-    pub lost_map_full: u64,
-    pub kstack_collisions: u64,
-    pub ustack_collisions: u64,
+    pub lost_ringbuf: u64,
     pub kstack_errors: u64,
     pub ustack_errors: u64,
     pub filtered: u64,
+    pub dwarf: u64,
+}
+
+/// One sample with its time: `sample` indexes [`Drained::samples`] (pid, tid and stacks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedRaw {
+    pub time: SystemTime,
+    pub cpu: u32,
+    pub sample: u32,
 }
 
 /// One drain's worth of samples.
 #[derive(Debug, Default)]
 pub struct Drained {
+    /// Aggregated per distinct (pid, tid, cgroup, comm, stacks).
     pub samples: Vec<RawSample>,
-    /// Samples whose stack id was not in the stack map any more.
-    pub missing_stacks: u64,
+    /// Every sample, in ring-buffer order, pointing into `samples`.
+    pub timed: Vec<TimedRaw>,
+    /// Ring-buffer records that could not be decoded.
+    pub bad_records: u64,
+}
+
+/// Offset from CLOCK_BOOTTIME (the BPF timestamps) to the wall clock, now.
+fn boot_to_wall() -> (SystemTime, Duration) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let boot = if rc == 0 {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    };
+    (SystemTime::now(), boot)
+}
+
+/// Aggregates decoded records into a [`Drained`].
+#[derive(Default)]
+pub(crate) struct DrainBuilder {
+    out: Drained,
+    index: StdHashMap<StackKey, u32>,
+    comms: StdHashMap<[u8; obj::COMM_LEN], Arc<str>>,
+    stacks: StdHashMap<Vec<u64>, Arc<[u64]>>,
+    clock: Option<(SystemTime, Duration)>,
+}
+
+impl DrainBuilder {
+    fn intern(&mut self, v: Vec<u64>) -> Arc<[u64]> {
+        if let Some(a) = self.stacks.get(&v) {
+            return a.clone();
+        }
+        let a: Arc<[u64]> = Arc::from(v.clone());
+        if self.stacks.len() < 65_536 {
+            self.stacks.insert(v, a.clone());
+        }
+        a
+    }
+
+    pub(crate) fn add_bytes(&mut self, b: &[u8]) {
+        match obj::SampleRecord::parse(b) {
+            Ok(r) => self.add(r),
+            Err(e) => {
+                self.out.bad_records += 1;
+                tracing::debug!(error = %e, "undecodable profiler sample record");
+            }
+        }
+    }
+
+    pub(crate) fn add(&mut self, r: obj::SampleRecord) {
+        let h = r.header;
+        let comm = self
+            .comms
+            .entry(h.comm)
+            .or_insert_with(|| Arc::from(h.comm()))
+            .clone();
+        let key = StackKey {
+            pid: h.pid,
+            tid: h.tid,
+            cgroup_id: h.cgroup_id,
+            comm,
+            kernel: self.intern(r.kernel),
+            user: self.intern(r.user),
+            unwind: (h.flags & 0xffff) as u16,
+        };
+        let idx = match self.index.get(&key) {
+            Some(&i) => {
+                let c = &mut self.out.samples[i as usize].count;
+                *c = c.saturating_add(1);
+                i
+            }
+            None => {
+                let i = self.out.samples.len() as u32;
+                self.out.samples.push(RawSample {
+                    key: key.clone(),
+                    count: 1,
+                });
+                self.index.insert(key, i);
+                i
+            }
+        };
+        let (wall, boot) = *self.clock.get_or_insert_with(boot_to_wall);
+        let t = Duration::from_nanos(h.time_ns);
+        let time = if t <= boot {
+            wall.checked_sub(boot - t).unwrap_or(wall)
+        } else {
+            wall + (t - boot)
+        };
+        self.out.timed.push(TimedRaw {
+            time,
+            cpu: h.cpu,
+            sample: idx,
+        });
+    }
+
+    pub(crate) fn finish(self) -> Drained {
+        self.out
+    }
 }
 
 /// The filter maps stay open for the sampler's lifetime (room for live filter updates).
@@ -107,8 +219,8 @@ pub struct EbpfSampler {
     _config: Array<MapData, obj::ProfileConfig>,
     _filter_maps: Vec<FilterMap>,
     _ebpf: Ebpf,
-    counts: HashMap<MapData, obj::ProfileKey, obj::ProfileValue>,
-    stacks: StackTraceMap<MapData>,
+    ring: RingBuf<MapData>,
+    unwind: Option<crate::unwind::Registrar>,
     counters: PerCpuArray<MapData, u64>,
     hz: u32,
     cpus: usize,
@@ -197,8 +309,7 @@ impl EbpfSampler {
             )
             .map_err(map_err(obj::MAP_CONFIG))?;
 
-        let counts = take(&mut ebpf, obj::MAP_COUNTS)?;
-        let stacks = take(&mut ebpf, obj::MAP_STACKS)?;
+        let ring = take(&mut ebpf, obj::MAP_SAMPLES)?;
         let counters = take(&mut ebpf, obj::MAP_COUNTERS)?;
 
         let cpus = aya::util::online_cpus().map_err(|(path, source)| SamplerError::Cpus {
@@ -235,8 +346,8 @@ impl EbpfSampler {
             _ebpf: ebpf,
             _config: config,
             _filter_maps: filter_maps,
-            counts,
-            stacks,
+            ring,
+            unwind: None,
             counters,
             hz,
             cpus: cpus.len(),
@@ -246,80 +357,50 @@ impl EbpfSampler {
     pub fn hz(&self) -> u32 {
         self.hz
     }
-}
 
-fn frames_of(
-    stacks: &StackTraceMap<MapData>,
-    id: i32,
-    cache: &mut StdHashMap<u32, Option<Arc<[u64]>>>,
-) -> Option<Arc<[u64]>> {
-    if id < 0 {
-        return Some(Arc::from(Vec::new()));
+    /// Turns on DWARF CFI unwinding: from now on, [`EbpfSampler::register`]ed processes
+    /// are unwound with tables from `cache`.
+    pub fn enable_dwarf(
+        &mut self,
+        cache: Arc<crate::unwind::TableCache>,
+        proc_root: std::path::PathBuf,
+        metrics: Option<crate::metrics::ProfilerMetrics>,
+    ) -> Result<(), SamplerError> {
+        let procs = take(&mut self._ebpf, obj::MAP_UNWIND_PROCS)?;
+        let tables = take(&mut self._ebpf, obj::MAP_UNWIND_TABLES)?;
+        let rows = crate::unwind::RowMap::new(loader::take_map(
+            &mut self._ebpf,
+            obj::OBJECT_NAME,
+            obj::MAP_UNWIND_ROWS,
+        )?)
+        .map_err(|reason| SamplerError::Map {
+            map: obj::MAP_UNWIND_ROWS,
+            reason,
+        })?;
+        let mut u = crate::unwind::UnwindMaps::new(procs, tables, rows, cache, proc_root);
+        if let Some(m) = metrics {
+            u = u.with_metrics(m);
+        }
+        self.unwind = Some(crate::unwind::Registrar::start(u));
+        Ok(())
     }
-    let id = id as u32;
-    cache
-        .entry(id)
-        .or_insert_with(|| {
-            stacks.get(&id, 0).ok().map(|st| {
-                st.frames()
-                    .iter()
-                    .map(|f| f.ip)
-                    .take_while(|&ip| ip != 0)
-                    .collect::<Vec<u64>>()
-                    .into()
-            })
-        })
-        .clone()
+
+    /// The unwind maps, when DWARF unwinding is on.
+    pub fn unwind(&mut self) -> Option<&mut crate::unwind::Registrar> {
+        self.unwind.as_mut()
+    }
 }
 
 impl StackSource for EbpfSampler {
     fn drain(&mut self) -> Result<Drained, SamplerError> {
-        // Snapshot the keys first; entries added while we drain stay for the next drain.
-        let keys: Vec<obj::ProfileKey> = self.counts.keys().filter_map(Result::ok).collect();
-        let mut out = Drained::default();
-        let mut stack_cache: StdHashMap<u32, Option<Arc<[u64]>>> = StdHashMap::new();
-        let mut comm_cache: StdHashMap<[u8; obj::COMM_LEN], Arc<str>> = StdHashMap::new();
-        for k in keys {
-            let Ok(v) = self.counts.get(&k, 0) else {
-                continue;
-            };
-            // Remove before reading stacks: a concurrent increment between get and remove
-            // is lost (bounded by the number of keys; one sample each at most).
-            let _ = self.counts.remove(&k);
-            let kernel = frames_of(&self.stacks, k.kernel_stack_id, &mut stack_cache);
-            let user = frames_of(&self.stacks, k.user_stack_id, &mut stack_cache);
-            let (kernel, user) = match (kernel, user) {
-                (Some(kf), Some(uf)) => (kf, uf),
-                (kf, uf) => {
-                    out.missing_stacks += v.count;
-                    (
-                        kf.unwrap_or_else(|| Arc::from(Vec::new())),
-                        uf.unwrap_or_else(|| Arc::from(Vec::new())),
-                    )
-                }
-            };
-            let comm = comm_cache
-                .entry(v.comm)
-                .or_insert_with(|| Arc::from(v.comm()))
-                .clone();
-            out.samples.push(RawSample {
-                key: StackKey {
-                    pid: k.pid,
-                    tid: k.tid,
-                    cgroup_id: k.cgroup_id,
-                    comm,
-                    kernel,
-                    user,
-                },
-                count: v.count,
-            });
+        let mut b = DrainBuilder::default();
+        // Bounded: at most what the ring buffer held plus what arrives meanwhile.
+        let max = obj::RINGBUF_BYTES as usize / obj::SAMPLE_HDR_BYTES;
+        for _ in 0..max {
+            let Some(item) = self.ring.next() else { break };
+            b.add_bytes(&item);
         }
-        // Free the stack slots we consumed so the stack map does not fill up (a full map
-        // turns every new stack into a collision).
-        for id in stack_cache.keys() {
-            let _ = self.stacks.remove(id);
-        }
-        Ok(out)
+        Ok(b.finish())
     }
 
     fn counters(&self) -> SamplerCounters {
@@ -331,12 +412,11 @@ impl StackSource for EbpfSampler {
         };
         SamplerCounters {
             samples: get(obj::CTR_SAMPLES),
-            lost_map_full: get(obj::CTR_LOST_MAP_FULL),
-            kstack_collisions: get(obj::CTR_KSTACK_COLLISION),
-            ustack_collisions: get(obj::CTR_USTACK_COLLISION),
+            lost_ringbuf: get(obj::CTR_LOST_RINGBUF),
             kstack_errors: get(obj::CTR_KSTACK_ERROR),
             ustack_errors: get(obj::CTR_USTACK_ERROR),
             filtered: get(obj::CTR_FILTERED),
+            dwarf: get(obj::CTR_DWARF),
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct StackKey {
     pub kernel: Arc<[u64]>,
     /// User frames, leaf first.
     pub user: Arc<[u64]>,
+    /// How the user stack was walked and where it ended (`profile_sample.flags`:
+    /// `UNWIND_FLAG_DWARF` | `UNWIND_END_*`); 0 for frame pointers.
+    pub unwind: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +90,7 @@ mod tests {
     fn s(pid: u32, ips: &[u64], count: u64) -> RawSample {
         RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 tid: pid,
                 cgroup_id: 1,

@@ -58,6 +58,7 @@ pub fn run(
             .collect();
         out.push(RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 // pprof-rs records pthread ids, not kernel tids; keep the pid.
                 tid: pid,

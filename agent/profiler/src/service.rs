@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodescope_model::collector::{CollectError, Collector};
+use nodescope_model::feeds::SampleSink;
 use nodescope_model::metrics::{MetricFamily, MetricType};
+use nodescope_model::services::Services;
 use nodescope_model::signal::{Emitter, Signal};
 use nodescope_model::status::{ComponentKind, ComponentState, StatusHandle};
 use nodescope_model::workload::{PodLookup, WorkloadKind};
@@ -18,10 +20,11 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProfilerContext, ProfilingConfig, SelfProfiler};
+use crate::feed::RateControl;
 use crate::metrics::ProfilerMetrics;
 use crate::output::{self, Format, ProfileMeta};
 use crate::request::{ProfileRequest, RequestLimits, Target};
-use crate::sampler::{EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
+use crate::sampler::{Drained, EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
 use crate::samples::{Aggregator, RawSample};
 use crate::symbolize::{ResolvedSample, Symbolizer, SymbolizerLimits};
 
@@ -75,6 +78,12 @@ pub struct ProfilerService {
     /// Cancelled when the agent shuts down: on-demand profiles stop sampling and answer
     /// with what they have.
     wrap_up: std::sync::OnceLock<CancellationToken>,
+    services: Services,
+    /// DWARF unwind tables built so far, shared by every sampler.
+    tables: Arc<crate::unwind::TableCache>,
+    /// Emit continuous profiles into the pipeline (an exporter takes profiles).
+    emit_profiles: bool,
+    control: Arc<RateControl>,
 }
 
 impl std::fmt::Debug for ProfilerService {
@@ -113,13 +122,11 @@ impl CounterTracker {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         m.samples.add(d(now.samples, self.last.samples));
         m.lost_samples
-            .add(d(now.lost_map_full, self.last.lost_map_full));
-        m.stack_collisions.add(
-            d(now.kstack_collisions, self.last.kstack_collisions)
-                + d(now.ustack_collisions, self.last.ustack_collisions),
+            .add(d(now.lost_ringbuf, self.last.lost_ringbuf));
+        m.stack_errors.add(
+            d(now.kstack_errors, self.last.kstack_errors)
+                + d(now.ustack_errors, self.last.ustack_errors),
         );
-        m.stack_errors
-            .add(d(now.kstack_errors, self.last.kstack_errors));
         m.filtered.add(d(now.filtered, self.last.filtered));
         self.last = now;
     }
@@ -177,6 +184,11 @@ impl ProfilerService {
         if !cfg.enabled {
             status.set_state(ComponentState::Disabled, None);
         }
+        let control = Arc::new(RateControl::new(
+            cfg.hz,
+            cfg.max_hz,
+            cfg.enabled && cfg.continuous,
+        ));
         Arc::new(ProfilerService {
             cfg,
             emitter: ctx.emitter,
@@ -191,6 +203,12 @@ impl ProfilerService {
             continuous_up: AtomicBool::new(false),
             sigprof_busy: AtomicBool::new(false),
             wrap_up: std::sync::OnceLock::new(),
+            services: ctx.services,
+            tables: Arc::new(crate::unwind::TableCache::new(
+                nodescope_ebpf::profile::UNWIND_MAX_ROWS as usize,
+            )),
+            emit_profiles: ctx.emit_profiles,
+            control,
         })
     }
 
@@ -200,6 +218,11 @@ impl ProfilerService {
 
     pub fn metrics(&self) -> &ProfilerMetrics {
         &self.metrics
+    }
+
+    /// The continuous profiler's rate control (provided as `dyn ProfilerControl`).
+    pub fn control(&self) -> Arc<RateControl> {
+        self.control.clone()
     }
 
     pub fn limits(&self) -> RequestLimits {
@@ -216,6 +239,32 @@ impl ProfilerService {
         self.ebpf_error.lock().clone()
     }
 
+    /// Starts a sampler; with `unwind = "dwarf"` it gets unwind maps, and the pids of a
+    /// pid filter are registered at once (others as they show up in samples).
+    fn start_sampler(&self, hz: u32, filter: &Filter) -> Result<EbpfSampler, SamplerError> {
+        let mut s = EbpfSampler::start(hz, filter)?;
+        if self.cfg.unwind == crate::sampler::UnwindMethod::Dwarf {
+            match s.enable_dwarf(
+                self.tables.clone(),
+                self.host_proc.clone(),
+                Some(self.metrics.clone()),
+            ) {
+                Ok(()) => {
+                    if let (Filter::Pids(pids), Some(u)) = (filter, s.unwind()) {
+                        u.register_now(pids, Duration::from_secs(2));
+                        // Samples taken while the tables were built were walked with
+                        // frame pointers: the profile starts now.
+                        let _ = s.drain();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DWARF unwinding unavailable; frame pointers only")
+                }
+            }
+        }
+        Ok(s)
+    }
+
     fn note_ebpf(&self, r: &Result<EbpfSampler, SamplerError>) {
         match r {
             Ok(_) => {
@@ -225,6 +274,7 @@ impl ProfilerService {
             }
             Err(e) => {
                 let msg = e.to_string();
+                self.status.set_detail("ebpf", "down");
                 self.status.set_detail("ebpf_error", msg.clone());
                 // Self-profiling may still work (SIGPROF); node-wide profiles do not.
                 self.status.set_state(
@@ -260,7 +310,10 @@ impl ProfilerService {
                     let r = EbpfSampler::start(1, &Filter::Pids(Vec::new()));
                     svc.note_ebpf(&r);
                     match r {
-                        Ok(_) => svc.status.set_state(ComponentState::Ok, None),
+                        Ok(_) => {
+                            svc.status.set_detail("ebpf", "up");
+                            svc.status.set_state(ComponentState::Ok, None)
+                        }
                         Err(e) => tracing::warn!(
                             error = %e,
                             "eBPF profiling unavailable: node-wide profiles will answer 503; \
@@ -309,6 +362,29 @@ impl ProfilerService {
             symbolizer: self.symbolizer.clone(),
             status: self.status.clone(),
         })
+    }
+
+    fn unwind_description(&self) -> String {
+        match self.cfg.unwind {
+            crate::sampler::UnwindMethod::Dwarf => {
+                "DWARF CFI unwinding in BPF (frame pointers where a binary has no table)".into()
+            }
+            crate::sampler::UnwindMethod::FramePointers => "frame-pointer unwinding".into(),
+        }
+    }
+
+    /// Unwind quality per binary and the unwind tables held, into the status details.
+    fn publish_quality(&self) {
+        self.status
+            .set_detail("unwind_quality", self.metrics.quality_summary(8));
+        let (tables, rows, evictions) = self.tables.stats();
+        self.status.set_detail(
+            "unwind_tables",
+            format!(
+                "{tables} binaries, {rows} rows ({:.1} MiB at 8 bytes/row), {evictions} evicted",
+                rows as f64 * 8.0 / (1 << 20) as f64
+            ),
+        );
     }
 
     fn publish_running(&self) {
@@ -430,7 +506,7 @@ impl ProfilerService {
         let started = if sigprof_only {
             None
         } else {
-            let r = EbpfSampler::start(req.hz, &filter);
+            let r = self.start_sampler(req.hz, &filter);
             self.note_ebpf(&r);
             Some(r)
         };
@@ -445,8 +521,9 @@ impl ProfilerService {
                     raw,
                     "ebpf",
                     vec![format!(
-                        "nodescope eBPF sampler, cpu-clock at {} Hz, frame-pointer unwinding",
-                        req.hz
+                        "nodescope eBPF sampler, cpu-clock at {} Hz, {}",
+                        req.hz,
+                        self.unwind_description()
                     )],
                 )
             }
@@ -483,6 +560,8 @@ impl ProfilerService {
         let samples: u64 = raw.iter().map(|s| s.count).sum();
         let resolved = self.symbolizer.resolve(&raw);
         comments.push(format!("target {}", req.target.key()));
+        comments.extend(quality_comments(&resolved));
+        self.publish_quality();
         let meta = ProfileMeta {
             start: window.0,
             duration: window.1,
@@ -556,27 +635,71 @@ impl ProfilerService {
         Ok(agg.take())
     }
 
-    fn drain_into(&self, s: &mut EbpfSampler, agg: &mut Aggregator, tracker: &mut CounterTracker) {
-        match s.drain() {
+    /// Drains the sampler into `agg`; returns the drain (its timed samples point into
+    /// its `samples`, which were also added to `agg`).
+    fn drain_into(
+        &self,
+        s: &mut EbpfSampler,
+        agg: &mut Aggregator,
+        tracker: &mut CounterTracker,
+    ) -> Drained {
+        let d = match s.drain() {
             Ok(d) => {
-                self.metrics.missing_stacks.add(d.missing_stacks);
-                for smp in d.samples {
+                self.metrics.bad_records.add(d.bad_records);
+                for smp in &d.samples {
                     self.symbolizer.observe(smp.key.pid);
-                    agg.add(smp);
+                    agg.add(smp.clone());
+                }
+                d
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "draining the eBPF sampler");
+                Drained::default()
+            }
+        };
+        tracker.update(&self.metrics, s.counters());
+        // New processes get unwind tables for their next samples (bounded per drain).
+        if let Some(u) = s.unwind() {
+            // Each pid once per sample (up to twice): see `Registrar::offer`.
+            let mut seen: std::collections::HashMap<u32, u8> = std::collections::HashMap::new();
+            let mut pids: Vec<u32> = Vec::new();
+            for t in &d.timed {
+                let pid = d.samples[t.sample as usize].key.pid;
+                let c = seen.entry(pid).or_default();
+                if *c < 2 {
+                    *c += 1;
+                    pids.push(pid);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "draining the eBPF sampler"),
+            u.offer(pids);
         }
-        tracker.update(&self.metrics, s.counters());
+        d
+    }
+
+    /// Symbolizes a drain's samples and offers them to the flight recorder, if one is
+    /// provided (looked up now: late-bound). Never blocks: the sink bounds itself.
+    fn offer_to_sink(&self, hz: u32, d: &Drained) {
+        if d.timed.is_empty() {
+            return;
+        }
+        let Some(sink) = self.services.get::<dyn SampleSink>() else {
+            return;
+        };
+        let resolved = self.symbolizer.resolve(&d.samples);
+        let batch = crate::feed::build_batch(hz, &resolved, &d.timed);
+        self.metrics.sink_samples.add(batch.samples.len() as u64);
+        sink.offer(batch);
     }
 
     fn continuous_loop(self: &Arc<Self>, shutdown: &CancellationToken) {
-        let started = EbpfSampler::start(self.cfg.hz, &Filter::All);
+        let mut hz = self.control.desired(SystemTime::now());
+        let started = self.start_sampler(hz, &Filter::All);
         self.note_ebpf(&started);
         let mut sampler = match started {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "continuous profiling unavailable (eBPF); on-demand self-profiling still works");
+                self.control.set_down(e.to_string());
                 self.status.failure(
                     ComponentState::Unavailable,
                     format!("continuous profiling needs eBPF: {e}"),
@@ -587,13 +710,14 @@ impl ProfilerService {
             }
         };
         self.continuous_up.store(true, Ordering::Release);
+        self.control.set_running(hz);
         self.status.set_state(ComponentState::Ok, None);
         self.status.set_detail("ebpf", "up");
-        self.status
-            .set_detail("continuous_hz", self.cfg.hz.to_string());
+        self.status.set_detail("continuous_hz", hz.to_string());
         tracing::info!(
-            hz = self.cfg.hz,
+            hz,
             interval_secs = self.cfg.interval_secs,
+            emit_profiles = self.emit_profiles,
             "continuous profiling started"
         );
         let interval = Duration::from_secs(self.cfg.interval_secs);
@@ -606,8 +730,12 @@ impl ProfilerService {
         loop {
             // Shutdown is checked every 250 ms: fewer wake-ups on the always-on path.
             let stop = sleep_or_cancel_step(tick, Duration::from_millis(250), shutdown);
-            self.drain_into(&mut sampler, &mut agg, &mut tracker);
-            if stop || window_t0.elapsed() >= interval {
+            let d = self.drain_into(&mut sampler, &mut agg, &mut tracker);
+            self.offer_to_sink(hz, &d);
+            drop(d);
+            let want = self.control.desired(SystemTime::now());
+            let rate_change = want != hz && !stop;
+            if stop || rate_change || window_t0.elapsed() >= interval {
                 let t = Instant::now();
                 let raw = agg.take();
                 let dropped = agg.dropped_samples();
@@ -615,8 +743,13 @@ impl ProfilerService {
                     .aggregation_dropped
                     .add(dropped - dropped_before);
                 dropped_before = dropped;
-                let n = self.emit_window(&raw, window_start, window_t0.elapsed());
+                let n = if self.emit_profiles {
+                    self.emit_window(&raw, window_start, window_t0.elapsed(), hz)
+                } else {
+                    0
+                };
                 self.status.success(t.elapsed());
+                self.publish_quality();
                 tracing::debug!(
                     profiles = n,
                     stacks = raw.len(),
@@ -626,11 +759,31 @@ impl ProfilerService {
                 window_t0 = Instant::now();
                 self.symbolizer.expire();
             }
+            if rate_change {
+                // A boost began or ended: a new sampler at the new rate (the window was
+                // closed above, so no profile mixes two rates).
+                match self.start_sampler(want, &Filter::All) {
+                    Ok(s) => {
+                        let d = self.drain_into(&mut sampler, &mut agg, &mut tracker);
+                        self.offer_to_sink(hz, &d);
+                        sampler = s;
+                        tracker = CounterTracker::new();
+                        tracing::info!(from = hz, to = want, "continuous profiling rate changed");
+                        hz = want;
+                        self.control.set_running(hz);
+                        self.status.set_detail("continuous_hz", hz.to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, hz = want, "restarting the sampler at a new rate; keeping the old rate");
+                    }
+                }
+            }
             if stop {
                 break;
             }
         }
         self.continuous_up.store(false, Ordering::Release);
+        self.control.set_stopped();
         self.status.set_state(ComponentState::Stopped, None);
         tracing::info!("continuous profiling stopped");
     }
@@ -642,6 +795,7 @@ impl ProfilerService {
         raw: &[RawSample],
         start: SystemTime,
         duration: Duration,
+        hz: u32,
     ) -> usize {
         if raw.is_empty() {
             return 0;
@@ -665,8 +819,15 @@ impl ProfilerService {
             let meta = ProfileMeta {
                 start,
                 duration,
-                hz: self.cfg.hz,
-                comments: vec![format!("nodescope continuous profile of {label}")],
+                hz,
+                comments: {
+                    let mut c = vec![
+                        format!("nodescope continuous profile of {label}"),
+                        self.unwind_description(),
+                    ];
+                    c.extend(quality_comments(&samples));
+                    c
+                },
             };
             let p = output::build_pprof(&samples, &meta);
             let gz = match output::gzip_pprof(&p) {
@@ -696,7 +857,7 @@ impl ProfilerService {
             let profile = Profile {
                 start,
                 duration,
-                sample_rate_hz: self.cfg.hz,
+                sample_rate_hz: hz,
                 labels,
                 pprof_gz: gz,
             };
@@ -709,6 +870,47 @@ impl ProfilerService {
         }
         emitted
     }
+}
+
+/// Per-binary unwind quality of a set of samples, as pprof comments: the share reaching
+/// a process root and how DWARF walks ended.
+pub fn quality_comments(samples: &[ResolvedSample]) -> Vec<String> {
+    let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut ends: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for s in samples {
+        if s.pid == 0 || (s.frames.iter().all(|f| f.kernel)) {
+            continue;
+        }
+        let e = per.entry(&s.leaf_binary).or_default();
+        e.0 += s.count;
+        if s.reached_root {
+            e.1 += s.count;
+        }
+        if s.unwind as u32 & nodescope_ebpf::profile::UNWIND_FLAG_DWARF != 0 {
+            *ends
+                .entry(crate::metrics::unwind_end_name(s.unwind as u32 & 0xff))
+                .or_default() += s.count;
+        }
+    }
+    let mut out: Vec<String> = per
+        .iter()
+        .map(|(b, (t, r))| {
+            format!(
+                "unwind {b}: {:.1}% of {t} stacks reach a process root",
+                *r as f64 * 100.0 / (*t).max(1) as f64
+            )
+        })
+        .collect();
+    if !ends.is_empty() {
+        out.push(format!(
+            "DWARF walks ended: {}",
+            ends.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    out
 }
 
 /// Renders symbolized samples in the requested format.
@@ -823,7 +1025,7 @@ impl Collector for ProfilerCollector {
         Ok(vec![
             MetricFamily::single(
                 "nodescope_profiler_ebpf_up",
-                "1 when the continuous eBPF sampler is attached.",
+                "1 when eBPF sampling works: the continuous sampler is attached or, with continuous profiling off, the start-up check loaded it.",
                 MetricType::Gauge,
                 if up { 1.0 } else { 0.0 },
             ),

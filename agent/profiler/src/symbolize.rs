@@ -134,6 +134,15 @@ pub struct ResolvedSample {
     pub workload: Arc<WorkloadInfo>,
     pub frames: Vec<Arc<ResolvedFrame>>,
     pub count: u64,
+    /// The user stack's unwind flags (`StackKey::unwind`).
+    pub unwind: u16,
+    /// The user stack reaches a process root: its outermost frame is an entry point
+    /// (`_start`, `clone3`, `start_thread`...) or the DWARF walk ended at a frame whose
+    /// return address is undefined.
+    pub reached_root: bool,
+    /// Name of the binary of the leaf user frame (`[unknown]` if none), the key of the
+    /// unwind-quality numbers.
+    pub leaf_binary: Arc<str>,
 }
 
 /// What a process belongs to.
@@ -225,6 +234,19 @@ pub struct ProcSnapshot {
     pub workload: Arc<WorkloadInfo>,
     taken: Instant,
     last_used: Mutex<Instant>,
+    /// JIT symbols (`/tmp/perf-<pid>.map` in the process's mount namespace), read when a
+    /// frame falls outside every file mapping.
+    perf_map_path: PathBuf,
+    perf_map: Mutex<crate::perfmap::PerfMap>,
+}
+
+impl ProcSnapshot {
+    /// The perf-map name of `addr` (refreshing the map when it grew).
+    fn jit_name(&self, addr: u64) -> Option<Arc<str>> {
+        let mut m = self.perf_map.lock();
+        m.refresh(&self.perf_map_path);
+        m.lookup(addr)
+    }
 }
 
 impl ProcSnapshot {
@@ -440,6 +462,8 @@ impl Symbolizer {
             workload: Arc::new(workload),
             taken: Instant::now(),
             last_used: Mutex::new(Instant::now()),
+            perf_map_path: crate::perfmap::path_for(&self.host_proc, pid),
+            perf_map: Mutex::new(crate::perfmap::PerfMap::default()),
         });
         let mut procs = self.procs.lock();
         if procs.len() >= self.limits.max_processes && !procs.contains_key(&pid) {
@@ -739,7 +763,7 @@ impl Symbolizer {
             .collect();
         let names = self.user_names(samples, &snaps);
         let mut frame_intern: HashMap<(u32, u64, bool), Arc<ResolvedFrame>> = HashMap::new();
-        let mut quality: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut quality: HashMap<String, (u64, u64, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(samples.len());
         for (s, snap) in samples.iter().zip(snaps) {
             let k = &s.key;
@@ -760,6 +784,8 @@ impl Symbolizer {
                     .clone();
                 frames.push(f);
             }
+            let mut reached_root = false;
+            let mut leaf: Arc<str> = Arc::from("[unknown]");
             if !k.user.is_empty() {
                 let leaf_bin = frames
                     .get(k.kernel.len())
@@ -768,11 +794,21 @@ impl Symbolizer {
                     .unwrap_or_else(|| "[unknown]".to_string());
                 let outer = frames.last().map(|f| f.outer_name()).unwrap_or("");
                 let truncated = k.user.len() <= 2 && !ENTRY_POINTS.contains(&outer);
-                let e = quality.entry(leaf_bin).or_default();
+                reached_root = ENTRY_POINTS.contains(&outer)
+                    || (k.unwind as u32 & 0xff) == nodescope_ebpf::profile::UNWIND_END_ROOT;
+                let e = quality.entry(leaf_bin.clone()).or_default();
                 e.0 += s.count;
                 if truncated {
                     e.1 += s.count;
                 }
+                if reached_root {
+                    e.2 += s.count;
+                }
+                if k.unwind as u32 & nodescope_ebpf::profile::UNWIND_FLAG_DWARF != 0 {
+                    self.metrics
+                        .observe_unwind_end(k.unwind as u32 & 0xff, s.count);
+                }
+                leaf = Arc::from(leaf_bin.as_str());
             }
             let workload = snap
                 .as_ref()
@@ -785,10 +821,13 @@ impl Symbolizer {
                 workload,
                 frames,
                 count: s.count,
+                unwind: k.unwind,
+                reached_root,
+                leaf_binary: leaf,
             });
         }
-        for (bin, (total, trunc)) in quality {
-            self.metrics.observe_unwind(&bin, total, trunc);
+        for (bin, (total, trunc, root)) in quality {
+            self.metrics.observe_unwind(&bin, total, trunc, root);
         }
         out
     }
@@ -932,7 +971,19 @@ fn user_frame(
     lookup: u64,
     names: &HashMap<(usize, u64), Option<Names>>,
 ) -> ResolvedFrame {
-    let Some(m) = snap.and_then(|s| s.find(lookup)) else {
+    let m = snap.and_then(|s| s.find(lookup));
+    // JIT code (anonymous executable memory, or none we saw): the perf map names it.
+    if m.is_none_or(|m| m.binary.is_none()) {
+        if let Some(name) = snap.and_then(|s| s.jit_name(lookup)) {
+            return ResolvedFrame {
+                address: addr,
+                mapping: m.map(|m| m.info.clone()),
+                names: vec![name].into(),
+                kernel: false,
+            };
+        }
+    }
+    let Some(m) = m else {
         return ResolvedFrame {
             address: addr,
             mapping: None,
@@ -1002,6 +1053,7 @@ mod tests {
         let pid = std::process::id();
         RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 tid: pid,
                 cgroup_id: 0,
@@ -1087,6 +1139,7 @@ mod tests {
         std::fs::remove_file(&bin).unwrap();
         let r = s.resolve(&[RawSample {
             key: StackKey {
+                unwind: 0,
                 pid,
                 tid: pid,
                 cgroup_id: 0,
@@ -1170,6 +1223,7 @@ mod tests {
         for (s, m, plan, skipped) in runs {
             let r = s.resolve(&[RawSample {
                 key: StackKey {
+                    unwind: 0,
                     pid,
                     tid: pid,
                     cgroup_id: 0,

@@ -72,6 +72,16 @@ impl Drop for Harness {
 }
 
 pub async fn serve(cfg: ProfilingConfig) -> Harness {
+    serve_with(cfg, Default::default(), true).await
+}
+
+/// [`serve`] with a services registry (e.g. holding a `dyn SampleSink`) and whether
+/// continuous profiles go to the emitter.
+pub async fn serve_with(
+    cfg: ProfilingConfig,
+    services: nodescope_model::services::Services,
+    emit_profiles: bool,
+) -> Harness {
     let (emitter, rx): (Emitter, _) = Emitter::for_test(64);
     let metrics = SelfMetrics::new();
     let status = StatusRegistry::default();
@@ -81,6 +91,8 @@ pub async fn serve(cfg: ProfilingConfig) -> Harness {
         self_metrics: metrics.clone(),
         pods: None,
         host_proc: PathBuf::from("/proc"),
+        services,
+        emit_profiles,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
