@@ -17,6 +17,7 @@ use nodescope_k8s::KubernetesConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
 use nodescope_profiler::ProfilingConfig;
+use nodescope_recorder::RecorderConfig;
 use nodescope_ui::UiConfig;
 use serde::Deserialize;
 
@@ -32,6 +33,7 @@ pub struct Config {
     pub host: HostMetricsConfig,
     pub network: NetworkConfig,
     pub profiling: ProfilingConfig,
+    pub recorder: RecorderConfig,
     pub exporters: ExportersConfig,
     pub kubernetes: KubernetesConfig,
     pub http: HttpConfig,
@@ -340,6 +342,8 @@ impl Config {
             &self.kubernetes,
             &self.host,
             &self.network,
+            // Before the profiler: the recorder provides the sample sink it feeds.
+            &self.recorder,
             &self.profiling,
             &self.ui,
         ]
