@@ -103,6 +103,7 @@ struct Collected {
     network: NetworkDoc,
     events: Vec<Event>,
     per_cpu: BTreeMap<String, f64>,
+    covered: bool,
 }
 
 fn collect(rec: &Recorder, w: Window) -> Collected {
@@ -119,6 +120,7 @@ fn collect(rec: &Recorder, w: Window) -> Collected {
             .lock()
             .query(w.from_ms, w.to_ms, MAX_EVENTS, |_| true),
         per_cpu: per_cpu(rec, w),
+        covered: query::workloads_covered(rec, w),
     }
 }
 
@@ -162,6 +164,7 @@ pub fn write(
             network: &inc.network,
             timelines: &inc.timelines,
             events: &inc.events,
+            workloads_covered: inc.covered,
         },
         &WindowData {
             secs: plan.baseline.secs(),
@@ -169,6 +172,7 @@ pub fn write(
             network: &base.network,
             timelines: &base.timelines,
             events: &base.events,
+            workloads_covered: base.covered,
         },
     );
     let all = SampleFilter::default();

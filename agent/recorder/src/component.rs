@@ -57,6 +57,7 @@ impl Component for RecorderConfig {
         let task = async move {
             let rules = Rules::default();
             let host: Vec<String> = cfg.host_collectors.clone();
+            let slow_ms = (cfg.workload_interval.as_millis() as i64).max(1000);
             loop {
                 let now = unix_ms(SystemTime::now());
                 let next = (now / 1000 + 1) * 1000;
@@ -64,7 +65,7 @@ impl Component for RecorderConfig {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
                 }
-                let coarse = next % 10_000 == 0;
+                let coarse = next % slow_ms == 0;
                 let Some(src) = services.get::<dyn MetricsSource>() else {
                     continue;
                 };

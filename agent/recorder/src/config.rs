@@ -137,6 +137,9 @@ pub struct RecorderConfig {
     pub memory_cap: ByteSize,
     /// Collectors sampled every second (the rest of the host is not recorded).
     pub host_collectors: Vec<String>,
+    /// How often workloads (the `cgroup` collector) and peers (`network`) are recorded.
+    #[serde(with = "humantime_serde")]
+    pub workload_interval: Duration,
     /// How long host metrics are kept at 1 s.
     #[serde(with = "humantime_serde")]
     pub fine_retention: Duration,
@@ -186,6 +189,7 @@ impl Default for RecorderConfig {
             ]
             .map(String::from)
             .to_vec(),
+            workload_interval: Duration::from_secs(10),
             fine_retention: Duration::from_secs(15 * 60),
             coarse_retention: Duration::from_secs(2 * 3600),
             sample_retention: Duration::from_secs(10 * 60),
@@ -217,6 +221,13 @@ impl RecorderConfig {
             "is empty: nothing would be recorded every second",
         );
         let secs = |d: Duration| d.as_secs_f64();
+        issues.check(
+            self.workload_interval >= Duration::from_secs(1)
+                && self.workload_interval <= Duration::from_secs(60)
+                && self.workload_interval.subsec_nanos() == 0,
+            format!("{p}.workload_interval"),
+            "must be whole seconds between 1s and 60s",
+        );
         issues.check(
             self.fine_retention >= Duration::from_secs(60)
                 && self.fine_retention <= self.coarse_retention,

@@ -34,6 +34,8 @@ pub struct WindowData<'a> {
     pub network: &'a NetworkDoc,
     pub timelines: &'a BTreeMap<String, Timeline>,
     pub events: &'a [Event],
+    /// The workload ring holds data for this window (else gauges are not compared).
+    pub workloads_covered: bool,
 }
 
 struct Rule {
@@ -171,6 +173,9 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
             weight: 0.5,
             min_change: 64.0 * 1048576.0,
         };
+        if !base.workloads_covered {
+            continue;
+        }
         if let Some(s) = score(a.memory_max_bytes, b.memory_max_bytes, &r) {
             push(
                 s,
@@ -540,6 +545,7 @@ mod tests {
             network: &net,
             timelines: &tl,
             events: evs,
+            workloads_covered: true,
         };
         let f = compute(&w(&inc_w, &[]), &w(&base_w, &[]));
         assert_eq!(f[0].subject["workload"], "/hog");

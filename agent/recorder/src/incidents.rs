@@ -259,6 +259,9 @@ impl Incidents {
     pub fn trigger(self: &Arc<Self>, req: Request) -> Result<IncidentInfo, TriggerError> {
         let now = unix_ms(SystemTime::now());
         let cfg = &self.rec.cfg;
+        let mut req = req;
+        req.trigger.name = crate::redact::text(&req.trigger.name);
+        req.trigger.reason = req.trigger.reason.as_deref().map(crate::redact::text);
         if req.before < Duration::from_secs(1) || req.before > cfg.coarse_retention {
             return Err(TriggerError::BadRequest(format!(
                 "before: {} must be between 1s and the recorder's retention ({})",

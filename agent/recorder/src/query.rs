@@ -417,9 +417,24 @@ pub struct WorkloadAgg {
     pub throttled_seconds: f64,
 }
 
+/// Whether the workload ring holds a frame inside `w`.
+pub fn workloads_covered(rec: &Recorder, w: Window) -> bool {
+    rec.workload
+        .lock()
+        .stats()
+        .oldest_ms
+        .is_some_and(|o| o <= w.to_ms)
+        && !rec
+            .workload
+            .lock()
+            .scan(w.from_ms, w.to_ms, |_| false)
+            .is_empty()
+}
+
 pub fn workloads(rec: &Recorder, w: Window) -> BTreeMap<String, WorkloadAgg> {
+    let step = rec.cfg.workload_interval.as_millis() as i64;
     let ring = rec.workload.lock();
-    let vals = series_values(&ring, w, 10_000, |_| true);
+    let vals = series_values(&ring, w, step, |_| true);
     drop(ring);
     let mut out: BTreeMap<String, WorkloadAgg> = BTreeMap::new();
     let secs = w.secs();
@@ -584,13 +599,14 @@ fn row_key(k: &SeriesKey) -> RowKey {
 }
 
 pub fn network(rec: &Recorder, w: Window, limit: usize) -> NetworkDoc {
+    let step = rec.cfg.workload_interval.as_millis() as i64;
     let ring = rec.network.lock();
-    let vals = series_values(&ring, w, 10_000, |_| true);
+    let vals = series_values(&ring, w, step, |_| true);
     drop(ring);
-    network_from(vals, w, limit)
+    network_from(vals, w, limit, (step / 1000) as u32)
 }
 
-fn network_from(vals: SeriesValues, w: Window, limit: usize) -> NetworkDoc {
+fn network_from(vals: SeriesValues, w: Window, limit: usize, step_seconds: u32) -> NetworkDoc {
     // Frame times in the window.
     let mut times: BTreeSet<i64> = BTreeSet::new();
     for (_, v) in &vals {
@@ -768,7 +784,7 @@ fn network_from(vals: SeriesValues, w: Window, limit: usize) -> NetworkDoc {
     });
     out.truncate(limit);
     NetworkDoc {
-        step_seconds: 10,
+        step_seconds,
         timestamps: times.iter().map(|t| *t as f64 / 1000.0).collect(),
         connect_buckets: cb,
         rtt_buckets: rb,

@@ -42,8 +42,9 @@ fn values(rec: &Recorder, m: RuleMetric, now_ms: i64) -> Vec<(String, f64)> {
             .next()
             .copied()
     };
+    let slow = rec.cfg.workload_interval.as_millis() as i64;
     let w10 = Window {
-        from_ms: now_ms - 10_000,
+        from_ms: now_ms - slow,
         to_ms: now_ms,
     };
     match m {
@@ -72,7 +73,7 @@ fn values(rec: &Recorder, m: RuleMetric, now_ms: i64) -> Vec<(String, f64)> {
             let mut by: HashMap<String, f64> = HashMap::new();
             for r in &doc.rows {
                 let v = if m == RuleMetric::RetransmitRate {
-                    r.total_retransmits() as f64 / 10.0
+                    r.total_retransmits() as f64 / (slow as f64 / 1000.0)
                 } else {
                     r.p99(&doc.connect_buckets, false).unwrap_or(0.0)
                 };
