@@ -390,10 +390,25 @@ pub fn series_values(
         .map(|(id, k)| (id, k.clone()))
         .collect();
     let frames: Vec<Frame> = ring.scan(w.from_ms - step_ms, w.to_ms, |id| ids.contains_key(&id));
+    let times: Vec<i64> = frames.iter().map(|f| f.0).collect();
     let mut by: HashMap<u32, Vec<(i64, f64)>> = HashMap::new();
     for (t, entries) in frames {
         for (id, v) in entries {
             by.entry(id).or_default().push((t, v));
+        }
+    }
+    // A series that first appears after an earlier frame of the scan was born in
+    // between (a first connect to a peer, a new cgroup): it was 0 at that frame, so its
+    // first value counts as an increase. (A series present in the first scanned frame
+    // may predate the recording and is not given a zero.)
+    let first = ring.first_frame().filter(|_| ring.counters_start_at_zero);
+    for v in by.values_mut() {
+        if let Some(i) = times.iter().position(|t| *t == v[0].0) {
+            if i > 0 {
+                v.insert(0, (times[i - 1], 0.0));
+            } else if first == Some(v[0].0) {
+                v.insert(0, (v[0].0 - step_ms, 0.0));
+            }
         }
     }
     let mut out: SeriesValues = by

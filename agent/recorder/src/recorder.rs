@@ -165,7 +165,11 @@ impl Recorder {
             host_fine: Mutex::new(SeriesRing::new(share(0), fine, 60, cfg.series_cap)),
             host_coarse: Mutex::new(SeriesRing::new(share(1), coarse, 60, cfg.series_cap)),
             workload: Mutex::new(SeriesRing::new(share(2), coarse, 30, cfg.series_cap)),
-            network: Mutex::new(SeriesRing::new(share(3), coarse, 30, cfg.series_cap)),
+            network: Mutex::new({
+                let mut r = SeriesRing::new(share(3), coarse, 30, cfg.series_cap);
+                r.counters_start_at_zero = true;
+                r
+            }),
             samples: Mutex::new(SampleRing::new(
                 share(4),
                 coarse,

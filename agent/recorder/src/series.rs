@@ -105,6 +105,10 @@ pub struct SeriesRing {
     chunk_bytes: usize,
     open: Option<Open>,
     stats: RingStats,
+    /// Counters of this ring's source start at 0 when the agent starts (eBPF maps): a
+    /// series in the very first frame was born since then.
+    pub counters_start_at_zero: bool,
+    first_frame_ms: Option<i64>,
 }
 
 impl SeriesRing {
@@ -123,7 +127,15 @@ impl SeriesRing {
             chunk_bytes: 0,
             open: None,
             stats: RingStats::default(),
+            counters_start_at_zero: false,
+            first_frame_ms: None,
         }
+    }
+
+    /// The first frame ever recorded, while it is still held.
+    pub fn first_frame(&self) -> Option<i64> {
+        self.first_frame_ms
+            .filter(|_| self.stats.evicted_chunks == 0)
     }
 
     /// Bytes held now (chunks, the open chunk, the dictionary).
@@ -272,6 +284,7 @@ impl SeriesRing {
             }
         }
         let start = self.open.as_ref().map(|o| o.start_ms).unwrap_or(ts_ms);
+        self.first_frame_ms.get_or_insert(ts_ms);
         let mut entries: Vec<(u32, i64)> = Vec::with_capacity(values.len());
         for (k, v) in values {
             let Some(q) = quantize(v) else { continue };
