@@ -23,7 +23,8 @@ use common::*;
 /// The faults must not run at the same time (a CPU hog slows everything else).
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const CLEAN: Duration = Duration::from_secs(6);
+/// Longer than the baseline window (before + after = 7 s), so it holds no fault.
+const CLEAN: Duration = Duration::from_secs(9);
 const FAULT: Duration = Duration::from_secs(6);
 
 fn runs() -> usize {
@@ -298,6 +299,28 @@ fn connect_storm_to_a_closed_port_is_the_top_finding() {
     );
 }
 
+/// A sink: reads what a client sends and answers 4 KiB per read.
+const SINK: &str = r#"
+import socket, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(128)
+def h(c):
+    try:
+        while True:
+            d = c.recv(16384)
+            if not d:
+                break
+            c.sendall(b"x" * 4096)
+    except Exception:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=h, args=(c,), daemon=True).start()
+"#;
+
 /// A network namespace with a veth pair to it and a TCP sink server inside.
 struct NetNs {
     name: String,
@@ -346,23 +369,9 @@ impl NetNs {
         ]);
         run(&["netns", "exec", &name, "ip", "link", "set", &peer_if, "up"]);
         run(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        // A sink: reads what a client sends and answers one byte per 16 KiB.
         let server = Command::new("ip")
             .args(["netns", "exec", &name, "python3", "-c"])
-            .arg(
-                "import socket,threading\n\
-s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7000));s.listen(128)\n\
-def h(c):\n\
-  try:\n\
-    while True:\n\
-      d=c.recv(16384)\n\
-      if not d: break\n\
-      c.sendall(b'x'*4096)\n\
-  except Exception: pass\n\
-  c.close()\n\
-while True:\n\
-  c,_=s.accept();threading.Thread(target=h,args=(c,),daemon=True).start()\n",
-            )
+            .arg(SINK)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
