@@ -95,6 +95,11 @@ pub struct Written {
     pub bytes: u64,
     pub top_finding: Option<String>,
     pub seconds: f64,
+    pub findings: usize,
+    /// The incident and baseline profiles (gzip'd pprof) and their sampling rate, for the
+    /// profile backends.
+    pub profiles: Vec<(&'static str, Window, Vec<u8>)>,
+    pub hz: u32,
 }
 
 struct Collected {
@@ -269,8 +274,8 @@ pub fn write(
         ("events.ndjson", events_nd.into_bytes()),
         ("network.json", network_json),
         ("metrics.om", metrics.into_bytes()),
-        ("cpu-incident.pb.gz", pb_inc),
-        ("cpu-baseline.pb.gz", pb_base),
+        ("cpu-incident.pb.gz", pb_inc.clone()),
+        ("cpu-baseline.pb.gz", pb_base.clone()),
         ("cpu-incident.folded", folded_inc.into_bytes()),
         ("cpu-baseline.folded", folded_base.into_bytes()),
     ];
@@ -334,6 +339,12 @@ pub fn write(
         bytes,
         top_finding: findings.first().map(|f| f.title.clone()),
         seconds: started.elapsed().as_secs_f64(),
+        findings: findings.len(),
+        profiles: vec![
+            ("incident", plan.window, pb_inc),
+            ("baseline", plan.baseline, pb_base),
+        ],
+        hz: agg_inc.hz.max(agg_base.hz),
     })
 }
 

@@ -42,6 +42,7 @@ impl Component for RecorderConfig {
         ctx.services.provide::<dyn EventSink>(rec.clone());
         ctx.services.provide::<dyn SampleSink>(rec.clone());
         let incidents = Incidents::new(rec.clone(), ctx.services.clone(), &ctx.self_metrics);
+        incidents.set_emitter(ctx.emitter.clone());
         let status = ctx.status.register("recorder", ComponentKind::Collector);
         status.set_detail("memory_cap_bytes", self.memory_cap.0.to_string());
         status.set_detail("spool_dir", self.spool_dir.display().to_string());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use nodescope_model::feeds::{BundleRenderer, ProfilerControl};
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
-use nodescope_model::{LogRecord, Services, Severity};
+use nodescope_model::{Emitter, LogRecord, Profile, Services, Severity, Signal};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -77,6 +77,9 @@ struct Metrics {
 
 pub struct Incidents {
     rec: Arc<Recorder>,
+    /// Where a finished bundle's summary (a log record) and profiles go: the configured
+    /// backends (Loki/OTLP, Pyroscope with an `incident` label).
+    emitter: Mutex<Option<Emitter>>,
     dir: PathBuf,
     services: Services,
     list: Mutex<Vec<IncidentInfo>>,
@@ -155,6 +158,7 @@ impl Incidents {
         let inc = Arc::new(Incidents {
             dir: rec.cfg.spool_dir.clone(),
             rec,
+            emitter: Mutex::new(None),
             services,
             list: Mutex::new(Vec::new()),
             cooldowns: Mutex::new(HashMap::new()),
@@ -162,6 +166,68 @@ impl Incidents {
         });
         inc.load_spool();
         inc
+    }
+
+    /// Sends each finished bundle's summary and profiles into the pipeline.
+    pub fn set_emitter(&self, e: Emitter) {
+        *self.emitter.lock() = Some(e);
+    }
+
+    /// The summary log record and the two profiles of a written bundle, to the backends.
+    fn publish(&self, plan: &Plan, w: &bundle::Written) {
+        let Some(em) = self.emitter.lock().clone() else {
+            return;
+        };
+        let mut attributes = vec![
+            ("incident_id".into(), plan.id.clone()),
+            (
+                "file".into(),
+                w.path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "window".into(),
+                format!(
+                    "{} → {}",
+                    bundle::fmt_time(plan.window.from_ms),
+                    bundle::fmt_time(plan.window.to_ms)
+                ),
+            ),
+            ("findings".into(), w.findings.to_string()),
+        ];
+        if let Some(r) = &plan.trigger.reason {
+            attributes.push(("reason".into(), r.clone()));
+        }
+        let record = LogRecord {
+            timestamp: SystemTime::now(),
+            severity: Severity::Warn,
+            kind: "incident_bundle".into(),
+            body: format!(
+                "incident {} on {} ({} {}): {}",
+                plan.id,
+                plan.node,
+                plan.trigger.kind,
+                plan.trigger.name,
+                w.top_finding.as_deref().unwrap_or("no finding")
+            ),
+            labels: vec![("trigger".into(), plan.trigger.kind.clone())],
+            attributes,
+        };
+        em.emit(Signal::Logs(Arc::new(vec![record])));
+        for (which, win, pb) in &w.profiles {
+            em.emit(Signal::Profile(Arc::new(Profile {
+                start: std::time::UNIX_EPOCH + Duration::from_millis(win.from_ms.max(0) as u64),
+                duration: Duration::from_millis((win.to_ms - win.from_ms).max(0) as u64),
+                sample_rate_hz: w.hz.max(1),
+                labels: vec![
+                    ("incident".into(), plan.id.clone()),
+                    ("window".into(), (*which).to_string()),
+                ],
+                pprof_gz: pb.clone(),
+            })));
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -391,6 +457,7 @@ impl Incidents {
             match r {
                 Ok(Ok(w)) => {
                     me.m.last_seconds.set(w.seconds);
+                    me.publish(&plan, &w);
                     info!(id = %plan.id, bytes = w.bytes, seconds = w.seconds, top = ?w.top_finding, "incident bundle written");
                     me.set(&plan.id, |i| {
                         i.state = "ready".into();

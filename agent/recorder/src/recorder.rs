@@ -405,11 +405,17 @@ impl EventSink for Recorder {
         self.timed(|| {
             let now = unix_ms(SystemTime::now());
             let mut ev = self.events.lock();
-            for r in records.iter() {
+            for r in records.iter().filter(|r| notable(r)) {
                 ev.push(r, now);
             }
         })
     }
+}
+
+/// Whether a pipeline record belongs in the events ring: kernel log lines of priority
+/// warning or worse, and every other event (network events, incidents).
+pub fn notable(r: &LogRecord) -> bool {
+    !r.kind.starts_with("kernel") || r.severity >= Severity::Warn
 }
 
 impl SampleSink for Recorder {
@@ -418,5 +424,26 @@ impl SampleSink for Recorder {
             let now = unix_ms(SystemTime::now());
             self.samples.lock().offer(&batch, now);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_lines_below_warning_stay_out_of_the_events_ring() {
+        let rec = |kind: &'static str, severity| LogRecord {
+            timestamp: SystemTime::now(),
+            severity,
+            kind: kind.into(),
+            body: String::new(),
+            labels: vec![],
+            attributes: vec![],
+        };
+        assert!(!notable(&rec("kernel_log", Severity::Info)));
+        assert!(notable(&rec("kernel_oom_kill", Severity::Error)));
+        assert!(notable(&rec("kernel_log", Severity::Warn)));
+        assert!(notable(&rec("tcp_connect_failed", Severity::Info)));
     }
 }
