@@ -351,6 +351,8 @@ async fn api_documents_follow_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_names_the_hog_redacts_secrets_and_its_files_pass_promtool_and_pprof() {
     let s = setup(|_| {});
+    let (emitter, mut rx) = nodescope_model::Emitter::for_test(16);
+    s.inc.set_emitter(emitter);
     let (st, _, b) = call(
         &s.app,
         "POST",
@@ -373,6 +375,27 @@ async fn a_bundle_names_the_hog_redacts_secrets_and_its_files_pass_promtool_and_
         "{info}"
     );
     assert!(!info.to_string().contains("hunter2"));
+    // The summary and both profiles went to the pipeline for the backends.
+    let mut got = Vec::new();
+    while let Ok(sig) = rx.try_recv() {
+        got.push(sig);
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    match &got[0] {
+        nodescope_model::Signal::Logs(l) => {
+            assert_eq!(l[0].kind, "incident_bundle");
+            assert!(l[0].body.contains("/hog"), "{}", l[0].body);
+            assert!(!format!("{l:?}").contains("hunter2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    for sig in &got[1..] {
+        let nodescope_model::Signal::Profile(p) = sig else {
+            panic!("{sig:?}")
+        };
+        assert!(p.labels.iter().any(|(k, v)| k == "incident" && v == &id));
+        assert_eq!(&p.pprof_gz[..2], &[0x1f, 0x8b]);
+    }
     let (_, _, f) = call(
         &s.app,
         "GET",
