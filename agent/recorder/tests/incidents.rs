@@ -726,3 +726,45 @@ fn memory_stays_under_the_cap_under_a_flood_of_events_peers_and_stacks() {
         rec.bytes()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_fires_after_its_hold_then_rests_for_its_cooldown() {
+    use nodescope_recorder::config::{RuleConfig, RuleMetric};
+    let rule = RuleConfig {
+        name: "hog".into(),
+        metric: RuleMetric::WorkloadCpu,
+        threshold: 0.5,
+        hold: Duration::from_secs(2),
+        cooldown: Duration::from_secs(3600),
+        workload: Some("hog".into()),
+        before: Some(Duration::from_secs(20)),
+        after: Some(Duration::ZERO),
+    };
+    let s = setup(|c| c.rules = vec![rule.clone()]);
+    let rules = nodescope_recorder::rules::Rules::default();
+    let now = s.now;
+    // The hog runs at 0.9 cores since 30 s ago: the first evaluation starts the hold.
+    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now - 3000, true);
+    assert!(s.inc.list().is_empty(), "held for less than `hold`");
+    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now, true);
+    let l = s.inc.list();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].trigger.kind, "rule");
+    assert_eq!(l[0].trigger.name, "hog");
+    assert!(
+        l[0].trigger.reason.as_deref().unwrap().contains("/hog"),
+        "{:?}",
+        l[0].trigger
+    );
+    // The baseline ends where the condition first held.
+    assert!(
+        l[0].baseline.to <= (now - 3000) as f64 / 1000.0 + 0.001,
+        "{:?}",
+        l[0]
+    );
+    // Still above the threshold: the cooldown keeps it from firing again.
+    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now, true);
+    rules.evaluate(&[rule], &s.rec, &s.inc, now + 5000, true);
+    assert_eq!(s.inc.list().len(), 1);
+    wait_ready(&s.app, &l[0].id).await;
+}
