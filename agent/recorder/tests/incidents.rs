@@ -744,9 +744,15 @@ async fn a_rule_fires_after_its_hold_then_rests_for_its_cooldown() {
     let rules = nodescope_recorder::rules::Rules::default();
     let now = s.now;
     // The hog runs at 0.9 cores since 30 s ago: the first evaluation starts the hold.
-    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now - 3000, true);
+    rules.evaluate(
+        std::slice::from_ref(&rule),
+        &s.rec,
+        &s.inc,
+        now - 3000,
+        true,
+    );
     assert!(s.inc.list().is_empty(), "held for less than `hold`");
-    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now, true);
+    rules.evaluate(std::slice::from_ref(&rule), &s.rec, &s.inc, now, true);
     let l = s.inc.list();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].trigger.kind, "rule");
@@ -763,7 +769,7 @@ async fn a_rule_fires_after_its_hold_then_rests_for_its_cooldown() {
         l[0]
     );
     // Still above the threshold: the cooldown keeps it from firing again.
-    rules.evaluate(&[rule.clone()], &s.rec, &s.inc, now, true);
+    rules.evaluate(std::slice::from_ref(&rule), &s.rec, &s.inc, now, true);
     rules.evaluate(&[rule], &s.rec, &s.inc, now + 5000, true);
     assert_eq!(s.inc.list().len(), 1);
     wait_ready(&s.app, &l[0].id).await;
