@@ -226,7 +226,7 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
                 .map(|v| v.iter().sum())
                 .unwrap_or(0);
             let rule = Rule {
-                floor: 0.05,
+                floor: 0.2,
                 weight: 2.0,
                 min_change: 3.0 / inc.secs,
             };
@@ -261,7 +261,7 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
             b.map(|b| b.total_retransmits()).unwrap_or(0),
         );
         let rule = Rule {
-            floor: 0.1,
+            floor: 0.5,
             weight: 1.5,
             min_change: 5.0 / inc.secs,
         };
@@ -285,8 +285,9 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
             );
         }
         let (irs, brs) = (r.total_resets(), b.map(|b| b.total_resets()).unwrap_or(0));
+        // Loopback chatter resets a few times a second on a busy node: below 2/s is noise.
         let rule = Rule {
-            floor: 0.05,
+            floor: 2.0,
             weight: 1.0,
             min_change: 3.0 / inc.secs,
         };
@@ -313,9 +314,10 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
                 ],
             );
         }
-        for (rtt, kind, floor, min) in [
-            (false, "connect_p99", 0.001, 0.005),
-            (true, "rtt_p99", 0.0005, 0.002),
+        for (rtt, kind, floor, min, least) in [
+            (false, "connect_p99", 0.001, 0.005, 3),
+            // RTT rises by milliseconds whenever the CPUs are busy: a floor of 5 ms.
+            (true, "rtt_p99", 0.005, 0.002, 10),
         ] {
             let (ib, bb) = if rtt {
                 (&inc.network.rtt_buckets, &base.network.rtt_buckets)
@@ -327,7 +329,7 @@ pub fn compute(inc: &WindowData<'_>, base: &WindowData<'_>) -> Vec<Finding> {
             } else {
                 r.total_connects()
             };
-            if n < 3 {
+            if n < least {
                 continue;
             }
             let Some(iv) = r.p99(ib, rtt) else { continue };
