@@ -438,8 +438,46 @@ type Fam = (
     BTreeMap<String, BTreeMap<i64, Vec<(String, Option<f64>, f64)>>>,
 );
 
-fn gather(ring: &SeriesRing, from_ms: i64, to_ms: i64, fams: &mut BTreeMap<String, Fam>) {
-    let frames = ring.scan(from_ms, to_ms, |_| true);
+/// The series of `ring` that change within `span`, plus every series of a histogram one of
+/// whose series changes (a histogram is written whole: all buckets, count and sum).
+fn with_whole_histograms(ring: &SeriesRing, span: (i64, i64)) -> std::collections::HashSet<u32> {
+    let mut vary = ring.varying(span.0, span.1);
+    let hist_key = |k: &crate::series::SeriesKey| -> Option<(String, Vec<(String, String)>)> {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| k.name.strip_suffix(s))?;
+        (ring.kind(base) == Some(MetricType::Histogram)).then(|| {
+            (
+                base.to_string(),
+                k.labels
+                    .iter()
+                    .filter(|(l, _)| l.as_ref() != "le")
+                    .map(|(l, v)| (l.to_string(), v.to_string()))
+                    .collect(),
+            )
+        })
+    };
+    let changed: std::collections::HashSet<(String, Vec<(String, String)>)> = ring
+        .series()
+        .filter(|(id, _)| vary.contains(id))
+        .filter_map(|(_, k)| hist_key(k))
+        .collect();
+    for (id, k) in ring.series() {
+        if hist_key(k).is_some_and(|h| changed.contains(&h)) {
+            vary.insert(id);
+        }
+    }
+    vary
+}
+
+fn gather(
+    ring: &SeriesRing,
+    from_ms: i64,
+    to_ms: i64,
+    fams: &mut BTreeMap<String, Fam>,
+    only: Option<&std::collections::HashSet<u32>>,
+) {
+    let frames = ring.scan(from_ms, to_ms, |id| only.is_none_or(|o| o.contains(&id)));
     let mut keys: BTreeMap<u32, (String, String, String, Option<f64>, MetricType)> =
         BTreeMap::new();
     for (id, k) in ring.series() {
@@ -506,6 +544,11 @@ fn fmt_v(v: f64) -> String {
 /// `promtool tsdb create-blocks-from openmetrics`).
 pub fn metrics_om(rec: &Recorder, plan: &Plan) -> String {
     let mut fams: BTreeMap<String, Fam> = BTreeMap::new();
+    // Workload and peer series that never change in either window (every peer ever seen
+    // keeps its counters) are left out: they carry nothing and would dominate the file.
+    let span = (plan.baseline.from_ms, plan.window.to_ms);
+    let wl_vary = with_whole_histograms(&rec.workload.lock(), span);
+    let net_vary = with_whole_histograms(&rec.network.lock(), span);
     for w in [plan.baseline, plan.window] {
         let to = if w == plan.baseline {
             w.to_ms - 1
@@ -518,14 +561,26 @@ pub fn metrics_om(rec: &Recorder, plan: &Plan) -> String {
             .oldest_ms
             .is_some_and(|o| o <= w.from_ms + 1000);
         if covered {
-            gather(&fine, w.from_ms, to, &mut fams);
+            gather(&fine, w.from_ms, to, &mut fams, None);
         }
         drop(fine);
         if !covered {
-            gather(&rec.host_coarse.lock(), w.from_ms, to, &mut fams);
+            gather(&rec.host_coarse.lock(), w.from_ms, to, &mut fams, None);
         }
-        gather(&rec.workload.lock(), w.from_ms, to, &mut fams);
-        gather(&rec.network.lock(), w.from_ms, to, &mut fams);
+        gather(
+            &rec.workload.lock(),
+            w.from_ms,
+            to,
+            &mut fams,
+            Some(&wl_vary),
+        );
+        gather(
+            &rec.network.lock(),
+            w.from_ms,
+            to,
+            &mut fams,
+            Some(&net_vary),
+        );
     }
     let mut out = String::new();
     for (name, (kind, series)) in fams {
