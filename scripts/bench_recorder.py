@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--bundle-age", type=float, default=1860.0)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true", help="only the memory and bundle parts")
     a = ap.parse_args()
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "nodescope"], cwd=ROOT, check=True)
@@ -106,7 +107,7 @@ def main():
     try:
         time.sleep(15)
         rec = lambda: json.loads(get(f"http://127.0.0.1:{on_port}/api/v1/recorder/status"))
-        for scenario in ["idle", "connect storm"]:
+        for scenario in [] if a.skip_cost else ["idle", "connect storm"]:
             stop = threading.Event()
             threads = []
             if scenario != "idle":
