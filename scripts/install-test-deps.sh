@@ -10,7 +10,7 @@ DEBS=(
   clang-19 llvm-19 libbpf-dev bpftool   # eBPF objects: rebuild + staleness check
   linux-perf                 # profiler benchmark anchor (perf record --call-graph dwarf)
   g++ python3                # DWARF unwinding tests: g++ -O2 -fomit-frame-pointer, Debian's /usr/bin/python3
-  iproute2 iptables nftables # netns/veth ground-truth network tests
+  iproute2 iptables nftables # netns/veth ground-truth network tests, recorder fault injection
   bind9-dnsutils             # DNS probe tests: dig as the client (the test server logs what it receives)
   python3-pip python3-venv
   systemd                    # systemd-analyze verify of deploy/systemd/nodescope.service

@@ -18,6 +18,7 @@ use nodescope_logs::LogsConfig;
 use nodescope_model::config::{ConfigIssue, Issues};
 use nodescope_netprobe::NetworkConfig;
 use nodescope_profiler::ProfilingConfig;
+use nodescope_recorder::RecorderConfig;
 use nodescope_ui::UiConfig;
 use serde::Deserialize;
 
@@ -34,6 +35,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub profiling: ProfilingConfig,
     pub logs: LogsConfig,
+    pub recorder: RecorderConfig,
     pub exporters: ExportersConfig,
     pub kubernetes: KubernetesConfig,
     pub http: HttpConfig,
@@ -341,6 +343,8 @@ impl Config {
             &self.kubernetes,
             &self.host,
             &self.network,
+            // Before the profiler: the recorder provides the sample sink it feeds.
+            &self.recorder,
             &self.profiling,
             &self.logs,
             &self.ui,

@@ -47,6 +47,9 @@ enum Command {
     /// Profile a process, a container or the whole node through the local agent's HTTP
     /// API and write the result (pprof, SVG flame graph or folded stacks) to a file.
     Profile(nodescope_profiler::ProfileArgs),
+    /// Record an incident on the local agent (the window before now, then `--after` at a
+    /// higher profiling rate), wait for its bundle and download it.
+    Incident(nodescope_recorder::IncidentArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Validate { file, offline } => validate(&file, offline),
         Command::Run { config } => run(config),
         Command::Profile(args) => profile(&args),
+        Command::Incident(args) => incident(&args),
     }
 }
 
@@ -97,6 +101,26 @@ fn profile(args: &nodescope_profiler::ProfileArgs) -> ExitCode {
     };
     match rt.block_on(nodescope_profiler::run_profile_cli(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn incident(args: &nodescope_recorder::IncidentArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(nodescope_recorder::run_incident_cli(args)) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
