@@ -298,7 +298,13 @@ fn pod_to_podman(
             _ => {}
         }
         let source: PathBuf = if let Some(p) = v["hostPath"]["path"].as_str() {
-            let p = PathBuf::from(p);
+            // The agent's own state on the node (WAL, log checkpoints): a directory of
+            // this run, so the test leaves nothing on the machine.
+            let p = if p == "/var/lib/nodescope" {
+                dir.path().join(format!("v{i}"))
+            } else {
+                PathBuf::from(p)
+            };
             match v["hostPath"]["type"].as_str() {
                 Some("DirectoryOrCreate") => std::fs::create_dir_all(&p).expect("hostPath dir"),
                 Some("Directory") => {
