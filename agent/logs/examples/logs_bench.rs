@@ -95,6 +95,7 @@ fn spec(dir: &Path, state: &Path) -> TailerSpec {
         rotated_close_after: Duration::from_secs(60),
         file_bytes_per_sec: 0,
         source_bytes_per_sec: 0,
+        node_bucket: None,
         checkpoint_dir: state.to_path_buf(),
     }
 }

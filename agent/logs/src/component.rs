@@ -48,6 +48,7 @@ impl LogsConfig {
             rotated_close_after: self.rotated_close_after,
             file_bytes_per_sec: self.rate_limit.file_bytes_per_sec,
             source_bytes_per_sec: self.rate_limit.source_bytes_per_sec,
+            node_bucket: None,
             checkpoint_dir: checkpoint_dir.to_path_buf(),
         }
     }
@@ -181,7 +182,9 @@ impl Component for LogsConfig {
         for f in &self.files {
             specs.push(self.files_spec(f, &ctx.host.root, node.clone())?);
         }
-        for spec in specs {
+        let node_bucket = crate::tailer::ByteBucket::new(self.rate_limit.node_bytes_per_sec);
+        for mut spec in specs {
+            spec.node_bucket = node_bucket.clone();
             let name = spec.name.clone();
             let metrics = SourceMetrics::register(&ctx.self_metrics, &name);
             let status = ctx

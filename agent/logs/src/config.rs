@@ -81,6 +81,9 @@ pub struct RateLimitConfig {
     pub file_bytes_per_sec: u64,
     /// Per source (the node's pod logs, each `[[logs.files]]`), bytes per second.
     pub source_bytes_per_sec: u64,
+    /// All file sources of the node together (pod logs and every `[[logs.files]]`),
+    /// bytes per second; 0 = unlimited. The kernel log is not counted.
+    pub node_bytes_per_sec: u64,
 }
 
 /// `[logs.pods]`: container logs of the node's pods.

@@ -82,7 +82,44 @@ pub struct TailerSpec {
     pub file_bytes_per_sec: u64,
     /// Bytes per second of this source (0 = unlimited).
     pub source_bytes_per_sec: u64,
+    /// Bytes per second of every source together (`rate_limit.node_bytes_per_sec`), shared.
+    pub node_bucket: Option<Arc<ByteBucket>>,
     pub checkpoint_dir: PathBuf,
+}
+
+/// A token bucket of bytes per second shared by several tailers (each on its own thread):
+/// the node-wide read limit. Holds at most one second of tokens.
+#[derive(Debug)]
+pub struct ByteBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl ByteBucket {
+    /// `None` for 0 (unlimited).
+    pub fn new(bytes_per_sec: u64) -> Option<Arc<ByteBucket>> {
+        (bytes_per_sec > 0).then(|| {
+            Arc::new(ByteBucket {
+                rate: bytes_per_sec as f64,
+                state: Mutex::new((bytes_per_sec as f64, Instant::now())),
+            })
+        })
+    }
+
+    /// Whole bytes that may be read now.
+    pub fn available(&self) -> u64 {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let dt = now.duration_since(st.1).as_secs_f64();
+        st.0 = (st.0 + dt * self.rate).min(self.rate);
+        st.1 = now;
+        st.0.max(0.0) as u64
+    }
+
+    /// Spends `n` bytes (may go below zero when several readers raced: they wait longer).
+    pub fn take(&self, n: u64) {
+        self.state.lock().0 -= n as f64;
+    }
 }
 
 /// Per-file state shown by `GET /api/v1/logs/files`.
@@ -494,6 +531,15 @@ impl Tailer {
                 self.metrics.throttled.inc();
                 break;
             }
+            if self
+                .spec
+                .node_bucket
+                .as_ref()
+                .is_some_and(|b| b.available() == 0)
+            {
+                self.metrics.throttled.inc();
+                break;
+            }
             if !self.ensure_open(k) {
                 continue;
             }
@@ -598,6 +644,9 @@ impl Tailer {
         if self.spec.source_bytes_per_sec > 0 {
             chunk = chunk.min(self.source_tokens.max(1.0) as u64);
         }
+        if let Some(b) = &self.spec.node_bucket {
+            chunk = chunk.min(b.available().max(1));
+        }
         // One read buffer for every file, kept between turns: a fresh 256 KiB buffer per
         // read would be mapped, zeroed and unmapped each time.
         let mut data = std::mem::take(&mut self.read_buf);
@@ -621,6 +670,9 @@ impl Tailer {
         t.tokens -= n as f64;
         t.progress_at = now;
         self.source_tokens -= n as f64;
+        if let Some(b) = &self.spec.node_bucket {
+            b.take(n as u64);
+        }
         self.metrics.bytes_read.add(n as u64);
         // Improve a short fingerprint while the file is young, after checking the bytes
         // it covers did not change (a rewrite in place since the last look).

@@ -44,6 +44,7 @@ fn spec(root: &Path, pattern: &str, state: &Path) -> TailerSpec {
         rotated_close_after: Duration::from_secs(5),
         file_bytes_per_sec: 0,
         source_bytes_per_sec: 0,
+        node_bucket: None,
         checkpoint_dir: state.to_path_buf(),
     }
 }
@@ -534,4 +535,63 @@ fn docker_json_files_are_joined() {
         .bodies()
         .iter()
         .all(|b| b.ends_with("zend") && b.len() > 16 * 1024));
+}
+
+#[test]
+fn two_sources_share_the_node_rate_limit() {
+    // Two tailers (two sources, two threads), 1 MB of lines each, one node bucket of
+    // 100 kB/s: in 2 s they read at most ~1 s of burst + 2 s of rate together, and the
+    // lines stay in the files (the rest arrives once the limit is lifted).
+    const RATE: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let line = "x".repeat(90);
+    let mut total = 0usize;
+    for name in ["a", "b"] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut f = std::fs::File::create(d.join("app.log")).unwrap();
+        for i in 0..10_000 {
+            let l = format!("{name} {i:05} {line}\n");
+            total += l.len();
+            f.write_all(l.as_bytes()).unwrap();
+        }
+    }
+    let bucket = nodescope_logs::tailer::ByteBucket::new(RATE);
+    let got = Arc::new(Got::default());
+    let runs: Vec<Running> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut s = spec(dir.path(), &format!("/{name}/*.log"), state.path());
+            s.name = (*name).into();
+            s.format = Format::Raw;
+            s.node_bucket = bucket.clone();
+            let metrics = SourceMetrics::register(&SelfMetrics::new(), name);
+            start(s, got.clone(), metrics)
+        })
+        .collect();
+    let t0 = Instant::now();
+    wait_until("both sources to ship", Duration::from_secs(10), || {
+        let r = got.records.lock();
+        r.iter().any(|r| r.body.starts_with("a ")) && r.iter().any(|r| r.body.starts_with("b "))
+    });
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(t0.elapsed()));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let bytes: usize = got.records.lock().iter().map(|r| r.body.len() + 1).sum();
+    for r in runs {
+        r.stop();
+    }
+    let allowed = RATE as f64 * (1.0 + elapsed) + 2.0 * 64.0 * 1024.0;
+    assert!(
+        (bytes as f64) <= allowed,
+        "read {bytes} B in {elapsed:.2} s with a node limit of {RATE} B/s (allowed {allowed:.0})"
+    );
+    assert!(
+        bytes >= RATE as usize,
+        "read only {bytes} B in {elapsed:.2} s at {RATE} B/s"
+    );
+    assert!(
+        bytes < total / 2,
+        "the limit did not hold back the {total} B"
+    );
 }
