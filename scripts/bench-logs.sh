@@ -8,6 +8,7 @@
 #    window (3 rounds alternating).
 # 3. memory: 1,000 files appended at 10,000 lines/s, backend down (batches encoded and held,
 #    never acknowledged) for MEMORY_SECONDS; VmHWM of the process.
+# BENCH_LOGS_PARTS="throughput steady memory" (the default) picks the parts to run.
 # Needs: rsyslog (scripts/install-test-deps.sh). Prints one line per measurement and medians.
 set -euo pipefail
 ROUNDS=${1:-10}
@@ -21,6 +22,8 @@ command -v rsyslogd >/dev/null || { echo "rsyslogd missing: bash scripts/install
 W=$(mktemp -d /tmp/bench-logs.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 TCK=$(getconf CLK_TCK)
+PARTS=" ${BENCH_LOGS_PARTS:-throughput steady memory} "
+want() { [[ $PARTS == *" $1 "* ]]; }
 
 cpu_of() { awk -v t="$TCK" '{print ($14+$15)/t}' "/proc/$1/stat"; }
 hwm_of() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
@@ -39,6 +42,8 @@ CONF
 }
 stop_rsyslog() { kill "$RS_PID" 2>/dev/null || true; wait "$RS_PID" 2>/dev/null || true; }
 
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+if want throughput; then
 echo "== throughput: $MIB MiB of CRI lines, $ROUNDS rounds alternating"
 DATA=$W/data
 LINES=$($BIN gen "$DATA" 4 "$MIB")
@@ -63,10 +68,12 @@ for r in $(seq 1 "$ROUNDS"); do
   v=$(awk -v b="$BYTES" -v c="$c" 'BEGIN{printf "%.1f", b/1048576/c}')
   RS+=("$v"); echo "round $r rsyslog cpu_s $c wall_s $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') mib_per_cpu_s $v"
 done
-med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 mn=$(med "${NS[@]}"); mr=$(med "${RS[@]}")
 echo "MEDIAN throughput MiB per CPU-second: nodescope $mn, rsyslog $mr, ratio $(awk -v a="$mn" -v b="$mr" 'BEGIN{printf "%.2f", a/b}')"
 
+fi
+
+if want steady; then
 echo "== steady: 10000 lines/s for ${STEADY}s, 3 rounds alternating"
 NSC=(); RSC=()
 for r in 1 2 3; do
@@ -94,6 +101,9 @@ for r in 1 2 3; do
 done
 echo "MEDIAN CPU % of one core at 10k lines/s: nodescope $(med "${NSC[@]}"), rsyslog $(med "${RSC[@]}")"
 
+fi
+
+if want memory; then
 echo "== memory: 1000 files, 10000 lines/s, backend down (nothing acknowledged) for ${MEMSECS}s"
 rm -rf "$W/m" "$W/state"; mkdir -p "$W/m" "$W/state"
 $BIN append "$W/m" 1000 1000 1 >/dev/null
@@ -102,3 +112,4 @@ H=$!
 $BIN append "$W/m" 1000 10000 "$MEMSECS" >/dev/null
 wait "$H"
 echo "nodescope $(cat "$W/hold.json")"
+fi
