@@ -4,7 +4,9 @@
 # symbolized), then measure the process CPU, the BPF program time (kernel.bpf_stats_enabled
 # must be 1; restore it to 0 afterwards) and BPF ns per sample over MEASURE seconds.
 # Usage: kernel.bpf_stats_enabled=1; python3 scripts/bench_profiler_steady.py BIN WARMUP MEASURE HZ...
-import json, os, signal, subprocess, sys, time
+# WINDOWS=N (default 1) measures N consecutive windows of MEASURE seconds per rate and
+# prints each and their median.
+import json, os, signal, statistics, subprocess, sys, time
 binp = sys.argv[1]; warm = float(sys.argv[2]); meas = float(sys.argv[3])
 tck = os.sysconf("SC_CLK_TCK")
 def cpu(pid):
@@ -20,10 +22,18 @@ def kb(pid, k):
 for hz in sys.argv[4:]:
     p = subprocess.Popen([binp, "--hz", hz], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(warm)
-    c0, (b0, n0), t0 = cpu(p.pid), bpf(), time.monotonic()
-    time.sleep(meas)
-    c1, (b1, n1), t1 = cpu(p.pid), bpf(), time.monotonic()
-    dt = t1 - t0
-    print(f"hz={hz} warmup={warm:.0f}s measure={meas:.0f}s agent={100*(c1-c0)/dt:.3f}% bpf={100*(b1-b0)/1e9/dt:.3f}% "
-          f"ns/sample={(b1-b0)/max(n1-n0,1):.0f} VmHWM={kb(p.pid,'VmHWM')/1024:.1f}MB", flush=True)
+    rows = []
+    for w in range(int(os.environ.get("WINDOWS", "1"))):
+        c0, (b0, n0), t0 = cpu(p.pid), bpf(), time.monotonic()
+        time.sleep(meas)
+        c1, (b1, n1), t1 = cpu(p.pid), bpf(), time.monotonic()
+        dt = t1 - t0
+        a, b = 100 * (c1 - c0) / dt, 100 * (b1 - b0) / 1e9 / dt
+        rows.append((a + b, a, b))
+        print(f"hz={hz} warmup={warm:.0f}s window={w + 1} measure={meas:.0f}s agent={a:.3f}% bpf={b:.3f}% "
+              f"ns/sample={(b1-b0)/max(n1-n0,1):.0f} VmHWM={kb(p.pid,'VmHWM')/1024:.1f}MB", flush=True)
+    if len(rows) > 1:
+        print(f"hz={hz} MEDIAN of {len(rows)} windows: total={statistics.median(r[0] for r in rows):.3f}% "
+              f"agent={statistics.median(r[1] for r in rows):.3f}% bpf={statistics.median(r[2] for r in rows):.3f}% "
+              f"max total={max(r[0] for r in rows):.3f}%", flush=True)
     p.send_signal(signal.SIGTERM); p.wait()
