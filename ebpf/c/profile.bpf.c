@@ -14,6 +14,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "profile.h"
 
 #define EFAULT 14
@@ -437,6 +438,20 @@ struct {
 #define PF_EXITING 0x00000004
 #define TASK_DEAD 0x00000080
 
+/* Before 5.14 the task state was `long state`. */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+/* The task's state (CO-RE: `__state` since 5.14, `state` before). Read instead of the
+ * tracepoint's prev_state argument, which only exists since 5.18. */
+static __always_inline unsigned int task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return (unsigned int)BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
 /*
  * Off-CPU: one program on sched_switch does both halves. It runs in the context of `prev`
  * (still current, its address space still live), with interrupts off, so it shares the
@@ -448,12 +463,11 @@ struct {
 SEC("tp_btf/sched_switch")
 int nodescope_offcpu(__u64 *ctx)
 {
-	/* TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
-	 *          unsigned int prev_state) */
+	/* TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...) */
 	bool preempt = (bool)ctx[0];
 	struct task_struct *prev = (struct task_struct *)ctx[1];
 	struct task_struct *next = (struct task_struct *)ctx[2];
-	unsigned int prev_state = (unsigned int)ctx[3];
+	unsigned int prev_state = task_state(prev);
 	__u32 zero = 0, tid, tgid, state;
 	struct profile_config *cfg;
 	struct profile_sample *s;

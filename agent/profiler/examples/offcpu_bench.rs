@@ -3,8 +3,9 @@
 //! is two voluntary context switches). Alternates rounds without and with an
 //! `type=offcpu` profile of the child (the on-demand path, in this process, as the agent
 //! runs it) and prints, per round and as medians: this process's CPU (user + system,
-//! % of one core: the agent's share), and the child's context switches per second (the
-//! BPF programs run in the child's context, so their cost shows as fewer switches).
+//! % of one core: the agent's share), the child's context switches per second, and the
+//! child's CPU time per context switch (the BPF programs run in the child's context, so
+//! their cost per switch shows there).
 //! For scripts/bench-offcpu.sh.
 //!
 //! Usage: offcpu_bench [--rounds 10] [--seconds 3] [--ratio 1]
@@ -31,8 +32,16 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Two threads ping-ponging a byte over two pipes, forever.
+/// Two threads ping-ponging a byte over two pipes, forever, both pinned to the last CPU
+/// (every switch is a direct hand-off: a CPU-bound, steady rate).
 fn load() -> ! {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpu = (libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) - 1) as usize;
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
     let mut a = [0i32; 2];
     let mut b = [0i32; 2];
     // SAFETY: pipe() writes two descriptors into the arrays we own.
@@ -62,6 +71,23 @@ fn load() -> ! {
         a_w.write_all(&c).expect("write a");
         b_r.read_exact(&mut c).expect("read b");
     }
+}
+
+/// On-CPU nanoseconds of every thread of `pid` (schedstat; BPF programs that run in its
+/// context are charged to it).
+fn task_cpu_ns(pid: u32) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in rd.flatten() {
+            let s = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+            n += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    n
 }
 
 /// Voluntary + involuntary context switches of every thread of `pid`.
@@ -139,12 +165,12 @@ async fn main() {
         emit_profiles: false,
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut off: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    let mut on: (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    println!("round mode    agent_cpu_%  load_switches_per_s");
+    let mut off: (Vec<f64>, Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut on: (Vec<f64>, Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new(), Vec::new());
+    println!("round mode    agent_cpu_%  load_switches_per_s  load_cpu_ns_per_switch");
     for r in 0..rounds * 2 {
         let profiled = r % 2 == 1;
-        let (c0, s0, t0) = (self_cpu(), switches(pid), Instant::now());
+        let (c0, s0, l0, t0) = (self_cpu(), switches(pid), task_cpu_ns(pid), Instant::now());
         if profiled {
             let res = svc
                 .profile(
@@ -165,17 +191,21 @@ async fn main() {
         }
         let dt = t0.elapsed().as_secs_f64();
         let cpu = (self_cpu() - c0).as_secs_f64() / dt * 100.0;
-        let sw = (switches(pid) - s0) as f64 / dt;
+        let n = switches(pid) - s0;
+        let sw = n as f64 / dt;
+        let per = (task_cpu_ns(pid) - l0) as f64 / n.max(1) as f64;
         println!(
-            "{:5} {:7} {:11.2}  {:19.0}",
+            "{:5} {:7} {:11.2}  {:19.0}  {:22.0}",
             r / 2,
             if profiled { "offcpu" } else { "none" },
             cpu,
-            sw
+            sw,
+            per
         );
         let side = if profiled { &mut on } else { &mut off };
         side.0.push(cpu);
         side.1.push(sw);
+        side.2.push(per);
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -188,5 +218,11 @@ async fn main() {
     println!(
         "median load context switches/s: none {sw_off:.0}, offcpu {sw_on:.0} (ratio offcpu/none {:.3})",
         sw_on / sw_off
+    );
+    let (per_off, per_on) = (median(&mut off.2), median(&mut on.2));
+    println!(
+        "median load CPU per context switch: none {per_off:.0} ns, offcpu {per_on:.0} ns (ratio {:.3}, +{:.0} ns)",
+        per_on / per_off,
+        per_on - per_off
     );
 }
