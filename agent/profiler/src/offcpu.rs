@@ -208,7 +208,7 @@ pub fn build_time_pprof(
         }
         ProfileKind::OffCpu | ProfileKind::Cpu => {
             let shape = PprofShape {
-                sample_types: &[("offcpu", "count"), ("offcpu", "nanoseconds")],
+                sample_types: &[("switches", "count"), ("offcpu", "nanoseconds")],
                 period_type: ("offcpu", "nanoseconds"),
                 period: 1,
                 default_type: Some("offcpu"),
@@ -218,6 +218,21 @@ pub fn build_time_pprof(
                 (vec![ns(v.intervals), ns(v.off_nanos)], labels(v))
             })
         }
+    }
+}
+
+/// Drops the tracing frames on top of a switch-out stack (the BPF program, which kallsyms
+/// names after the nearest symbol, and `bpf_trace_run*`): the stack starts at
+/// `__schedule`. Only when `__schedule` is among the first few kernel frames.
+pub fn strip_tracing_frames(s: &mut ResolvedSample) {
+    let pos = s
+        .frames
+        .iter()
+        .take(6)
+        .take_while(|f| f.kernel)
+        .position(|f| f.outer_name() == "__schedule");
+    if let Some(p) = pos {
+        s.frames.drain(..p);
     }
 }
 
@@ -271,6 +286,43 @@ mod tests {
         assert_eq!((rows[0].nanos, rows[0].intervals), (60, 8));
         assert_eq!((rows[1].nanos, rows[1].intervals), (28, 4));
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn strips_frames_above_schedule() {
+        use crate::symbolize::{ResolvedFrame, WorkloadInfo};
+        let f = |n: &str, kernel: bool| {
+            Arc::new(ResolvedFrame {
+                address: 1,
+                mapping: None,
+                names: Arc::from(vec![Arc::<str>::from(n)]),
+                kernel,
+            })
+        };
+        let mut s = ResolvedSample {
+            pid: 1,
+            tid: 1,
+            comm: "c".into(),
+            workload: Arc::new(WorkloadInfo::host()),
+            frames: vec![
+                f("_einittext", true),
+                f("bpf_trace_run4", true),
+                f("__schedule", true),
+                f("schedule", true),
+                f("main", false),
+            ],
+            count: 1,
+            unwind: 0,
+            reached_root: true,
+            leaf_binary: "x".into(),
+        };
+        strip_tracing_frames(&mut s);
+        let names: Vec<&str> = s.frames.iter().map(|f| f.outer_name()).collect();
+        assert_eq!(names, ["__schedule", "schedule", "main"]);
+        // Without __schedule on top nothing is dropped.
+        s.frames.remove(0);
+        strip_tracing_frames(&mut s);
+        assert_eq!(s.frames.len(), 2);
     }
 
     #[test]

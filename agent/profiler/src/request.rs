@@ -35,7 +35,7 @@ pub enum ProfileKind {
     /// On-CPU samples (cpu-clock perf events): `samples/count`, `cpu/nanoseconds`.
     #[default]
     Cpu,
-    /// Time off CPU (sched_switch): `offcpu/count`, `offcpu/nanoseconds`.
+    /// Time off CPU (sched_switch): `switches/count`, `offcpu/nanoseconds`.
     OffCpu,
     /// On-CPU plus off-CPU time: `cpu/nanoseconds`, `offcpu/nanoseconds`, `wall/nanoseconds`.
     Wall,

@@ -675,6 +675,11 @@ impl ProfilerService {
             off.take_rescaled(ratio),
         );
         let mut resolved = self.symbolizer.resolve(&raw);
+        for (r, v) in resolved.iter_mut().zip(&vals) {
+            if v.off_state.is_some() {
+                crate::offcpu::strip_tracing_frames(r);
+            }
+        }
         self.publish_quality();
         let c = tracker.last;
         let mut comments = vec![format!(

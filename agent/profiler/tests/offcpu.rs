@@ -275,7 +275,7 @@ async fn sleep_spin_offcpu_and_wall_totals() {
     eprintln!(
         "offcpu profile over {:.3} s: {by_state:?}; switch-outs {:?}; kernel: {k:?}",
         dur / 1e9,
-        sums_by(&op, "offcpu", "count", "state")
+        sums_by(&op, "switches", "count", "state")
     );
     let truth_off = dur - k.cpu;
     assert!(
@@ -310,6 +310,11 @@ async fn sleep_spin_offcpu_and_wall_totals() {
     eprintln!("{top}");
     assert!(top.contains("Type: offcpu"), "{top}");
     assert!(top.contains("nanosleep"), "{top}");
+    // Values in time units (the default type is offcpu/nanoseconds), and the stacks start
+    // at __schedule (the tracing frames above it are dropped).
+    assert!(top.contains("ms") || top.contains("s "), "{top}");
+    assert!(top.contains("__schedule"), "{top}");
+    assert!(!top.contains("bpf_trace_run"), "{top}");
     let raw = go_pprof(&go, &["-raw"], &file);
     assert!(raw.contains("offcpu/nanoseconds"), "{raw}");
     assert!(raw.contains("blocked"), "{raw}");
