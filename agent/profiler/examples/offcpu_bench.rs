@@ -8,7 +8,8 @@
 //! their cost per switch shows there).
 //! For scripts/bench-offcpu.sh.
 //!
-//! Usage: offcpu_bench [--rounds 10] [--seconds 3] [--ratio 1]
+//! Usage: offcpu_bench [--rounds 10] [--seconds 3] [--ratio 1] [--all 0|1]
+//!        (`--all 1`: profile the whole node, `all=true`, instead of the load's pid)
 //!        offcpu_bench --load   (the child)
 
 use std::io::{Read, Write};
@@ -143,6 +144,7 @@ async fn main() {
     let rounds = arg("--rounds", 10) as usize;
     let seconds = arg("--seconds", 3);
     let ratio = arg("--ratio", 1) as u32;
+    let all = arg("--all", 0) != 0;
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .arg("--load")
         .stdout(Stdio::null())
@@ -175,7 +177,7 @@ async fn main() {
             let res = svc
                 .profile(
                     ProfileRequest {
-                        target: Target::Pid(pid),
+                        target: if all { Target::All } else { Target::Pid(pid) },
                         seconds,
                         hz: 99,
                         format: Format::Pprof,
