@@ -137,34 +137,44 @@ pub fn offcpu_preempted(state: u32) -> bool {
     state & obj::OFFCPU_STATE_PREEMPTED != 0
 }
 
-/// Splits one interval at its wake-up (blocked until `wake`, waiting for a CPU after).
+/// Splits one interval at its wake-up (blocked until `wake`, waiting for a CPU after),
+/// clipped to the window that starts at `from` (boot-clock ns): the part before it is not
+/// charged, an interval that ended before it not at all.
 fn push_interval(
     out: &mut Vec<OffCpuInterval>,
     key: StackKey,
     state: u32,
-    start: u64,
-    wake: u64,
-    end: u64,
+    from: u64,
+    (start, wake, end): (u64, u64, u64),
 ) {
-    if !offcpu_preempted(state) && wake > start && wake < end {
-        out.push(OffCpuInterval {
-            key: key.clone(),
-            state,
-            nanos: wake - start,
-            switches: 1,
-        });
+    if end <= from {
+        return;
+    }
+    let start = start.max(from);
+    let mut switches = 1;
+    if !offcpu_preempted(state) && wake != 0 && wake < end {
+        let wake = wake.max(start);
+        if wake > start {
+            out.push(OffCpuInterval {
+                key: key.clone(),
+                state,
+                nanos: wake - start,
+                switches,
+            });
+            switches = 0;
+        }
         out.push(OffCpuInterval {
             key,
             state: state | OFFCPU_STATE_WAKEUP,
             nanos: end - wake,
-            switches: 0,
+            switches,
         });
     } else {
         out.push(OffCpuInterval {
             key,
             state,
-            nanos: end.saturating_sub(start),
-            switches: 1,
+            nanos: end - start,
+            switches,
         });
     }
 }
@@ -188,6 +198,8 @@ pub struct OffCpuPairing {
 pub(crate) struct OffCpuPending {
     map: StdHashMap<u32, (u64, StackKey)>,
     pub(crate) stats: OffCpuPairing,
+    /// Start of the profile's window (boot-clock ns): time before it is not charged.
+    window_start: u64,
 }
 
 impl OffCpuPending {
@@ -249,9 +261,8 @@ impl DrainBuilder {
                             &mut self.out.offcpu,
                             key,
                             e.state,
-                            start,
-                            e.wake_ns,
-                            e.end_ns,
+                            p.window_start,
+                            (start, e.wake_ns, e.end_ns),
                         );
                     }
                     other => {
@@ -595,6 +606,14 @@ impl EbpfSampler {
         self.offcpu.as_ref().map(|o| o.ratio)
     }
 
+    /// Starts the off-CPU window now: time off CPU before this instant is not charged
+    /// (tasks switched out earlier are charged from now on).
+    pub fn begin_offcpu_window(&mut self) {
+        if let Some(o) = self.offcpu.as_mut() {
+            o.pending.window_start = boot_now_ns();
+        }
+    }
+
     /// Ends off-CPU tracing: detaches the program, drains what is left, and closes the
     /// intervals of tasks still off CPU at the end (charged up to now). Tasks whose entry
     /// left the LRU map meanwhile are counted as evicted and left out. Returns the last
@@ -621,7 +640,8 @@ impl EbpfSampler {
             match o.tasks.get(&tid, 0) {
                 Ok(t) if t.start_ns == start => {
                     o.pending.stats.open_at_end += 1;
-                    push_interval(&mut d.offcpu, key, t.state, start, t.wake_ns, now);
+                    let from = o.pending.window_start;
+                    push_interval(&mut d.offcpu, key, t.state, from, (start, t.wake_ns, now));
                 }
                 _ => o.pending.stats.evicted += 1,
             }
@@ -717,7 +737,7 @@ mod offcpu_tests {
     #[test]
     fn splits_a_blocked_interval_at_its_wakeup() {
         let mut out = Vec::new();
-        push_interval(&mut out, key(), 1, 100, 160, 200);
+        push_interval(&mut out, key(), 1, 0, (100, 160, 200));
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].state, out[0].nanos, out[0].switches), (1, 60, 1));
         assert_eq!(
@@ -725,12 +745,34 @@ mod offcpu_tests {
             (1 | OFFCPU_STATE_WAKEUP, 40, 0)
         );
         out.clear();
-        push_interval(&mut out, key(), obj::OFFCPU_STATE_PREEMPTED, 100, 0, 200);
+        push_interval(
+            &mut out,
+            key(),
+            obj::OFFCPU_STATE_PREEMPTED,
+            0,
+            (100, 0, 200),
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].nanos, 100);
         out.clear();
-        push_interval(&mut out, key(), 1, 100, 0, 200);
+        push_interval(&mut out, key(), 1, 0, (100, 0, 200));
         assert_eq!((out.len(), out[0].nanos), (1, 100), "no wake-up seen");
+        // Clipped to the window: from 150 on only.
+        out.clear();
+        push_interval(&mut out, key(), 1, 150, (100, 160, 200));
+        assert_eq!((out[0].nanos, out[1].nanos), (10, 40));
+        out.clear();
+        push_interval(&mut out, key(), 1, 170, (100, 160, 200));
+        assert_eq!(
+            out.len(),
+            1,
+            "woken before the window: waiting for a CPU in it"
+        );
+        assert_eq!((out[0].state, out[0].nanos), (1 | OFFCPU_STATE_WAKEUP, 30));
+        assert_eq!(out[0].switches, 1);
+        out.clear();
+        push_interval(&mut out, key(), 1, 250, (100, 160, 200));
+        assert!(out.is_empty(), "ended before the window");
     }
 
     #[test]

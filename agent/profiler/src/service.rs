@@ -622,6 +622,7 @@ impl ProfilerService {
         self.note_ebpf(&started);
         let mut s = started.map_err(|e| ProfileError::EbpfUnavailable(e.to_string()))?;
         let (ws, wt) = (SystemTime::now(), Instant::now());
+        s.begin_offcpu_window();
         let end = wt + Duration::from_secs(req.seconds);
         let tick = Duration::from_millis(self.cfg.drain_interval_ms);
         let mut agg = Aggregator::new(self.cfg.max_stacks_per_profile);
@@ -705,7 +706,7 @@ impl ProfilerService {
             c.offcpu_skipped,
         ));
         comments.push(
-            "tasks already off CPU when the profile started are seen only from their next switch-out"
+            "off-CPU time before the window is not charged; tasks already off CPU when the off-CPU programs were attached are seen only from their next switch-out"
                 .into(),
         );
         comments.push(format!("target {}", req.target.key()));
