@@ -14,6 +14,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "profile.h"
 
 #define EFAULT 14
@@ -305,52 +306,18 @@ static long walk_step(__u64 i, void *vctx)
 	return 0;
 }
 
-SEC("perf_event")
-int nodescope_profile(struct bpf_perf_event_data *ctx)
+/*
+ * Walks the kernel stack (from ctx, the current task) and the user stack of the current
+ * task `task` (DWARF CFI when the process has tables, else frame pointers) into s->ips and
+ * sets s->kernel_len, s->user_len and the unwind bits of s->flags. Shared by the CPU
+ * sampler and the off-CPU switch-out (both run with the target task current, so user
+ * memory is the task's own).
+ */
+static __always_inline void capture_stacks(void *ctx, struct profile_sample *s,
+					   struct task_struct *task, __u32 tgid)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	__u32 tid = (__u32)pid_tgid;
-	__u32 zero = 0;
-	struct profile_config *cfg;
-	struct profile_sample *s;
-	struct task_struct *task;
-	__u64 cgid;
 	long n;
 	__u32 klen = 0, ulen = 0;
-
-	cfg = bpf_map_lookup_elem(&profile_config, &zero);
-	if (!cfg || cfg->filter_mode == PROFILE_FILTER_NONE)
-		return 0;
-	if (tid == 0 && !cfg->include_idle)
-		return 0;
-
-	cgid = bpf_get_current_cgroup_id();
-
-	/* Filter before any stack is walked. */
-	if (cfg->filter_mode == PROFILE_FILTER_PIDS) {
-		if (!bpf_map_lookup_elem(&profile_filter_pids, &tgid)) {
-			count(PROFILE_CTR_FILTERED);
-			return 0;
-		}
-	} else if (cfg->filter_mode == PROFILE_FILTER_CGROUPS) {
-		if (!bpf_map_lookup_elem(&profile_filter_cgroups, &cgid)) {
-			count(PROFILE_CTR_FILTERED);
-			return 0;
-		}
-	}
-
-	s = bpf_map_lookup_elem(&profile_scratch, &zero);
-	if (!s)
-		return 0;
-	s->time_ns = bpf_ktime_get_boot_ns();
-	s->cgroup_id = cgid;
-	s->pid = tgid;
-	s->tid = tid;
-	s->cpu = bpf_get_smp_processor_id();
-	s->flags = 0;
-	s->_pad = 0;
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
 	/* -EFAULT means "no such stack" (a sample taken in user mode has no kernel stack,
 	 * a kernel thread has no user stack): not an error. */
@@ -362,7 +329,6 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 	if (klen > PROFILE_MAX_KSTACK)
 		klen = PROFILE_MAX_KSTACK;
 
-	task = bpf_get_current_task_btf();
 	if (task->mm && bpf_map_lookup_elem(&unwind_procs, &tgid)) {
 		/* DWARF CFI walk from the task's user registers (saved at kernel entry, also
 		 * when the sample interrupted user mode). */
@@ -378,9 +344,9 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 		ulen = w.n;
 		if (w.end == UNWIND_END_NONE)
 			w.end = UNWIND_END_DEPTH;
-		s->flags = UNWIND_FLAG_DWARF | w.end;
+		s->flags |= UNWIND_FLAG_DWARF | w.end;
 		count(PROFILE_CTR_DWARF);
-	} else {
+	} else if (task->mm) {
 		n = bpf_get_stack(ctx, &s->ips[klen], PROFILE_MAX_USTACK * sizeof(__u64),
 				  BPF_F_USER_STACK);
 		if (n > 0)
@@ -393,7 +359,64 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 
 	s->kernel_len = klen;
 	s->user_len = ulen;
-	n = PROFILE_SAMPLE_HDR_BYTES + (klen + ulen) * sizeof(__u64);
+}
+
+/* Whether the current task (tgid, cgroup cgid) passes the configured filter. */
+static __always_inline int passes_filter(struct profile_config *cfg, __u32 tgid, __u64 cgid)
+{
+	if (cfg->filter_mode == PROFILE_FILTER_PIDS) {
+		if (!bpf_map_lookup_elem(&profile_filter_pids, &tgid)) {
+			count(PROFILE_CTR_FILTERED);
+			return 0;
+		}
+	} else if (cfg->filter_mode == PROFILE_FILTER_CGROUPS) {
+		if (!bpf_map_lookup_elem(&profile_filter_cgroups, &cgid)) {
+			count(PROFILE_CTR_FILTERED);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+SEC("perf_event")
+int nodescope_profile(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u32 tid = (__u32)pid_tgid;
+	__u32 zero = 0;
+	struct profile_config *cfg;
+	struct profile_sample *s;
+	__u64 cgid;
+	long n;
+
+	cfg = bpf_map_lookup_elem(&profile_config, &zero);
+	if (!cfg || cfg->filter_mode == PROFILE_FILTER_NONE)
+		return 0;
+	if (tid == 0 && !cfg->include_idle)
+		return 0;
+
+	cgid = bpf_get_current_cgroup_id();
+
+	/* Filter before any stack is walked. */
+	if (!passes_filter(cfg, tgid, cgid))
+		return 0;
+
+	s = bpf_map_lookup_elem(&profile_scratch, &zero);
+	if (!s)
+		return 0;
+	s->time_ns = bpf_ktime_get_boot_ns();
+	s->cgroup_id = cgid;
+	s->pid = tgid;
+	s->tid = tid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->flags = 0;
+	s->_pad = 0;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+
+	capture_stacks(ctx, s, bpf_get_current_task_btf(), tgid);
+
+	n = PROFILE_SAMPLE_HDR_BYTES + (s->kernel_len + s->user_len) * sizeof(__u64);
 	if (n > sizeof(*s))
 		n = sizeof(*s);
 	if (bpf_ringbuf_output(&profile_samples, s, n, 0)) {
@@ -401,5 +424,145 @@ int nodescope_profile(struct bpf_perf_event_data *ctx)
 		return 0;
 	}
 	count(PROFILE_CTR_SAMPLES);
+	return 0;
+}
+
+/* Tasks switched out while followed, until they switch back in (see profile.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, OFFCPU_MAX_TASKS);
+	__type(key, __u32); /* tid */
+	__type(value, struct offcpu_task);
+} offcpu_tasks SEC(".maps");
+
+#define PF_EXITING 0x00000004
+#define TASK_DEAD 0x00000080
+
+/* Before 5.14 the task state was `long state`. */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+/* The task's state (CO-RE: `__state` since 5.14, `state` before). Read instead of the
+ * tracepoint's prev_state argument, which only exists since 5.18. */
+static __always_inline unsigned int task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return (unsigned int)BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
+/*
+ * Off-CPU: one program on sched_switch does both halves. It runs in the context of `prev`
+ * (still current, its address space still live), with interrupts off, so it shares the
+ * per-CPU scratch record with the cpu-clock program (an hrtimer interrupt) safely.
+ *   switch-in:  `next` in offcpu_tasks -> an offcpu_end record, entry deleted;
+ *   switch-out: `prev` passes the filter and the 1-in-N draw -> its stacks as a sample
+ *               record flagged OFFCPU_FLAG_START, and an offcpu_tasks entry.
+ */
+SEC("tp_btf/sched_switch")
+int nodescope_offcpu(__u64 *ctx)
+{
+	/* TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...) */
+	bool preempt = (bool)ctx[0];
+	struct task_struct *prev = (struct task_struct *)ctx[1];
+	struct task_struct *next = (struct task_struct *)ctx[2];
+	unsigned int prev_state = task_state(prev);
+	__u32 zero = 0, tid, tgid, state;
+	struct profile_config *cfg;
+	struct profile_sample *s;
+	struct offcpu_task *t, nt = {};
+	__u64 now = bpf_ktime_get_boot_ns(), cgid;
+	long n;
+
+	cfg = bpf_map_lookup_elem(&profile_config, &zero);
+	if (!cfg || cfg->filter_mode == PROFILE_FILTER_NONE)
+		return 0;
+
+	/* Switch-in. */
+	tid = next->pid;
+	if (tid) {
+		t = bpf_map_lookup_elem(&offcpu_tasks, &tid);
+		if (t) {
+			struct offcpu_end e = {};
+
+			e.start_ns = t->start_ns;
+			e.wake_ns = t->wake_ns;
+			e.end_ns = now;
+			e.pid = t->pid;
+			e.tid = tid;
+			e.state = t->state;
+			e.magic = OFFCPU_END_MAGIC;
+			bpf_map_delete_elem(&offcpu_tasks, &tid);
+			if (bpf_ringbuf_output(&profile_samples, &e, sizeof(e), 0))
+				count(PROFILE_CTR_OFFCPU_LOST);
+			else
+				count(PROFILE_CTR_OFFCPU_ENDS);
+		}
+	}
+
+	/* Switch-out. */
+	tid = prev->pid;
+	tgid = prev->tgid;
+	if (tid == 0)
+		return 0;
+	if ((prev->flags & PF_EXITING) || (prev_state & TASK_DEAD))
+		return 0;
+	cgid = bpf_get_current_cgroup_id();
+	if (!passes_filter(cfg, tgid, cgid))
+		return 0;
+	if (cfg->offcpu_sample_ratio > 1 &&
+	    bpf_get_prandom_u32() % cfg->offcpu_sample_ratio != 0) {
+		count(PROFILE_CTR_OFFCPU_SKIPPED);
+		return 0;
+	}
+	state = prev_state & 0xff;
+	if (preempt || state == 0)
+		state |= OFFCPU_STATE_PREEMPTED;
+
+	s = bpf_map_lookup_elem(&profile_scratch, &zero);
+	if (!s)
+		return 0;
+	s->time_ns = now;
+	s->cgroup_id = cgid;
+	s->pid = tgid;
+	s->tid = tid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->flags = OFFCPU_FLAG_START;
+	s->_pad = state;
+	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), prev->comm);
+
+	capture_stacks(ctx, s, prev, tgid);
+
+	n = PROFILE_SAMPLE_HDR_BYTES + (s->kernel_len + s->user_len) * sizeof(__u64);
+	if (n > sizeof(*s))
+		n = sizeof(*s);
+	if (bpf_ringbuf_output(&profile_samples, s, n, 0)) {
+		count(PROFILE_CTR_OFFCPU_LOST);
+		return 0;
+	}
+	nt.start_ns = now;
+	nt.pid = tgid;
+	nt.state = state;
+	if (bpf_map_update_elem(&offcpu_tasks, &tid, &nt, BPF_ANY)) {
+		count(PROFILE_CTR_OFFCPU_MAP_FULL);
+		return 0;
+	}
+	count(PROFILE_CTR_OFFCPU_STARTS);
+	return 0;
+}
+
+/* A followed task is woken: stamp the time (it now waits for a CPU until switch-in). */
+SEC("tp_btf/sched_wakeup")
+int nodescope_offcpu_wakeup(__u64 *ctx)
+{
+	/* TP_PROTO(struct task_struct *p) */
+	struct task_struct *p = (struct task_struct *)ctx[0];
+	struct offcpu_task *t;
+	__u32 tid = p->pid;
+
+	t = bpf_map_lookup_elem(&offcpu_tasks, &tid);
+	if (t && !t->wake_ns)
+		t->wake_ns = bpf_ktime_get_boot_ns();
 	return 0;
 }

@@ -34,11 +34,57 @@
 #define PROFILE_CTR_USTACK_ERROR 3  /* user stack walks that failed (not -EFAULT = no user stack) */
 #define PROFILE_CTR_FILTERED 4      /* perf events dropped by the pid/cgroup filter */
 #define PROFILE_CTR_DWARF 5         /* user stacks walked with DWARF CFI tables */
-#define PROFILE_CTR_MAX 6
+#define PROFILE_CTR_OFFCPU_STARTS 6 /* off-CPU switch-outs followed (stack record written) */
+#define PROFILE_CTR_OFFCPU_ENDS 7   /* off-CPU intervals closed at switch-in (end record written) */
+#define PROFILE_CTR_OFFCPU_LOST 8   /* off-CPU records lost: the ring buffer was full */
+#define PROFILE_CTR_OFFCPU_SKIPPED 9 /* switch-outs not followed (1-in-N sampling) */
+#define PROFILE_CTR_OFFCPU_MAP_FULL 10 /* switch-outs whose task could not enter offcpu_tasks */
+#define PROFILE_CTR_MAX 11
 
 struct profile_config {
 	__u32 filter_mode;
 	__u32 include_idle; /* count pid 0 (the idle task) when non-zero */
+	__u32 offcpu_sample_ratio; /* off-CPU: follow 1 in N switch-outs (0 or 1: every one) */
+	__u32 _pad;
+};
+
+/*
+ * Off-CPU profiling (tp_btf/sched_switch, attached only while an offcpu/wall profile runs).
+ *
+ * At switch-out of a task that passes the filter (and the 1-in-N draw), its kernel and
+ * user stacks are written to profile_samples as a struct profile_sample whose flags carry
+ * OFFCPU_FLAG_START and whose time_ns is the switch-out time, and the task enters
+ * offcpu_tasks (LRU: tid -> struct offcpu_task). At switch-in of a task found there, a
+ * struct offcpu_end (OFFCPU_END_BYTES, shorter than any sample record) is written and the
+ * entry deleted. User space pairs the two by (tid, start_ns). tp_btf/sched_wakeup stamps
+ * the entry's wake_ns, splitting a blocked interval into blocked (until the wake-up) and
+ * waiting for a CPU after it.
+ */
+#define OFFCPU_MAX_TASKS 16384
+#define OFFCPU_FLAG_START 0x10000   /* profile_sample.flags: an off-CPU switch-out record */
+#define OFFCPU_END_BYTES 40
+#define OFFCPU_END_MAGIC 0x6f666663 /* "offc" */
+
+struct offcpu_task {
+	__u64 start_ns; /* switch-out time, bpf_ktime_get_boot_ns() */
+	__u64 wake_ns;  /* sched_wakeup time (0: not woken yet, or preempted) */
+	__u32 pid;      /* tgid */
+	__u32 state;    /* OFFCPU_STATE_* */
+};
+
+/* offcpu_task.state / offcpu_end.state: the low byte is the task state at switch-out
+ * (prev_state & 0xff: 0 = TASK_RUNNING, 1 = INTERRUPTIBLE, 2 = UNINTERRUPTIBLE, ...);
+ * OFFCPU_STATE_PREEMPTED is set when the task stayed runnable (preempted or yielded). */
+#define OFFCPU_STATE_PREEMPTED 0x100
+
+struct offcpu_end {
+	__u64 start_ns;
+	__u64 wake_ns; /* 0: no wake-up seen (preempted tasks are never woken) */
+	__u64 end_ns;
+	__u32 pid;
+	__u32 tid;
+	__u32 state;
+	__u32 magic; /* OFFCPU_END_MAGIC */
 };
 
 /* One sample as written to the ring buffer: the header, then kernel_len kernel frames
@@ -51,9 +97,9 @@ struct profile_sample {
 	__u32 cpu;
 	__u16 kernel_len;
 	__u16 user_len;
-	__u32 flags;     /* reserved (unwind outcome) */
+	__u32 flags;     /* unwind outcome (low 16 bits); OFFCPU_FLAG_START */
 	char comm[PROFILE_COMM_LEN];
-	__u32 _pad;
+	__u32 _pad;      /* off-CPU start records: OFFCPU_STATE_* of the task; else 0 */
 	__u64 ips[PROFILE_MAX_KSTACK + PROFILE_MAX_USTACK];
 };
 

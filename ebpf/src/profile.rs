@@ -10,6 +10,17 @@ pub static PROFILE_OBJ: &[u8] = aya::include_bytes_aligned!("../objects/profile.
 pub const OBJECT_NAME: &str = "profile";
 /// The perf_event program.
 pub const PROGRAM: &str = "nodescope_profile";
+/// The off-CPU program (`tp_btf/sched_switch`), loaded and attached only while an
+/// off-CPU or wall-clock profile runs.
+pub const PROGRAM_OFFCPU: &str = "nodescope_offcpu";
+/// Its hook.
+pub const OFFCPU_HOOK: &str = "sched_switch";
+/// The wake-up stamp program (`tp_btf/sched_wakeup`), attached with it.
+pub const PROGRAM_OFFCPU_WAKEUP: &str = "nodescope_offcpu_wakeup";
+/// Its hook.
+pub const OFFCPU_WAKEUP_HOOK: &str = "sched_wakeup";
+/// LRU map of followed tasks (tid -> [`OffCpuTask`]).
+pub const MAP_OFFCPU_TASKS: &str = "offcpu_tasks";
 
 pub const MAP_CONFIG: &str = "profile_config";
 pub const MAP_FILTER_PIDS: &str = "profile_filter_pids";
@@ -35,7 +46,68 @@ pub const CTR_KSTACK_ERROR: u32 = 2;
 pub const CTR_USTACK_ERROR: u32 = 3;
 pub const CTR_FILTERED: u32 = 4;
 pub const CTR_DWARF: u32 = 5;
-pub const CTR_MAX: u32 = 6;
+pub const CTR_OFFCPU_STARTS: u32 = 6;
+pub const CTR_OFFCPU_ENDS: u32 = 7;
+pub const CTR_OFFCPU_LOST: u32 = 8;
+pub const CTR_OFFCPU_SKIPPED: u32 = 9;
+pub const CTR_OFFCPU_MAP_FULL: u32 = 10;
+pub const CTR_MAX: u32 = 11;
+
+pub const OFFCPU_MAX_TASKS: u32 = 16384;
+pub const OFFCPU_FLAG_START: u32 = 0x10000;
+pub const OFFCPU_END_BYTES: usize = 40;
+pub const OFFCPU_END_MAGIC: u32 = 0x6f66_6663;
+pub const OFFCPU_STATE_PREEMPTED: u32 = 0x100;
+
+/// `struct offcpu_task` (the value of `offcpu_tasks`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuTask {
+    pub start_ns: u64,
+    pub wake_ns: u64,
+    pub pid: u32,
+    pub state: u32,
+}
+
+/// `struct offcpu_end`: written at switch-in of a followed task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuEnd {
+    pub start_ns: u64,
+    pub wake_ns: u64,
+    pub end_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub state: u32,
+    pub magic: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<OffCpuTask>() == 24);
+const _: () = assert!(std::mem::size_of::<OffCpuEnd>() == OFFCPU_END_BYTES);
+
+// SAFETY: plain-old-data #[repr(C)] type; any bit pattern is a valid value.
+unsafe impl aya::Pod for OffCpuTask {}
+
+impl OffCpuEnd {
+    /// Decodes an end record: exactly [`OFFCPU_END_BYTES`] with the magic, else `None`.
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        if b.len() != OFFCPU_END_BYTES {
+            return None;
+        }
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let e = OffCpuEnd {
+            start_ns: u64_at(0),
+            wake_ns: u64_at(8),
+            end_ns: u64_at(16),
+            pid: u32_at(24),
+            tid: u32_at(28),
+            state: u32_at(32),
+            magic: u32_at(36),
+        };
+        (e.magic == OFFCPU_END_MAGIC).then_some(e)
+    }
+}
 
 pub const MAP_UNWIND_PROCS: &str = "unwind_procs";
 pub const MAP_UNWIND_TABLES: &str = "unwind_tables";
@@ -133,6 +205,9 @@ unsafe impl aya::Pod for UnwindProc {}
 pub struct ProfileConfig {
     pub filter_mode: u32,
     pub include_idle: u32,
+    /// Off-CPU: follow 1 in N switch-outs (0 or 1: every one).
+    pub offcpu_sample_ratio: u32,
+    pub _pad: u32,
 }
 
 /// The fixed header of `struct profile_sample` (the ring-buffer record); `kernel_len`
@@ -208,7 +283,7 @@ impl SampleRecord {
             user_len: u16_at(30),
             flags: u32_at(32),
             comm,
-            _pad: 0,
+            _pad: u32_at(52),
         };
         let (k, u) = (header.kernel_len as usize, header.user_len as usize);
         let need = SAMPLE_HDR_BYTES + (k + u) * 8;
@@ -231,7 +306,7 @@ impl SampleRecord {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<ProfileConfig>() == 8);
+const _: () = assert!(std::mem::size_of::<ProfileConfig>() == 16);
 const _: () = assert!(std::mem::size_of::<SampleHeader>() == SAMPLE_HDR_BYTES);
 
 // SAFETY: plain-old-data #[repr(C)] types without padding-sensitive invariants; any bit
@@ -271,7 +346,8 @@ mod tests {
 #include "profile.h"
 #define O(f) offsetof(struct profile_sample, f)
 int main(void) {
-  printf("config %zu %zu %zu\n", sizeof(struct profile_config), offsetof(struct profile_config, filter_mode), offsetof(struct profile_config, include_idle));
+  printf("config %zu %zu %zu %zu\n", sizeof(struct profile_config), offsetof(struct profile_config, filter_mode), offsetof(struct profile_config, include_idle), offsetof(struct profile_config, offcpu_sample_ratio));
+  printf("offcpu %zu %zu %zu %zu %zu %zu %zu %d %d %d %d %d %d %d %d %d %d\n", sizeof(struct offcpu_task), offsetof(struct offcpu_task, pid), offsetof(struct offcpu_task, state), sizeof(struct offcpu_end), offsetof(struct offcpu_end, end_ns), offsetof(struct offcpu_end, state), offsetof(struct offcpu_end, magic), OFFCPU_MAX_TASKS, OFFCPU_FLAG_START, OFFCPU_END_BYTES, OFFCPU_END_MAGIC, OFFCPU_STATE_PREEMPTED, PROFILE_CTR_OFFCPU_STARTS, PROFILE_CTR_OFFCPU_ENDS, PROFILE_CTR_OFFCPU_LOST, PROFILE_CTR_OFFCPU_SKIPPED, PROFILE_CTR_OFFCPU_MAP_FULL);
   printf("sample %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", O(time_ns), O(cgroup_id), O(pid), O(tid), O(cpu), O(kernel_len), O(user_len), O(flags), O(comm), O(_pad), O(ips));
   printf("consts %d %d %d %d %d %d\n", PROFILE_MAX_KSTACK, PROFILE_MAX_USTACK, PROFILE_COMM_LEN, PROFILE_RINGBUF_BYTES, PROFILE_FILTER_MAX_ENTRIES, PROFILE_SAMPLE_HDR_BYTES);
   printf("filter %d %d %d %d\n", PROFILE_FILTER_ALL, PROFILE_FILTER_PIDS, PROFILE_FILTER_CGROUPS, PROFILE_FILTER_NONE);
@@ -297,10 +373,28 @@ int main(void) {
         let _ = std::fs::remove_dir_all(&dir);
         let got = String::from_utf8(out.stdout).expect("utf8");
         let want = format!(
-            "config {} {} {}\nsample {} {} {} {} {} {} {} {} {} {} {}\nconsts {} {} {} {} {} {}\nfilter {} {} {} {}\nctr {} {} {} {} {} {} {}\nunwind {} {} {} {} {} {} {} {} {} {} {} {} {}\nuconst {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} 0\n",
+            "config {} {} {} {}\noffcpu {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\nsample {} {} {} {} {} {} {} {} {} {} {}\nconsts {} {} {} {} {} {}\nfilter {} {} {} {}\nctr {} {} {} {} {} {} {}\nunwind {} {} {} {} {} {} {} {} {} {} {} {} {}\nuconst {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} 0\n",
             size_of::<ProfileConfig>(),
             offset_of!(ProfileConfig, filter_mode),
             offset_of!(ProfileConfig, include_idle),
+            offset_of!(ProfileConfig, offcpu_sample_ratio),
+            size_of::<OffCpuTask>(),
+            offset_of!(OffCpuTask, pid),
+            offset_of!(OffCpuTask, state),
+            size_of::<OffCpuEnd>(),
+            offset_of!(OffCpuEnd, end_ns),
+            offset_of!(OffCpuEnd, state),
+            offset_of!(OffCpuEnd, magic),
+            OFFCPU_MAX_TASKS,
+            OFFCPU_FLAG_START,
+            OFFCPU_END_BYTES,
+            OFFCPU_END_MAGIC,
+            OFFCPU_STATE_PREEMPTED,
+            CTR_OFFCPU_STARTS,
+            CTR_OFFCPU_ENDS,
+            CTR_OFFCPU_LOST,
+            CTR_OFFCPU_SKIPPED,
+            CTR_OFFCPU_MAP_FULL,
             offset_of!(SampleHeader, time_ns),
             offset_of!(SampleHeader, cgroup_id),
             offset_of!(SampleHeader, pid),
@@ -416,10 +510,29 @@ int main(void) {
         ));
     }
 
+    #[test]
+    fn parses_an_offcpu_end_record() {
+        let mut b = Vec::new();
+        for v in [100u64, 200, 250] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [7u32, 8, OFFCPU_STATE_PREEMPTED, OFFCPU_END_MAGIC] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        let e = OffCpuEnd::parse(&b).unwrap();
+        assert_eq!((e.start_ns, e.wake_ns, e.end_ns), (100, 200, 250));
+        assert_eq!((e.pid, e.tid), (7, 8));
+        assert_eq!(e.state, OFFCPU_STATE_PREEMPTED);
+        assert!(OffCpuEnd::parse(&b[..39]).is_none());
+        b[36] ^= 1;
+        assert!(OffCpuEnd::parse(&b).is_none(), "wrong magic");
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(b in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = SampleRecord::parse(&b);
+            let _ = OffCpuEnd::parse(&b);
         }
     }
 }

@@ -48,6 +48,7 @@ async fn main() {
                 seconds,
                 hz,
                 format: Format::Folded,
+                kind: Default::default(),
             },
             CancellationToken::new(),
         )

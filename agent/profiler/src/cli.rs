@@ -30,6 +30,10 @@ pub struct ProfileArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Pprof)]
     pub format: Format,
+    /// What to measure: `cpu` (on-CPU samples), `offcpu` (time off CPU: blocked, waking,
+    /// preempted) or `wall` (both, in nanoseconds).
+    #[arg(long = "type", default_value = "cpu", value_parser = ["cpu", "offcpu", "wall"])]
+    pub kind: String,
     /// Output file (`-` for stdout).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
@@ -92,6 +96,9 @@ impl ProfileArgs {
                 q.append_pair("hz", &h.to_string());
             }
             q.append_pair("format", self.format.as_str());
+            if self.kind != "cpu" {
+                q.append_pair("type", &self.kind);
+            }
         }
         Ok(url.to_string())
     }
@@ -191,6 +198,12 @@ mod tests {
             c.p.url().unwrap(),
             "http://h:1/debug/pprof/profile?cgroup=%2Fa+b&seconds=30&hz=49&format=pprof"
         );
+        let c = Cli::try_parse_from(["x", "--all", "--type", "offcpu", "-o", "-"]).unwrap();
+        assert_eq!(
+            c.p.url().unwrap(),
+            "http://127.0.0.1:9780/debug/pprof/profile?all=true&seconds=30&format=pprof&type=offcpu"
+        );
+        assert!(Cli::try_parse_from(["x", "--all", "--type", "bogus", "-o", "-"]).is_err());
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct ProfilingConfig {
     /// debug file) exceeds this many MiB is symbolized from ELF symbol tables only: names
     /// kept, no inlined frames. Bounds the memory blazesym maps for one binary.
     pub debug_info_max_binary_mb: u64,
+    /// Off-CPU profiles (`type=offcpu|wall`) follow 1 in this many context switches
+    /// (drawn at random per switch-out in BPF) and multiply what they measure by it, so
+    /// totals stay right in expectation. 1 follows every switch.
+    pub offcpu_sample_ratio: u32,
 }
 
 impl Default for ProfilingConfig {
@@ -90,6 +94,7 @@ impl Default for ProfilingConfig {
             process_retention_secs: 600,
             debug_info: true,
             debug_info_max_binary_mb: crate::symbolize::DEFAULT_DEBUG_INFO_MAX_MB,
+            offcpu_sample_ratio: 1,
         }
     }
 }
@@ -169,6 +174,14 @@ impl ProfilingConfig {
             format!(
                 "must be between 1 and max_seconds ({}), got {}",
                 self.max_seconds, self.default_seconds
+            ),
+        );
+        issues.check(
+            (1..=1_000_000).contains(&self.offcpu_sample_ratio),
+            k("offcpu_sample_ratio"),
+            format!(
+                "must be between 1 and 1000000, got {}",
+                self.offcpu_sample_ratio
             ),
         );
         issues.check(

@@ -103,7 +103,7 @@ async fn index(State(svc): State<Arc<ProfilerService>>) -> Response {
 <p><a href=\"profile?seconds={s}\">profile</a>: CPU profile of the agent itself ({s} s, gzip pprof).</p>\n\
 <p>Parameters: <code>seconds</code> (1..{max}, default {s}), <code>hz</code> (1..{maxhz}, default {hz}), \
 <code>format</code>=pprof|svg|folded, and one target: <code>pid</code>=N, <code>container</code>=ID, \
-<code>cgroup</code>=/path, <code>all</code>=true.</p>\n\
+<code>cgroup</code>=/path, <code>all</code>=true; <code>type</code>=cpu (default) | offcpu (time off CPU, by state) | wall (on-CPU plus off-CPU, nanoseconds).</p>\n\
 <p>Example: <code>go tool pprof 'http://HOST:9780/debug/pprof/profile?pid=1234&amp;seconds=10'</code></p>\n\
 <p>eBPF sampler: {ebpf}</p>\n</body></html>\n",
         s = c.default_seconds,

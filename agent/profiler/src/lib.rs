@@ -14,6 +14,7 @@ pub mod feed;
 pub mod http;
 pub mod kallsyms;
 pub mod metrics;
+pub mod offcpu;
 pub mod output;
 pub mod perfmap;
 pub mod procmaps;

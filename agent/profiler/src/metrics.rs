@@ -24,6 +24,10 @@ pub struct ProfilerMetrics {
     pub unwind_processes: Gauge,
 
     pub filtered: Counter,
+    pub offcpu_intervals: Counter,
+    pub offcpu_lost: Counter,
+    pub offcpu_skipped: Counter,
+    pub offcpu_dropped: Counter,
     pub aggregation_dropped: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -88,6 +92,26 @@ impl ProfilerMetrics {
             sink_samples: m.counter(
                 "nodescope_profiler_sink_samples_total",
                 "Timestamped samples offered to the flight recorder (SampleSink).",
+                &[],
+            ),
+            offcpu_intervals: m.counter(
+                "nodescope_profiler_offcpu_intervals_total",
+                "Off-CPU intervals measured (switch-out to switch-in, or to the end of the profile), before rescaling.",
+                &[],
+            ),
+            offcpu_lost: m.counter(
+                "nodescope_profiler_offcpu_lost_total",
+                "Off-CPU records lost because the BPF ring buffer was full.",
+                &[],
+            ),
+            offcpu_skipped: m.counter(
+                "nodescope_profiler_offcpu_skipped_switches_total",
+                "Context switches not followed by the off-CPU profiler (1 in offcpu_sample_ratio is followed; the rest are rescaled for).",
+                &[],
+            ),
+            offcpu_dropped: m.counter(
+                "nodescope_profiler_offcpu_dropped_total",
+                "Off-CPU intervals dropped: task map full or evicted (LRU), pending switch-outs over the bound, or switch-ins without their switch-out.",
                 &[],
             ),
             unwind_tables_loaded: m.counter(

@@ -98,18 +98,50 @@ pub(crate) fn model_frames(f: &ResolvedFrame) -> Vec<Frame> {
 pub fn build_pprof(samples: &[ResolvedSample], meta: &ProfileMeta) -> proto::Profile {
     let hz = meta.hz.max(1) as i64;
     let period = 1_000_000_000i64 / hz;
-    let mut b = ProfileBuilder::new(
-        &[("samples", "count"), ("cpu", "nanoseconds")],
-        ("cpu", "nanoseconds"),
+    let shape = PprofShape {
+        sample_types: &[("samples", "count"), ("cpu", "nanoseconds")],
+        period_type: ("cpu", "nanoseconds"),
         period,
-    );
+        default_type: None,
+    };
+    build_pprof_with(samples, meta, &shape, |_, s| {
+        let count = s.count.min(i64::MAX as u64) as i64;
+        (vec![count, count.saturating_mul(period)], [None, None])
+    })
+}
+
+/// The sample types and period of a pprof message.
+#[derive(Clone, Copy, Debug)]
+pub struct PprofShape<'a> {
+    pub sample_types: &'a [(&'a str, &'a str)],
+    pub period_type: (&'a str, &'a str),
+    pub period: i64,
+    /// The type `go tool pprof` shows by default (`None`: the last one).
+    pub default_type: Option<&'a str>,
+}
+
+/// Extra string labels of one sample (key, value).
+pub type ExtraLabels = [Option<(&'static str, &'static str)>; 2];
+
+/// Builds a pprof message whose values (one per sample type) and extra labels come from
+/// `values(index, sample)`.
+pub fn build_pprof_with(
+    samples: &[ResolvedSample],
+    meta: &ProfileMeta,
+    shape: &PprofShape<'_>,
+    values: impl Fn(usize, &ResolvedSample) -> (Vec<i64>, ExtraLabels),
+) -> proto::Profile {
+    let mut b = ProfileBuilder::new(shape.sample_types, shape.period_type, shape.period);
+    if let Some(t) = shape.default_type {
+        b.default_sample_type(t);
+    }
     b.time(meta.start).duration(meta.duration);
     // Resolved frames are interned by the symbolizer (one Arc per distinct frame): convert
     // each once.
     let mut mappings: HashMap<*const MappingInfo, MappingId> = HashMap::new();
     let mut frames: HashMap<*const ResolvedFrame, (Option<MappingId>, Vec<Frame>)> = HashMap::new();
     let mut keep: Vec<Arc<ResolvedFrame>> = Vec::new();
-    for s in samples {
+    for (i, s) in samples.iter().enumerate() {
         for f in &s.frames {
             let ptr = Arc::as_ptr(f);
             if frames.contains_key(&ptr) {
@@ -123,7 +155,6 @@ pub fn build_pprof(samples: &[ResolvedSample], meta: &ProfileMeta) -> proto::Pro
             });
             frames.insert(ptr, (mapping, model_frames(f)));
         }
-        let count = s.count.min(i64::MAX as u64) as i64;
         let stack = s.frames.iter().map(|f| {
             let (mapping, functions) = &frames[&Arc::as_ptr(f)];
             Location {
@@ -132,16 +163,16 @@ pub fn build_pprof(samples: &[ResolvedSample], meta: &ProfileMeta) -> proto::Pro
                 functions,
             }
         });
-        let labels = [
+        let (vals, extra) = values(i, s);
+        let mut labels = vec![
             Label::num("pid", s.pid as i64),
             Label::num("tid", s.tid as i64),
             Label::str("comm", &s.comm),
             Label::str("workload", &s.workload.label),
         ];
-        // Two values per sample and non-empty functions per location: cannot fail.
-        if let Err(e) =
-            b.add_sample_locations(stack, &[count, count.saturating_mul(period)], &labels)
-        {
+        labels.extend(extra.iter().flatten().map(|(k, v)| Label::str(k, v)));
+        // As many values as sample types and non-empty functions per location: cannot fail.
+        if let Err(e) = b.add_sample_locations(stack, &vals, &labels) {
             tracing::warn!(error = %e, "sample left out of the profile");
         }
     }

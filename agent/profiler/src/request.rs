@@ -29,12 +29,57 @@ impl Target {
     }
 }
 
+/// What a profile measures (`type=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// On-CPU samples (cpu-clock perf events): `samples/count`, `cpu/nanoseconds`.
+    #[default]
+    Cpu,
+    /// Time off CPU (sched_switch): `switches/count`, `offcpu/nanoseconds`.
+    OffCpu,
+    /// On-CPU plus off-CPU time: `cpu/nanoseconds`, `offcpu/nanoseconds`, `wall/nanoseconds`.
+    Wall,
+}
+
+impl ProfileKind {
+    pub const ALLOWED: &'static str = "cpu, offcpu or wall";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(ProfileKind::Cpu),
+            "offcpu" | "off-cpu" => Some(ProfileKind::OffCpu),
+            "wall" => Some(ProfileKind::Wall),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "cpu",
+            ProfileKind::OffCpu => "offcpu",
+            ProfileKind::Wall => "wall",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileRequest {
     pub target: Target,
     pub seconds: u64,
     pub hz: u32,
     pub format: Format,
+    pub kind: ProfileKind,
+}
+
+impl ProfileRequest {
+    /// The "one profile at a time" key: the target, and the type when it is not `cpu`
+    /// (a cpu and an off-CPU profile of one target may run side by side).
+    pub fn key(&self) -> String {
+        match self.kind {
+            ProfileKind::Cpu => self.target.key(),
+            k => format!("{} type={}", self.target.key(), k.as_str()),
+        }
+    }
 }
 
 /// Limits and defaults applied while parsing.
@@ -72,6 +117,7 @@ const KNOWN: &[&str] = &[
     "container",
     "cgroup",
     "all",
+    "type",
 ];
 
 fn parse_u64(param: &str, v: &str) -> Result<u64, RequestError> {
@@ -142,6 +188,15 @@ pub fn parse(
             )
         })?,
     };
+    let kind = match get("type") {
+        None => ProfileKind::Cpu,
+        Some(v) => ProfileKind::parse(v).ok_or_else(|| {
+            bad(
+                "type",
+                format!("must be {}, got {:?}", ProfileKind::ALLOWED, clip(v)),
+            )
+        })?,
+    };
     let mut targets = Vec::new();
     if let Some(v) = get("pid") {
         let p = parse_u64("pid", v)?;
@@ -206,6 +261,7 @@ pub fn parse(
         seconds,
         hz,
         format,
+        kind,
     })
 }
 
@@ -238,7 +294,8 @@ mod tests {
                 target: Target::Agent,
                 seconds: 30,
                 hz: 99,
-                format: Format::Pprof
+                format: Format::Pprof,
+                kind: ProfileKind::Cpu,
             }
         );
     }
@@ -260,6 +317,14 @@ mod tests {
             Target::Cgroup("/system.slice/x.service".into())
         );
         assert_eq!(q(&[("format", "svg"), ("hz", "499")]).unwrap().hz, 499);
+        assert_eq!(q(&[("type", "offcpu")]).unwrap().kind, ProfileKind::OffCpu);
+        assert_eq!(q(&[("type", "wall")]).unwrap().kind, ProfileKind::Wall);
+        assert_eq!(q(&[("type", "cpu")]).unwrap().kind, ProfileKind::Cpu);
+        let r = q(&[("pid", "7"), ("type", "offcpu")]).unwrap();
+        assert_eq!(r.key(), "pid=7 type=offcpu");
+        assert_eq!(q(&[("pid", "7")]).unwrap().key(), "pid=7");
+        let e = q(&[("type", "bogus")]).unwrap_err().to_string();
+        assert!(e.contains("cpu, offcpu or wall"), "{e}");
     }
 
     #[test]
@@ -272,6 +337,8 @@ mod tests {
             (vec![("hz", "500")], "hz"),
             (vec![("hz", "0")], "hz"),
             (vec![("format", "png")], "format"),
+            (vec![("type", "bogus")], "type"),
+            (vec![("type", "")], "type"),
             (vec![("pid", "abc")], "pid"),
             (vec![("pid", "0")], "pid"),
             (vec![("container", "xyz")], "container"),
@@ -291,7 +358,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_panics(pairs in proptest::collection::vec(("(seconds|hz|format|pid|container|cgroup|all|\\PC{0,8})", "\\PC{0,30}"), 0..6)) {
+        fn never_panics(pairs in proptest::collection::vec(("(seconds|hz|format|pid|container|cgroup|all|type|\\PC{0,8})", "\\PC{0,30}"), 0..6)) {
             let _ = parse(&pairs, L);
         }
 

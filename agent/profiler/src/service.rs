@@ -23,8 +23,11 @@ use crate::config::{ProfilerContext, ProfilingConfig, SelfProfiler};
 use crate::feed::RateControl;
 use crate::metrics::ProfilerMetrics;
 use crate::output::{self, Format, ProfileMeta};
-use crate::request::{ProfileRequest, RequestLimits, Target};
-use crate::sampler::{Drained, EbpfSampler, Filter, SamplerCounters, SamplerError, StackSource};
+use crate::request::{ProfileKind, ProfileRequest, RequestLimits, Target};
+use crate::sampler::{
+    Drained, EbpfSampler, Filter, OffCpuInterval, SamplerCounters, SamplerError, SamplerOptions,
+    StackSource,
+};
 use crate::samples::{Aggregator, RawSample};
 use crate::symbolize::{ResolvedSample, Symbolizer, SymbolizerLimits};
 
@@ -128,6 +131,11 @@ impl CounterTracker {
                 + d(now.ustack_errors, self.last.ustack_errors),
         );
         m.filtered.add(d(now.filtered, self.last.filtered));
+        m.offcpu_lost.add(d(now.offcpu_lost, self.last.offcpu_lost));
+        m.offcpu_skipped
+            .add(d(now.offcpu_skipped, self.last.offcpu_skipped));
+        m.offcpu_dropped
+            .add(d(now.offcpu_map_full, self.last.offcpu_map_full));
         self.last = now;
     }
 }
@@ -242,7 +250,21 @@ impl ProfilerService {
     /// Starts a sampler; with `unwind = "dwarf"` it gets unwind maps, and the pids of a
     /// pid filter are registered at once (others as they show up in samples).
     fn start_sampler(&self, hz: u32, filter: &Filter) -> Result<EbpfSampler, SamplerError> {
-        let mut s = EbpfSampler::start(hz, filter)?;
+        self.start_sampler_with(
+            SamplerOptions {
+                hz: Some(hz),
+                offcpu_ratio: None,
+            },
+            filter,
+        )
+    }
+
+    fn start_sampler_with(
+        &self,
+        opts: SamplerOptions,
+        filter: &Filter,
+    ) -> Result<EbpfSampler, SamplerError> {
+        let mut s = EbpfSampler::start_with(opts, filter)?;
         if self.cfg.unwind == crate::sampler::UnwindMethod::Dwarf {
             match s.enable_dwarf(
                 self.tables.clone(),
@@ -476,10 +498,10 @@ impl ProfilerService {
             return Err(ProfileError::Disabled);
         }
         let filter = self.filter_for(&req.target)?;
-        let slot = self.acquire(req.target.key())?;
+        let slot = self.acquire(req.key())?;
         self.publish_running();
         let svc = self.clone();
-        let span = tracing::info_span!("profile", target = %req.target.key(), seconds = req.seconds, hz = req.hz);
+        let span = tracing::info_span!("profile", target = %req.target.key(), r#type = req.kind.as_str(), seconds = req.seconds, hz = req.hz);
         let res = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
             let r = svc.profile_blocking(&req, filter, &cancel);
@@ -498,6 +520,9 @@ impl ProfilerService {
         filter: Filter,
         cancel: &CancellationToken,
     ) -> Result<Rendered, ProfileError> {
+        if req.kind != ProfileKind::Cpu {
+            return self.profile_time(req, filter, cancel);
+        }
         let start = SystemTime::now();
         let t0 = Instant::now();
         let duration = Duration::from_secs(req.seconds);
@@ -575,6 +600,152 @@ impl ProfilerService {
             body,
             sampler: sampler_name,
             samples,
+        })
+    }
+
+    /// An off-CPU (`type=offcpu`) or wall-clock (`type=wall`: on-CPU samples plus
+    /// off-CPU time) profile. Needs eBPF (no SIGPROF fallback): the off-CPU program is
+    /// loaded and attached for this profile only, and detached at its end.
+    fn profile_time(
+        &self,
+        req: &ProfileRequest,
+        filter: Filter,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, ProfileError> {
+        let ratio = self.cfg.offcpu_sample_ratio.max(1);
+        let wall = req.kind == ProfileKind::Wall;
+        let opts = SamplerOptions {
+            hz: wall.then_some(req.hz),
+            offcpu_ratio: Some(ratio),
+        };
+        let started = self.start_sampler_with(opts, &filter);
+        self.note_ebpf(&started);
+        let mut s = started.map_err(|e| ProfileError::EbpfUnavailable(e.to_string()))?;
+        let (ws, wt) = (SystemTime::now(), Instant::now());
+        s.begin_offcpu_window();
+        let end = wt + Duration::from_secs(req.seconds);
+        let tick = Duration::from_millis(self.cfg.drain_interval_ms);
+        let mut agg = Aggregator::new(self.cfg.max_stacks_per_profile);
+        let mut off = crate::offcpu::OffCpuAggregator::new(self.cfg.max_stacks_per_profile);
+        let mut tracker = CounterTracker::new();
+        let mut intervals = 0u64;
+        let mut add_off = |off: &mut crate::offcpu::OffCpuAggregator, v: Vec<OffCpuInterval>| {
+            intervals += v.len() as u64;
+            for i in v {
+                self.symbolizer.observe(i.key.pid);
+                off.add(i);
+            }
+        };
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            sleep_until(left.min(tick), || {
+                cancel.is_cancelled() || self.wrapping_up()
+            });
+            if cancel.is_cancelled() {
+                return Err(ProfileError::Cancelled);
+            }
+            let d = self.drain_into(&mut s, &mut agg, &mut tracker);
+            add_off(&mut off, d.offcpu);
+            if Instant::now() >= end || self.wrapping_up() {
+                break;
+            }
+        }
+        let (d, pairing) = s
+            .finish_offcpu()
+            .map_err(|e| ProfileError::Internal(e.to_string()))?;
+        let window = (ws, wt.elapsed());
+        self.metrics.bad_records.add(d.bad_records);
+        for smp in d.samples {
+            self.symbolizer.observe(smp.key.pid);
+            agg.add(smp);
+        }
+        add_off(&mut off, d.offcpu);
+        tracker.update(&self.metrics, s.counters());
+        drop(s);
+        let m = &self.metrics;
+        m.offcpu_intervals.add(intervals);
+        m.offcpu_dropped.add(
+            pairing.pending_dropped + pairing.unmatched_ends + pairing.evicted + off.dropped(),
+        );
+        m.aggregation_dropped.add(agg.dropped_samples());
+
+        let period = 1_000_000_000u64 / req.hz.max(1) as u64;
+        let (raw, vals) = crate::offcpu::time_rows(
+            if wall { agg.take() } else { Vec::new() },
+            period,
+            off.take_rescaled(ratio),
+        );
+        let mut resolved = self.symbolizer.resolve(&raw);
+        for (r, v) in resolved.iter_mut().zip(&vals) {
+            if v.off_state.is_some() {
+                crate::offcpu::strip_tracing_frames(r);
+            }
+        }
+        self.publish_quality();
+        let c = tracker.last;
+        let mut comments = vec![format!(
+            "nodescope {} profile: off-CPU time from tp_btf/sched_switch (stack at switch-out, time charged at switch-in or at the end of the profile, split at tp_btf/sched_wakeup), 1 in {ratio} context switches followed and every value multiplied by {ratio}; label state=blocked (until woken) | wakeup (woken, waiting for a CPU) | preempted (runnable, waiting for a CPU) | on-cpu, task_state=S|D|R|...",
+            req.kind.as_str()
+        )];
+        if wall {
+            comments.push(format!(
+                "on-CPU: eBPF sampler, cpu-clock at {} Hz, {} ns per sample, {}",
+                req.hz,
+                period,
+                self.unwind_description()
+            ));
+        }
+        comments.push(format!(
+            "off-CPU intervals: {intervals} measured ({} still off CPU at the end, charged up to it); dropped: {} ring buffer, {} task map full, {} evicted, {} unmatched, {} over the stack bound; {} switches skipped by sampling",
+            pairing.open_at_end,
+            c.offcpu_lost,
+            c.offcpu_map_full,
+            pairing.evicted,
+            pairing.unmatched_ends + pairing.pending_dropped,
+            off.dropped(),
+            c.offcpu_skipped,
+        ));
+        comments.push(
+            "off-CPU time before the window is not charged; tasks already off CPU when the off-CPU programs were attached are seen only from their next switch-out"
+                .into(),
+        );
+        comments.push(format!("target {}", req.target.key()));
+        comments.extend(quality_comments(&resolved));
+        if cancel.is_cancelled() {
+            return Err(ProfileError::Cancelled);
+        }
+        let meta = ProfileMeta {
+            start: window.0,
+            duration: window.1,
+            hz: req.hz,
+            comments,
+        };
+        let body = match req.format {
+            Format::Pprof => output::gzip_pprof(&crate::offcpu::build_time_pprof(
+                req.kind, &resolved, &vals, &meta,
+            )),
+            Format::Folded => {
+                crate::offcpu::set_nanos_as_count(&mut resolved, &vals);
+                Ok(output::folded(&resolved).into_bytes())
+            }
+            Format::Svg => {
+                crate::offcpu::set_nanos_as_count(&mut resolved, &vals);
+                output::svg(
+                    &resolved,
+                    &format!(
+                        "nodescope {} profile (nanoseconds): {}",
+                        req.kind.as_str(),
+                        req.target.key()
+                    ),
+                )
+            }
+        }
+        .map_err(|e| ProfileError::Internal(e.to_string()))?;
+        Ok(Rendered {
+            format: req.format,
+            body,
+            sampler: "ebpf",
+            samples: raw.iter().map(|r| r.count).sum(),
         })
     }
 
@@ -663,8 +834,13 @@ impl ProfilerService {
             // Each pid once per sample (up to twice): see `Registrar::offer`.
             let mut seen: std::collections::HashMap<u32, u8> = std::collections::HashMap::new();
             let mut pids: Vec<u32> = Vec::new();
-            for t in &d.timed {
-                let pid = d.samples[t.sample as usize].key.pid;
+            let off = d.offcpu.iter().map(|i| i.key.pid);
+            for pid in d
+                .timed
+                .iter()
+                .map(|t| d.samples[t.sample as usize].key.pid)
+                .chain(off)
+            {
                 let c = seen.entry(pid).or_default();
                 if *c < 2 {
                     *c += 1;
