@@ -242,8 +242,11 @@ async fn node_jit_frames_are_named_from_the_perf_map() {
     let Some(node) = require_tool(T, "node", &["/usr/bin/node"]) else {
         return;
     };
+    // V8 writes isolate-*-v8.log files into its working directory: not the source tree.
+    let cwd = tempfile::tempdir().unwrap();
     let w = Workload(
         Command::new(node)
+            .current_dir(cwd.path())
             .args([
                 "--perf-basic-prof",
                 "-e",
