@@ -271,96 +271,16 @@ impl LokiEncoder {
         s
     }
 
-    pub fn request(&self, batch: &[Signal]) -> (logproto::PushRequest, u32) {
-        let mut streams: Vec<logproto::StreamAdapter> = Vec::new();
+    /// The batch's records grouped into Loki streams, each stream's entries in time order,
+    /// with the sanitized names of the attributes they carry and the record count.
+    fn group<'a>(&self, batch: &'a [Signal]) -> Grouped<'a> {
+        let mut streams: Vec<Stream<'a>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut items = 0u32;
         // Consecutive records of one source usually share their labels: reuse the stream.
         let mut prev: Option<(&LogRecord, usize)> = None;
-        let mut names: Vec<(String, String)> = Vec::new();
-        for s in batch {
-            let Signal::Logs(records) = s else { continue };
-            for r in records.iter() {
-                items += 1;
-                let i = match prev {
-                    Some((p, i)) if p.kind == r.kind && p.labels == r.labels => i,
-                    _ => {
-                        let labels = self.stream_labels(r);
-                        match index.get(&labels) {
-                            Some(&i) => i,
-                            None => {
-                                index.insert(labels.clone(), streams.len());
-                                streams.push(logproto::StreamAdapter {
-                                    labels,
-                                    entries: Vec::new(),
-                                    hash: 0,
-                                });
-                                streams.len() - 1
-                            }
-                        }
-                    }
-                };
-                prev = Some((r, i));
-                let d = r.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default();
-                let mut md = Vec::with_capacity(r.attributes.len() + 1);
-                md.push(logproto::LabelPairAdapter {
-                    name: "level".into(),
-                    value: r.severity.as_str().into(),
-                });
-                for (k, v) in &r.attributes {
-                    // Few distinct attribute names: sanitize each once per request.
-                    let name = match names.iter().find(|(raw, _)| raw == k) {
-                        Some((_, n)) => n.clone(),
-                        None => {
-                            let n = sanitize_label_name(k);
-                            if names.len() < 64 {
-                                names.push((k.to_string(), n.clone()));
-                            }
-                            n
-                        }
-                    };
-                    md.push(logproto::LabelPairAdapter {
-                        name,
-                        value: v.clone(),
-                    });
-                }
-                streams[i].entries.push(logproto::EntryAdapter {
-                    timestamp: Some(prost_types::Timestamp {
-                        seconds: d.as_secs() as i64,
-                        nanos: d.subsec_nanos() as i32,
-                    }),
-                    line: r.body.clone(),
-                    structured_metadata: md,
-                });
-            }
-        }
-        for s in &mut streams {
-            // Stable: records with equal timestamps keep their arrival order.
-            s.entries.sort_by_key(|e| {
-                e.timestamp
-                    .as_ref()
-                    .map(|t| (t.seconds, t.nanos))
-                    .unwrap_or_default()
-            });
-        }
-        (logproto::PushRequest { streams }, items)
-    }
-
-    /// The same `PushRequest` as [`LokiEncoder::request`] encoded straight from the
-    /// records (byte for byte: `tests::direct_encoding_is_prost_encoding`), without
-    /// copying every line and attribute into owned messages first: those copies were a
-    /// third of the log shipper's CPU.
-    pub fn encode_request(&self, batch: &[Signal]) -> (Vec<u8>, u32) {
-        struct Stream<'a> {
-            labels: String,
-            entries: Vec<(i64, i32, &'a LogRecord)>,
-        }
-        let mut streams: Vec<Stream> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut items = 0u32;
-        let mut prev: Option<(&LogRecord, usize)> = None;
         // Sanitized attribute names, once per distinct name (a handful: a linear scan).
-        let mut sanitized: Vec<(&str, String)> = Vec::new();
+        let mut names: Vec<(&'a str, String)> = Vec::new();
         for s in batch {
             let Signal::Logs(records) = s else { continue };
             for r in records.iter() {
@@ -384,8 +304,8 @@ impl LokiEncoder {
                 };
                 prev = Some((r, i));
                 for (k, _) in &r.attributes {
-                    if pb::name(&sanitized, k).is_none() {
-                        sanitized.push((k.as_ref(), sanitize_label_name(k)));
+                    if pb::name(&names, k).is_none() {
+                        names.push((k.as_ref(), sanitize_label_name(k)));
                     }
                 }
                 let d = r.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -398,6 +318,56 @@ impl LokiEncoder {
             // Stable: records with equal timestamps keep their arrival order.
             s.entries.sort_by_key(|(sec, nanos, _)| (*sec, *nanos));
         }
+        Grouped {
+            streams,
+            names,
+            items,
+        }
+    }
+
+    /// The request as prost messages (what [`LokiEncoder::encode_request`] writes).
+    pub fn request(&self, batch: &[Signal]) -> (logproto::PushRequest, u32) {
+        let g = self.group(batch);
+        let pair = |name: &str, value: &str| logproto::LabelPairAdapter {
+            name: name.into(),
+            value: value.into(),
+        };
+        let streams = g
+            .streams
+            .into_iter()
+            .map(|s| logproto::StreamAdapter {
+                labels: s.labels,
+                entries: s
+                    .entries
+                    .into_iter()
+                    .map(|(seconds, nanos, r)| logproto::EntryAdapter {
+                        timestamp: Some(prost_types::Timestamp { seconds, nanos }),
+                        line: r.body.clone(),
+                        structured_metadata: std::iter::once(pair("level", r.severity.as_str()))
+                            .chain(
+                                r.attributes
+                                    .iter()
+                                    .map(|(k, v)| pair(pb::name(&g.names, k).unwrap_or(""), v)),
+                            )
+                            .collect(),
+                    })
+                    .collect(),
+                hash: 0,
+            })
+            .collect();
+        (logproto::PushRequest { streams }, g.items)
+    }
+
+    /// The same `PushRequest` as [`LokiEncoder::request`] encoded straight from the
+    /// records (byte for byte: `tests::direct_encoding_is_prost_encoding`), without
+    /// copying every line and attribute into owned messages first: those copies were a
+    /// third of the log shipper's CPU.
+    pub fn encode_request(&self, batch: &[Signal]) -> (Vec<u8>, u32) {
+        let Grouped {
+            streams,
+            names: sanitized,
+            items,
+        } = self.group(batch);
         // Lengths first (protobuf prefixes each message with its length), then the bytes.
         let entry_lens: Vec<Vec<usize>> = streams
             .iter()
@@ -425,6 +395,19 @@ impl LokiEncoder {
         }
         (buf, items)
     }
+}
+
+/// One Loki stream of a batch: its label string and its entries (seconds, nanos, record).
+struct Stream<'a> {
+    labels: String,
+    entries: Vec<(i64, i32, &'a LogRecord)>,
+}
+
+struct Grouped<'a> {
+    streams: Vec<Stream<'a>>,
+    /// (attribute name, sanitized label name)
+    names: Vec<(&'a str, String)>,
+    items: u32,
 }
 
 /// Protobuf wire encoding of Loki's `PushRequest` from borrowed records (field numbers
