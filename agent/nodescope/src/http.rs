@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use nodescope_component::accepts_gzip;
 use nodescope_exporter_prometheus::{encode, Format};
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{MetricFamily, StatusRegistry};
@@ -125,26 +126,6 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         );
     }
     resp
-}
-
-/// True when `Accept-Encoding` lists gzip (or `*`) with a non-zero quality.
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let q_zero = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
-        })
 }
 
 /// gzip at the fastest level: metric text still compresses ~10x at a fraction of the CPU.
