@@ -609,8 +609,11 @@ async fn sender_loop<T: Transport>(shared: Arc<Shared>, transport: T) {
         if past_deadline(&shared, Instant::now()) {
             return;
         }
+        // Read before looking: `closing` is set after the intake's last flush, so a read
+        // that starts after it was seen finds everything; one that started before may not.
+        let closing = shared.closing.load(Ordering::SeqCst);
         let Some((p, a)) = off_runtime(&shared, next_payload).await.flatten() else {
-            if shared.closing.load(Ordering::SeqCst) {
+            if closing {
                 return;
             }
             // Woken by the intake, or periodically so the WAL reader can pick up data.
