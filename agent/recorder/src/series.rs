@@ -375,41 +375,9 @@ impl SeriesRing {
         }
     }
 
-    /// The series whose value changes within `[from_ms, to_ms]` (decoded without
-    /// materializing the frames).
-    pub fn varying(&self, from_ms: i64, to_ms: i64) -> std::collections::HashSet<u32> {
-        let mut first: HashMap<u32, i64> = HashMap::new();
-        let mut out = std::collections::HashSet::new();
-        let open = self
-            .open
-            .as_ref()
-            .map(|o| (o.start_ms, o.last_ms, &o.data[..]));
-        let all = self
-            .chunks
-            .iter()
-            .map(|c| (c.start_ms, c.end_ms, &c.data[..]))
-            .chain(open);
-        for (start, end, data) in all {
-            if end < from_ms || start > to_ms {
-                continue;
-            }
-            decode_chunk(start, data, |t, entries| {
-                if t < from_ms || t > to_ms {
-                    return;
-                }
-                for &(id, q) in entries {
-                    if *first.entry(id).or_insert(q) != q {
-                        out.insert(id);
-                    }
-                }
-            });
-        }
-        out
-    }
-
-    /// Decodes the frames with `from_ms <= t <= to_ms`, keeping the series `want` accepts.
-    pub fn scan(&self, from_ms: i64, to_ms: i64, want: impl Fn(u32) -> bool) -> Vec<Frame> {
-        let mut out = Vec::new();
+    /// Calls `f(time, [(id, quantized value)])` for every frame with
+    /// `from_ms <= t <= to_ms`, sealed chunks first, then the open one.
+    fn frames_in(&self, from_ms: i64, to_ms: i64, mut f: impl FnMut(i64, &[(u32, i64)])) {
         let open = self
             .open
             .as_ref()
@@ -425,17 +393,40 @@ impl SeriesRing {
             }
             decode_chunk(start, data, |t, entries| {
                 if t >= from_ms && t <= to_ms {
-                    out.push((
-                        t,
-                        entries
-                            .iter()
-                            .filter(|(id, _)| want(*id))
-                            .map(|&(id, q)| (id, dequantize(q)))
-                            .collect(),
-                    ));
+                    f(t, entries);
                 }
             });
         }
+    }
+
+    /// The series whose value changes within `[from_ms, to_ms]` (decoded without
+    /// materializing the frames).
+    pub fn varying(&self, from_ms: i64, to_ms: i64) -> std::collections::HashSet<u32> {
+        let mut first: HashMap<u32, i64> = HashMap::new();
+        let mut out = std::collections::HashSet::new();
+        self.frames_in(from_ms, to_ms, |_, entries| {
+            for &(id, q) in entries {
+                if *first.entry(id).or_insert(q) != q {
+                    out.insert(id);
+                }
+            }
+        });
+        out
+    }
+
+    /// Decodes the frames with `from_ms <= t <= to_ms`, keeping the series `want` accepts.
+    pub fn scan(&self, from_ms: i64, to_ms: i64, want: impl Fn(u32) -> bool) -> Vec<Frame> {
+        let mut out = Vec::new();
+        self.frames_in(from_ms, to_ms, |t, entries| {
+            out.push((
+                t,
+                entries
+                    .iter()
+                    .filter(|(id, _)| want(*id))
+                    .map(|&(id, q)| (id, dequantize(q)))
+                    .collect(),
+            ));
+        });
         out
     }
 }
