@@ -83,6 +83,17 @@ pub trait ProfilerControl: Send + Sync + 'static {
     fn current_hz(&self) -> u32;
 }
 
+/// Profiles that exist only on demand, which the recorder asks for during an incident's
+/// `--after` window (the off-CPU programs are attached only while a profile runs, so the
+/// recorder has no off-CPU history to cut a window from). Provided by the profiler.
+#[async_trait::async_trait]
+pub trait OnDemandProfiler: Send + Sync + 'static {
+    /// An off-CPU profile of the whole node for `seconds` (clamped to the profiler's
+    /// maximum): gzip-compressed pprof, nanoseconds off CPU per stack. Errors say why not
+    /// (profiling off, eBPF unavailable, another off-CPU profile of the node running).
+    async fn offcpu_node(&self, seconds: u64) -> Result<Vec<u8>, String>;
+}
+
 /// Receives every log record / event that enters the pipeline (network events, kernel log
 /// lines), whether or not an exporter takes logs: the flight recorder's events ring. Called
 /// on the pipeline's fan-out task: must not block; bounds itself.

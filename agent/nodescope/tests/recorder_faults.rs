@@ -82,10 +82,53 @@ fn incident(agent: &Agent) -> Vec<serde_json::Value> {
         assert!(Instant::now() < deadline, "bundle not ready: {i}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    offcpu_profile_is_in_the_bundle(agent, &id);
     let (code, f) =
         http_get(&agent.url(&format!("/api/v1/incidents/{id}/files/findings.json"))).unwrap();
     assert_eq!(code, 200);
     serde_json::from_str(&f).unwrap()
+}
+
+/// The after window brought an off-CPU profile of the node (the agent runs as root with
+/// eBPF here); once per test process, `go tool pprof` reads it and finds off-CPU time.
+fn offcpu_profile_is_in_the_bundle(agent: &Agent, id: &str) {
+    static READ_WITH_PPROF: AtomicBool = AtomicBool::new(false);
+    let (code, m) =
+        http_get(&agent.url(&format!("/api/v1/incidents/{id}/files/manifest.json"))).unwrap();
+    assert_eq!(code, 200);
+    let m: serde_json::Value = serde_json::from_str(&m).unwrap();
+    assert_eq!(
+        m["offcpu"]["file"], "offcpu-incident.pb.gz",
+        "{}",
+        m["offcpu"]
+    );
+    if READ_WITH_PPROF.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let body = reqwest::blocking::get(agent.url(&format!(
+        "/api/v1/incidents/{id}/files/offcpu-incident.pb.gz"
+    )))
+    .unwrap()
+    .bytes()
+    .unwrap();
+    assert_eq!(&body[..2], &[0x1f, 0x8b]);
+    let Some(go) = require_tool("recorder_offcpu_pprof", "go", &["/usr/lib/go/bin/go"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("offcpu.pb.gz");
+    std::fs::write(&f, &body).unwrap();
+    let o = Command::new(go)
+        .args(["tool", "pprof", "-top", "-sample_index=offcpu"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("Type: offcpu"),
+        "pprof: {text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Runs `inject` (which returns its own cleanup) `runs()` times and counts the runs whose

@@ -2,7 +2,7 @@
 
 use nodescope_component::{BuildContext, BuildError, Component, Parts, Task, ValidateContext};
 use nodescope_model::config::Issues;
-use nodescope_model::feeds::{ProfilerControl, SampleSink};
+use nodescope_model::feeds::{OnDemandProfiler, ProfilerControl, SampleSink};
 use nodescope_model::SignalKind;
 use tracing::info;
 
@@ -28,7 +28,7 @@ impl Component for ProfilingConfig {
     /// On-demand `/debug/pprof/*` for any pid, container or the whole node, and
     /// continuous profiling when an exporter takes profiles (per-workload profiles into
     /// the pipeline) or a `dyn SampleSink` (the flight recorder, built before us) takes
-    /// timestamped samples. Provides `dyn ProfilerControl`. Never fails the agent:
+    /// timestamped samples. Provides `dyn ProfilerControl` and `dyn OnDemandProfiler`. Never fails the agent:
     /// without eBPF it still profiles itself.
     fn build(&self, ctx: &BuildContext) -> Result<Parts, BuildError> {
         let mut cfg = self.clone();
@@ -52,6 +52,10 @@ impl Component for ProfilingConfig {
         );
         svc.wrap_up_on(ctx.shutdown.clone());
         ctx.services.provide::<dyn ProfilerControl>(svc.control());
+        ctx.services
+            .provide::<dyn OnDemandProfiler>(std::sync::Arc::new(crate::feed::OnDemand(
+                svc.clone(),
+            )));
         let mut parts = Parts::default()
             .with_collector(svc.collector())
             .with_router(crate::router(svc.clone()));

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use nodescope_model::feeds::{ProfilerControl, SampleBatch, SampleKind, StackRecord, TimedSample};
+use nodescope_model::feeds::{
+    OnDemandProfiler, ProfilerControl, SampleBatch, SampleKind, StackRecord, TimedSample,
+};
 use parking_lot::Mutex;
 
 use crate::sampler::TimedRaw;
@@ -151,6 +153,31 @@ impl ProfilerControl for RateControl {
 
     fn current_hz(&self) -> u32 {
         self.current.load(Ordering::Acquire)
+    }
+}
+
+/// [`OnDemandProfiler`] over the profiler service: the recorder's off-CPU profile of the
+/// node during an incident's after window. Runs like `GET /debug/pprof/profile?all=1&type=offcpu`
+/// (same slot, same limits), so it counts against `max_concurrent` and is refused while
+/// an off-CPU profile of the whole node is already running.
+pub struct OnDemand(pub Arc<crate::ProfilerService>);
+
+#[async_trait::async_trait]
+impl OnDemandProfiler for OnDemand {
+    async fn offcpu_node(&self, seconds: u64) -> Result<Vec<u8>, String> {
+        let limits = self.0.limits();
+        let req = crate::request::ProfileRequest {
+            target: crate::request::Target::All,
+            seconds: seconds.clamp(1, limits.max_seconds.max(1)),
+            hz: limits.default_hz,
+            format: crate::Format::Pprof,
+            kind: crate::request::ProfileKind::OffCpu,
+        };
+        self.0
+            .profile(req, tokio_util::sync::CancellationToken::new())
+            .await
+            .map(|r| r.body)
+            .map_err(|e| e.to_string())
     }
 }
 

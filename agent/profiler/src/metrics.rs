@@ -37,6 +37,7 @@ pub struct ProfilerMetrics {
     pub profiles_dropped: Counter,
     pub quality_labels_folded: Counter,
     pub debuginfo_skipped: Counter,
+    pub debuginfo_dropped: Counter,
     pub symbolizer_unmaps: Counter,
     quality: std::sync::Arc<Mutex<QualityState>>,
 }
@@ -189,9 +190,14 @@ impl ProfilerMetrics {
                 "Binaries opened for symbolization whose DWARF (with their separate debug file) exceeded profiling.debug_info_max_binary_mb; they are symbolized from ELF symbol tables only (names kept, no inlined frames).",
                 &[],
             ),
+            debuginfo_dropped: m.counter(
+                "nodescope_profiler_debuginfo_dropped_total",
+                "Binaries whose DWARF was parsed three times within a minute (it did not fit the symbolizer's file-backed memory bound alongside the other binaries in use, so every pass parsed it again); they are symbolized from symbol tables from then on (names kept, no inlined frames).",
+                &[],
+            ),
             symbolizer_unmaps: m.counter(
                 "nodescope_symbolizer_unmaps_total",
-                "Times the blazesym symbolizer was dropped inside a symbolization pass (unmapping the files it parsed) because the agent's file-backed RSS, plus what the next binary is expected to map, exceeded 32 MiB.",
+                "Times the blazesym symbolizer was dropped inside a symbolization pass (unmapping the files it parsed) because the agent's file-backed RSS, plus what the next binary is expected to map, exceeded the bound (32 MiB, or 16 MiB above the file-backed RSS after the last drop).",
                 &[],
             ),
             quality: Default::default(),

@@ -205,9 +205,38 @@ struct Binary {
     /// What symbolizing it is expected to map (bytes): symbol tables, plus DWARF when
     /// `plan` is [`SymPlan::Dwarf`]; 0 when unknown.
     est_bytes: u64,
+    /// For a [`SymPlan::Dwarf`] binary, how it is symbolized once its DWARF proved too
+    /// costly to keep (`dwarf_off`): its own symbol tables, or its debug file's `.symtab`.
+    fallback: Option<(SymPlan, u64)>,
+    /// Set when the binary's DWARF had to be parsed [`DWARF_MAX_PARSES`] times within
+    /// [`DWARF_REPARSE_WINDOW`]: it does not fit the symbolizer's memory bound alongside the
+    /// other binaries in use, and parsing it every pass costs more than its inlined frames
+    /// are worth. From then on it is symbolized from `fallback`.
+    dwarf_off: std::sync::atomic::AtomicBool,
+    /// Start of the current [`DWARF_REPARSE_WINDOW`] and the parses in it.
+    dwarf_parses: Mutex<Option<(Instant, u32)>>,
     cache: Mutex<HashMap<u64, Arc<[Arc<str>]>>>,
     last_used: Mutex<Instant>,
 }
+
+impl Binary {
+    /// The plan in force and what it is expected to map.
+    fn active(&self) -> (&SymPlan, u64) {
+        match &self.fallback {
+            Some((p, est)) if self.dwarf_off.load(std::sync::atomic::Ordering::Relaxed) => {
+                (p, *est)
+            }
+            _ => (&self.plan, self.est_bytes),
+        }
+    }
+}
+
+/// A DWARF binary parsed [`DWARF_MAX_PARSES`] times within this window falls back to
+/// symbol tables (see [`Binary::dwarf_off`]). Three, not two: an on-demand profile's
+/// thread has its own blazesym symbolizer and may parse a binary the continuous
+/// profiler's thread parsed a moment before.
+const DWARF_REPARSE_WINDOW: Duration = Duration::from_secs(60);
+const DWARF_MAX_PARSES: u32 = 3;
 
 impl std::fmt::Debug for Binary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,6 +333,24 @@ const BLAZE_MAX_AGE: Duration = Duration::from_secs(600);
 /// 32 MiB: the agent's own binary is ~12 MB of it; the container memory benchmark
 /// (docs/benchmarks.md) holds steady RSS under 64 MB with this.
 const BLAZE_KEEP_MAX_RSS_FILE_KB: u64 = 32 * 1024;
+/// Room always left for parsed symbol files above the floor (the `RssFile` measured right
+/// after the last unmap: the agent's own pages, without blazesym's). Without it, an agent
+/// whose own file pages alone exceed the bound (a binary with debug info, many touched
+/// code paths) would unmap after every binary and parse the same DWARF again on each pass:
+/// measured 178 unmaps in 40 s and 1.8 % of a core, mostly zlib and gimli.
+const BLAZE_HEADROOM_KB: u64 = 16 * 1024;
+/// `RssFile` after the last unmap (0: none yet).
+static BLAZE_FLOOR_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The file-backed RSS above which the blazesym symbolizer is dropped:
+/// max([`BLAZE_KEEP_MAX_RSS_FILE_KB`], floor + [`BLAZE_HEADROOM_KB`]).
+fn blaze_keep_bound_kb() -> u64 {
+    keep_bound(BLAZE_FLOOR_KB.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn keep_bound(floor_kb: u64) -> u64 {
+    BLAZE_KEEP_MAX_RSS_FILE_KB.max(floor_kb.saturating_add(BLAZE_HEADROOM_KB))
+}
 
 fn rss_file_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -529,7 +576,8 @@ impl Symbolizer {
             }
         }
         let display = path.to_string();
-        let (plan, est_bytes) = self.plan_for(&file, &fd_path, build_id.as_deref(), &display);
+        let (plan, est_bytes, fallback) =
+            self.plan_for(&file, &fd_path, build_id.as_deref(), &display);
         let b = Arc::new(Binary {
             display,
             build_id,
@@ -537,6 +585,9 @@ impl Symbolizer {
             fd_path,
             plan,
             est_bytes,
+            fallback,
+            dwarf_off: Default::default(),
+            dwarf_parses: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -555,16 +606,16 @@ impl Symbolizer {
         fd_path: &Path,
         build_id: Option<&str>,
         label: &str,
-    ) -> (SymPlan, u64) {
+    ) -> (SymPlan, u64, Option<(SymPlan, u64)>) {
         let fp = match debugsize::footprint(file) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(binary = label, error = %e, "ELF headers unreadable; symbol tables only");
-                return (SymPlan::Symtab, 0);
+                return (SymPlan::Symtab, 0, None);
             }
         };
         if !self.limits.debug_info {
-            return (SymPlan::Symtab, fp.symtab_bytes);
+            return (SymPlan::Symtab, fp.symtab_bytes, None);
         }
         // The separate debug file blazesym would follow (the first candidate that opens).
         let linker = std::fs::read_link(fd_path).unwrap_or_else(|_| PathBuf::from(label));
@@ -583,9 +634,25 @@ impl Symbolizer {
         let total = fp
             .dwarf_bytes
             .saturating_add(separate_fp.as_ref().map_or(0, |s| s.dwarf_bytes));
+        // Symbol tables only: the binary's own, or its debug file's when it has none.
+        let symtab = match (fp.has_symtab, separate, separate_fp) {
+            (false, Some(f), Some(sfp)) if sfp.has_symtab => (
+                SymPlan::DebugFileSymtab {
+                    fd_path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+                    _file: f,
+                    binary: fp.clone(),
+                },
+                sfp.symtab_bytes,
+            ),
+            _ => (SymPlan::Symtab, fp.symtab_bytes),
+        };
         match debugsize::decide(true, total, self.limits.debug_info_max_bytes) {
-            DwarfDecision::Use => (SymPlan::Dwarf, fp.symtab_bytes.saturating_add(total)),
-            DwarfDecision::Disabled => (SymPlan::Symtab, fp.symtab_bytes),
+            DwarfDecision::Use => (
+                SymPlan::Dwarf,
+                fp.symtab_bytes.saturating_add(total),
+                Some(symtab),
+            ),
+            DwarfDecision::Disabled => (SymPlan::Symtab, fp.symtab_bytes, None),
             DwarfDecision::TooLarge => {
                 self.metrics.debuginfo_skipped.inc();
                 tracing::info!(
@@ -594,17 +661,7 @@ impl Symbolizer {
                     limit_mb = self.limits.debug_info_max_bytes >> 20,
                     "debug info over the limit; symbolizing from ELF symbol tables only"
                 );
-                match (fp.has_symtab, separate, separate_fp) {
-                    (false, Some(f), Some(sfp)) if sfp.has_symtab => (
-                        SymPlan::DebugFileSymtab {
-                            fd_path: PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
-                            _file: f,
-                            binary: fp,
-                        },
-                        sfp.symtab_bytes,
-                    ),
-                    _ => (SymPlan::Symtab, fp.symtab_bytes),
-                }
+                (symtab.0, symtab.1, None)
             }
         }
     }
@@ -625,6 +682,36 @@ impl Symbolizer {
 
     /// Symbolizes the file offsets `offs` of `b` in one blazesym call, following the
     /// binary's [`SymPlan`]. One result per offset, in order.
+    /// Called before a binary is parsed by the current blazesym symbolizer: a DWARF
+    /// binary parsed [`DWARF_MAX_PARSES`] times within [`DWARF_REPARSE_WINDOW`] switches
+    /// to its fallback.
+    fn note_parse(&self, b: &Binary) {
+        use std::sync::atomic::Ordering;
+        if b.fallback.is_none() || b.dwarf_off.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut w = b.dwarf_parses.lock();
+        let n = match *w {
+            Some((start, n)) if start.elapsed() < DWARF_REPARSE_WINDOW => n + 1,
+            _ => {
+                *w = Some((Instant::now(), 1));
+                1
+            }
+        };
+        if let Some((_, c)) = w.as_mut() {
+            *c = n;
+        }
+        if n >= DWARF_MAX_PARSES {
+            b.dwarf_off.store(true, Ordering::Relaxed);
+            self.metrics.debuginfo_dropped.inc();
+            tracing::info!(
+                binary = %b.display,
+                debug_mb = b.est_bytes >> 20,
+                "DWARF parsed three times within a minute (it does not fit the symbolizer's memory bound with the other binaries in use); symbolizing it from symbol tables from now on"
+            );
+        }
+    }
+
     /// Drops the blazesym symbolizer (unmapping everything it parsed), counted.
     fn unmap(
         &self,
@@ -636,6 +723,9 @@ impl Symbolizer {
         parsed.clear();
         *created = Instant::now();
         self.metrics.symbolizer_unmaps.inc();
+        if let Some(kb) = rss_file_kb() {
+            BLAZE_FLOOR_KB.store(kb, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn symbolize_batch(
@@ -645,10 +735,11 @@ impl Symbolizer {
         offs: &[u64],
     ) -> Vec<Option<Names>> {
         let sym = blaze.get_or_insert_with(|| self.new_blaze());
-        let result = match &b.plan {
+        let (plan, _) = b.active();
+        let result = match plan {
             SymPlan::Dwarf | SymPlan::Symtab => {
                 let mut elf = Elf::new(&b.fd_path);
-                elf.debug_syms = matches!(b.plan, SymPlan::Dwarf);
+                elf.debug_syms = matches!(plan, SymPlan::Dwarf);
                 sym.symbolize(&Source::Elf(elf), Input::FileOffset(offs))
             }
             SymPlan::DebugFileSymtab {
@@ -835,7 +926,7 @@ impl Symbolizer {
     /// Names of every distinct user frame of the pass, keyed by (binary, file offset).
     /// Cache hits are taken first; the misses are grouped per binary and each binary is
     /// symbolized in one blazesym batch. Before each binary, if the agent's file-backed
-    /// RSS plus what that binary is expected to map exceeds [`BLAZE_KEEP_MAX_RSS_FILE_KB`],
+    /// RSS plus what that binary is expected to map exceeds [`blaze_keep_bound_kb`],
     /// and after it, if the RSS alone does, the blazesym symbolizer is dropped, which
     /// unmaps every file it parsed: the file-backed peak of a pass is about
     /// max(that bound, base + one binary), not the sum over the binaries of the pass.
@@ -905,10 +996,14 @@ impl Symbolizer {
             let unmap_first = blaze.is_some()
                 && !parsed.contains(&ptr)
                 && rss_kb.get_or_insert_with(rss_file_kb).is_some_and(|kb| {
-                    kb.saturating_add(b.est_bytes >> 10) > BLAZE_KEEP_MAX_RSS_FILE_KB
+                    kb.saturating_add(b.active().1 >> 10) > blaze_keep_bound_kb()
                 });
             if unmap_first {
+                tracing::debug!(next = %b.display, estimate_kb = b.active().1 >> 10, rss_file_kb = ?rss_kb, bound_kb = blaze_keep_bound_kb(), "symbolizer dropped before a binary");
                 self.unmap(&mut blaze, &mut parsed, &mut created);
+            }
+            if !parsed.contains(&ptr) {
+                self.note_parse(&b);
             }
             let resolved = self.symbolize_batch(&mut blaze, &b, &offs);
             parsed.insert(ptr);
@@ -920,8 +1015,9 @@ impl Symbolizer {
             }
             let kb = rss_file_kb();
             rss_kb = Some(kb);
-            over = kb.is_some_and(|kb| kb > BLAZE_KEEP_MAX_RSS_FILE_KB);
+            over = kb.is_some_and(|kb| kb > blaze_keep_bound_kb());
             if over {
+                tracing::debug!(after = %b.display, estimate_kb = b.active().1 >> 10, rss_file_kb = ?kb, bound_kb = blaze_keep_bound_kb(), "symbolizer dropped after a binary");
                 self.unmap(&mut blaze, &mut parsed, &mut created);
             }
         }
@@ -1025,7 +1121,7 @@ impl Symbolizer {
             .by_key
             .values()
             .find(|b| b.display.ends_with(suffix))
-            .map(|b| b.plan.name())
+            .map(|b| b.active().0.name())
     }
 }
 
@@ -1283,6 +1379,49 @@ mod tests {
     }
 
     #[test]
+    fn dwarf_parsed_three_times_in_a_minute_falls_back_to_symbol_tables() {
+        let sample = own_sample(1);
+        let m = ProfilerMetrics::new(&SelfMetrics::new());
+        let limits = SymbolizerLimits {
+            debug_info_max_bytes: u64::MAX,
+            ..Default::default()
+        };
+        let s = Symbolizer::new(PathBuf::from("/proc"), limits, m.clone());
+        s.resolve(std::slice::from_ref(&sample));
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let suffix = format!("/{}", exe.to_string_lossy().rsplit('/').next().unwrap());
+        assert_eq!(s.plan_of(&suffix), Some("dwarf"));
+        let b = s
+            .binaries
+            .lock()
+            .by_key
+            .values()
+            .find(|b| b.display.ends_with(&suffix))
+            .cloned()
+            .unwrap();
+        // The resolve above parsed it once; a second parse keeps DWARF, the third drops it.
+        s.note_parse(&b);
+        assert_eq!(s.plan_of(&suffix), Some("dwarf"));
+        assert_eq!(m.debuginfo_dropped.get(), 0);
+        s.note_parse(&b);
+        assert_eq!(s.plan_of(&suffix), Some("symtab"));
+        assert_eq!(m.debuginfo_dropped.get(), 1);
+        s.note_parse(&b);
+        assert_eq!(m.debuginfo_dropped.get(), 1, "counted once");
+        // Names still come out, from the symbol tables (a new address: no cache hit).
+        let mut other = own_sample(1);
+        other.key.user = vec![marker_function_for_symbolizer_test() + 2].into();
+        let r = s.resolve(std::slice::from_ref(&other));
+        assert!(
+            r[0].frames[0]
+                .outer_name()
+                .contains("marker_function_for_symbolizer_test"),
+            "{:?}",
+            r[0].frames[0].names
+        );
+    }
+
+    #[test]
     fn process_cache_is_bounded() {
         let m = ProfilerMetrics::new(&SelfMetrics::new());
         let limits = SymbolizerLimits {
@@ -1300,6 +1439,17 @@ mod tests {
         let _ = child.wait();
         assert_eq!(s.process_count(), 1);
         assert_eq!(m.process_evictions.get(), 1);
+    }
+
+    #[test]
+    fn keep_bound_leaves_headroom_above_the_agents_own_pages() {
+        // A small agent keeps the absolute bound.
+        assert_eq!(keep_bound(0), 32 * 1024);
+        assert_eq!(keep_bound(10 * 1024), 32 * 1024);
+        // An agent whose own file pages exceed it still keeps 16 MiB for symbol files, so
+        // a pass does not unmap (and parse again) after every binary.
+        assert_eq!(keep_bound(43 * 1024), 59 * 1024);
+        assert_eq!(keep_bound(u64::MAX), u64::MAX);
     }
 
     #[test]

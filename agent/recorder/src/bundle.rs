@@ -1,5 +1,6 @@
 //! Writing an incident bundle: `incident-<node>-<time>.tar.gz` with manifest.json,
 //! metrics.om, cpu-incident.pb.gz, cpu-baseline.pb.gz (and their folded text),
+//! offcpu-incident.pb.gz (the after window, when the profiler could take it),
 //! events.ndjson, network.json, findings.json, summary.md, data.json and, when the UI
 //! provides a renderer, index.html. Written to a temporary name and renamed, so a listed
 //! bundle is always complete. See docs/incidents.md.
@@ -25,6 +26,8 @@ use crate::redact;
 use crate::series::{fmt_le, SeriesRing};
 
 pub const BUNDLE_VERSION: u32 = 1;
+/// The off-CPU profile of the after window, when the profiler could take one.
+pub const OFFCPU_FILE: &str = "offcpu-incident.pb.gz";
 /// Most events a bundle carries (the newest of the two windows).
 const MAX_EVENTS: usize = 20_000;
 const MAX_NETWORK_ROWS: usize = 50;
@@ -86,6 +89,9 @@ pub struct Plan {
     pub window: Window,
     pub baseline: Window,
     pub boost: Option<String>,
+    /// The off-CPU profile of the after window (gzip pprof), or why there is none;
+    /// `None`: not asked for (no after window, or `offcpu_after = false`).
+    pub offcpu: Option<Result<Vec<u8>, String>>,
 }
 
 /// Result of writing a bundle.
@@ -244,6 +250,11 @@ pub fn write(
         "agent_version": env!("CARGO_PKG_VERSION"),
         "config_digest": config_digest(rec),
         "profiler_boost": plan.boost,
+        "offcpu": match &plan.offcpu {
+            Some(Ok(_)) => json!({"file": OFFCPU_FILE, "window": "after", "note": "off-CPU time of every thread of the node during the after window; the off-CPU programs run only on demand, so there is no off-CPU baseline"}),
+            Some(Err(e)) => json!({"error": e}),
+            None => json!(null),
+        },
         "samples": {"incident": agg_inc.stacks.iter().map(|s| s.2).sum::<u64>(), "baseline": agg_base.stacks.iter().map(|s| s.2).sum::<u64>(), "hz": agg_inc.hz},
         "dropped": rec.dropped(),
         "redaction": "docs/incidents.md#redaction: secrets in texts, command lines cut to the program, environment dropped",
@@ -279,6 +290,9 @@ pub fn write(
         ("cpu-incident.folded", folded_inc.into_bytes()),
         ("cpu-baseline.folded", folded_base.into_bytes()),
     ];
+    if let Some(Ok(pb)) = &plan.offcpu {
+        files.push((OFFCPU_FILE, pb.clone()));
+    }
     let index_note = match &renderer {
         Some(r) => {
             let html = r.index_html(&data_json);
@@ -879,6 +893,20 @@ fn summary(
         "| 10. top: hottest functions (share of samples) | {} | {} |",
         top_fn(agg_inc).replace('|', "/"),
         top_fn(agg_base).replace('|', "/")
+    );
+    let _ = writeln!(s, "\n## Profiles\n");
+    let _ = writeln!(
+        s,
+        "- on CPU: `go tool pprof -diff_base cpu-baseline.pb.gz cpu-incident.pb.gz`"
+    );
+    let _ = writeln!(
+        s,
+        "- off CPU (after window only): {}",
+        match &plan.offcpu {
+            Some(Ok(_)) => format!("`go tool pprof {OFFCPU_FILE}`"),
+            Some(Err(e)) => format!("none: {}", redact::text(e)),
+            None => "not asked for (no after window, or recorder.offcpu_after = false)".into(),
+        }
     );
     s
 }

@@ -27,8 +27,13 @@ impl Component for RecorderConfig {
         self.enabled
     }
 
-    fn validate(&self, _ctx: &ValidateContext, issues: &mut Issues) {
+    fn validate(&self, ctx: &ValidateContext, issues: &mut Issues) {
         RecorderConfig::validate(self, "recorder", issues);
+        if ctx.environment && self.spool_dir.is_absolute() {
+            if let Err(e) = crate::config::check_spool_dir(&self.spool_dir) {
+                issues.push("recorder.spool_dir", e);
+            }
+        }
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Parts, BuildError> {

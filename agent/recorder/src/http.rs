@@ -426,6 +426,7 @@ const MEMBERS: &[(&str, &str)] = &[
     ),
     ("cpu-incident.pb.gz", "application/octet-stream"),
     ("cpu-baseline.pb.gz", "application/octet-stream"),
+    (crate::bundle::OFFCPU_FILE, "application/octet-stream"),
     ("cpu-incident.folded", "text/plain; charset=utf-8"),
     ("cpu-baseline.folded", "text/plain; charset=utf-8"),
     ("index.html", "text/html; charset=utf-8"),

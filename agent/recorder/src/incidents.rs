@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nodescope_model::feeds::{BundleRenderer, ProfilerControl};
+use nodescope_model::feeds::{BundleRenderer, OnDemandProfiler, ProfilerControl};
 use nodescope_model::selfmetrics::{Counter, Gauge, SelfMetrics};
 use nodescope_model::{Emitter, LogRecord, Profile, Services, Severity, Signal};
 use parking_lot::Mutex;
@@ -19,6 +19,9 @@ use crate::bundle::{self, Plan, Span, Trigger};
 use crate::query::Window;
 use crate::recorder::Recorder;
 use crate::samples::unix_ms;
+
+/// How long the bundle writer waits, after the after window, for its off-CPU profile.
+const OFFCPU_GRACE: Duration = Duration::from_secs(10);
 
 /// Largest member a `files/<name>` request reads out of a bundle.
 const MAX_MEMBER: u64 = 256 << 20;
@@ -393,6 +396,16 @@ impl Incidents {
         } else {
             None
         };
+        // The off-CPU profile of the after window, started now and awaited by the writer.
+        let offcpu = (cfg.offcpu_after && req.after >= Duration::from_secs(1)).then(|| {
+            let secs = req.after.as_secs();
+            match self.services.get::<dyn OnDemandProfiler>() {
+                Some(p) => tokio::spawn(async move { p.offcpu_node(secs).await }),
+                None => tokio::spawn(async {
+                    Err("no on-demand profiler (profiling is off)".to_string())
+                }),
+            }
+        });
         let info = IncidentInfo {
             id: id.clone(),
             node: self.rec.node.clone(),
@@ -438,6 +451,7 @@ impl Incidents {
             window,
             baseline,
             boost,
+            offcpu: None,
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -445,6 +459,18 @@ impl Incidents {
             let wait = (window.to_ms - unix_ms(SystemTime::now())).max(0) as u64 + 1100;
             tokio::time::sleep(Duration::from_millis(wait)).await;
             me.set(&plan.id, |i| i.state = "writing".into());
+            let mut plan = plan;
+            if let Some(h) = offcpu {
+                // The profile ends with the after window; symbolizing it takes a moment more.
+                plan.offcpu = Some(match tokio::time::timeout(OFFCPU_GRACE, h).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => Err(format!("off-CPU profile task: {e}")),
+                    Err(_) => Err(format!(
+                        "off-CPU profile not done {} s after the after window",
+                        OFFCPU_GRACE.as_secs()
+                    )),
+                });
+            }
             let me2 = me.clone();
             let p2 = plan.clone();
             let r = tokio::task::spawn_blocking(move || {

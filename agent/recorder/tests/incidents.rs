@@ -10,7 +10,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nodescope_model::feeds::{
-    EventSink, Frame, SampleBatch, SampleKind, SampleSink, StackRecord, TimedSample,
+    EventSink, Frame, OnDemandProfiler, SampleBatch, SampleKind, SampleSink, StackRecord,
+    TimedSample,
 };
 use nodescope_model::selfmetrics::SelfMetrics;
 use nodescope_model::{
@@ -138,6 +139,10 @@ struct Setup {
 /// A recorder holding 120 s of history, the hog starting 30 s ago, and CPU samples: the
 /// baseline mostly in `steady_fn`, the incident mostly in `hot_fn`.
 fn setup(cfg: impl FnOnce(&mut RecorderConfig)) -> Setup {
+    setup_with(Services::default(), cfg)
+}
+
+fn setup_with(services: Services, cfg: impl FnOnce(&mut RecorderConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut c = RecorderConfig {
         spool_dir: dir.path().join("spool"),
@@ -188,7 +193,7 @@ fn setup(cfg: impl FnOnce(&mut RecorderConfig)) -> Setup {
             ],
         }]),
     );
-    let inc = Incidents::new(rec.clone(), Services::default(), &SelfMetrics::new());
+    let inc = Incidents::new(rec.clone(), services, &SelfMetrics::new());
     let app = router(Arc::new(ApiState {
         rec: rec.clone(),
         incidents: inc.clone(),
@@ -773,4 +778,116 @@ async fn a_rule_fires_after_its_hold_then_rests_for_its_cooldown() {
     rules.evaluate(&[rule], &s.rec, &s.inc, now + 5000, true);
     assert_eq!(s.inc.list().len(), 1);
     wait_ready(&s.app, &l[0].id).await;
+}
+
+/// Stands in for the profiler: records what it was asked, answers with fixed bytes or an
+/// error.
+struct FakeOffCpu {
+    asked: parking_lot::Mutex<Vec<u64>>,
+    answer: Result<Vec<u8>, String>,
+}
+
+#[async_trait::async_trait]
+impl OnDemandProfiler for FakeOffCpu {
+    async fn offcpu_node(&self, seconds: u64) -> Result<Vec<u8>, String> {
+        self.asked.lock().push(seconds);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.answer.clone()
+    }
+}
+
+async fn offcpu_case(
+    answer: Option<Result<Vec<u8>, String>>,
+    after: &str,
+) -> (Vec<u64>, serde_json::Value, Option<Vec<u8>>, String) {
+    let services = Services::default();
+    let fake = answer.map(|answer| {
+        Arc::new(FakeOffCpu {
+            asked: Default::default(),
+            answer,
+        })
+    });
+    if let Some(f) = &fake {
+        services.provide::<dyn OnDemandProfiler>(f.clone());
+    }
+    let s = setup_with(services, |_| {});
+    let (st, _, b) = call(
+        &s.app,
+        "POST",
+        "/api/v1/incidents",
+        &format!(r#"{{"before":"20s","after":"{after}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    let id = json(&b)["id"].as_str().unwrap().to_string();
+    wait_ready(&s.app, &id).await;
+    let file = |name: String| {
+        let app = s.app.clone();
+        async move {
+            let (st, _, b) = call(&app, "GET", &name, "").await;
+            (st == 200).then_some(b)
+        }
+    };
+    let manifest = json(
+        &file(format!("/api/v1/incidents/{id}/files/manifest.json"))
+            .await
+            .unwrap(),
+    );
+    let pb = file(format!(
+        "/api/v1/incidents/{id}/files/offcpu-incident.pb.gz"
+    ))
+    .await;
+    let summary = String::from_utf8(
+        file(format!("/api/v1/incidents/{id}/files/summary.md"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let asked = fake.map(|f| f.asked.lock().clone()).unwrap_or_default();
+    (asked, manifest, pb, summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_after_window_brings_an_offcpu_profile_of_the_node_or_says_why_not() {
+    let profile = vec![0x1f, 0x8b, 8, 0, 1, 2, 3];
+    // The profiler answers: the file is in the bundle, listed with its checksum.
+    let (asked, m, pb, summary) = offcpu_case(Some(Ok(profile.clone())), "2s").await;
+    assert_eq!(asked, vec![2], "the profile covers the after window");
+    assert_eq!(pb.as_deref(), Some(&profile[..]));
+    assert_eq!(m["offcpu"]["file"], "offcpu-incident.pb.gz", "{m}");
+    let listed = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "offcpu-incident.pb.gz")
+        .unwrap_or_else(|| panic!("not listed: {m}"));
+    assert_eq!(listed["bytes"], profile.len());
+    assert!(
+        summary.contains("go tool pprof offcpu-incident.pb.gz"),
+        "{summary}"
+    );
+    // The profiler refuses: no file, and the manifest and summary say why.
+    let (asked, m, pb, summary) =
+        offcpu_case(Some(Err("eBPF unavailable: not root".into())), "1s").await;
+    assert_eq!(asked, vec![1]);
+    assert!(pb.is_none());
+    assert_eq!(m["offcpu"]["error"], "eBPF unavailable: not root", "{m}");
+    assert!(
+        summary.contains("none: eBPF unavailable: not root"),
+        "{summary}"
+    );
+    // No profiler at all.
+    let (_, m, pb, _) = offcpu_case(None, "1s").await;
+    assert!(pb.is_none());
+    assert!(
+        m["offcpu"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("profiling is off"),
+        "{m}"
+    );
+    // No after window: nothing asked.
+    let (asked, m, pb, _) = offcpu_case(Some(Ok(profile)), "0s").await;
+    assert!(asked.is_empty() && pb.is_none());
+    assert!(m["offcpu"].is_null(), "{m}");
 }
