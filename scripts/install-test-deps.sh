@@ -19,6 +19,7 @@ DEBS=(
   # podman + runc run; objcopy/readelf (binutils) split the debug info
   debootstrap buildah podman runc containernetworking-plugins binutils
   rsyslog                    # the logs benchmark's anchor (imfile wildcard tailing, omfile sink)
+  dnsmasq-base               # the network benchmark's real DNS server (BENCH_DNS_SERVER=dnsmasq)
 )
 PIP=(opentelemetry-proto grpcio protobuf kubernetes-validate cramjam pyyaml dnslib==0.9.26)
 

@@ -9,7 +9,8 @@
 //! Run as root:
 //!   cargo run --release -p nodescope-netprobe --example bench -- [rounds] [connects] [bulk_mib] [dns_queries]
 //! (defaults 40 rounds, 5000 connects, 1024 MiB, 5000 queries). Pin it to one CPU with
-//! `taskset -c 0` for the single-CPU regime. See docs/bench/network.md.
+//! `taskset -c 0` for the single-CPU regime. `BENCH_DNS_SERVER=dnsmasq` runs the DNS loop
+//! against Debian's dnsmasq instead of a responder thread. See docs/bench/network.md.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -72,16 +73,67 @@ fn bulk(mib: usize) -> f64 {
     mib as f64 / el.as_secs_f64()
 }
 
-/// A DNS server on a loopback UDP port answering every query at once: the question
-/// echoed back as a NOERROR answer without records (flags QR, RD, RA).
-struct DnsServer {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The DNS server of the query loop. By default a thread of this process on a loopback
+/// UDP port answering every query at once: the question echoed back as a NOERROR answer
+/// without records (flags QR, RD, RA), the cheapest possible server, so the probe's share
+/// is the largest it can be. With `BENCH_DNS_SERVER=dnsmasq`, Debian's dnsmasq on a
+/// loopback port answering `www.example.com A` from its configuration (an A record, no
+/// upstream, no cache, no logging): a real server's own work per query. Its CPU time
+/// (`/proc/<pid>/schedstat`) is added to the loop's.
+enum DnsServer {
+    Thread {
+        port: u16,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    Dnsmasq {
+        port: u16,
+        child: std::process::Child,
+    },
 }
 
 impl DnsServer {
     fn start() -> DnsServer {
+        match std::env::var("BENCH_DNS_SERVER").as_deref() {
+            Ok("dnsmasq") => Self::dnsmasq(),
+            Ok("") | Err(_) => Self::thread(),
+            Ok(other) => panic!("BENCH_DNS_SERVER={other:?}: expected dnsmasq or nothing"),
+        }
+    }
+
+    fn dnsmasq() -> DnsServer {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--cache-size=0",
+                "--user=root",
+                "--pid-file",
+                "--address=/www.example.com/192.0.2.1",
+            ])
+            .arg(format!("--port={port}"))
+            .spawn()
+            .expect("dnsmasq (Debian package dnsmasq-base, scripts/install-test-deps.sh)");
+        let server = DnsServer::Dnsmasq { port, child };
+        // Ready once it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dns_answers(port) {
+            assert!(Instant::now() < deadline, "dnsmasq did not answer on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn thread() -> DnsServer {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -101,21 +153,77 @@ impl DnsServer {
                 }
             }
         });
-        DnsServer {
+        DnsServer::Thread {
             port,
             stop,
             thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            DnsServer::Thread { port, .. } | DnsServer::Dnsmasq { port, .. } => *port,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            DnsServer::Thread { .. } => "a responder thread that answers at once (no records)",
+            DnsServer::Dnsmasq { .. } => "dnsmasq (an A record from its configuration, no cache)",
+        }
+    }
+
+    /// CPU seconds the server spent outside this process (0 for the thread: it is
+    /// counted in ours).
+    fn outside_cpu_secs(&self) -> f64 {
+        match self {
+            DnsServer::Thread { .. } => 0.0,
+            DnsServer::Dnsmasq { child, .. } => {
+                std::fs::read_to_string(format!("/proc/{}/schedstat", child.id()))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                    .expect("dnsmasq's schedstat")
+                    / 1e9
+            }
         }
     }
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self {
+            DnsServer::Thread { stop, thread, .. } => {
+                stop.store(true, Ordering::Relaxed);
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            DnsServer::Dnsmasq { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
+}
+
+/// One query with a short timeout: is the server up?
+fn dns_answers(port: u16) -> bool {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let q = query();
+    let mut buf = [0u8; 512];
+    c.send_to(&q, ("127.0.0.1", port)).is_ok() && c.recv(&mut buf).is_ok()
+}
+
+/// `www.example.com A`, id 0, RD.
+fn query() -> Vec<u8> {
+    let mut q: Vec<u8> = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["www", "example", "com"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
 }
 
 /// `n` sequential queries (`www.example.com` A, a new id each) over one connected UDP
@@ -124,12 +232,7 @@ fn dns_loop(port: u16, n: usize) -> Duration {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut q: Vec<u8> = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for l in ["www", "example", "com"] {
-        q.push(l.len() as u8);
-        q.extend_from_slice(l.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut q = query();
     let mut buf = [0u8; 512];
     let t = Instant::now();
     for i in 0..n {
@@ -283,10 +386,11 @@ fn main() {
     };
     println!("load average before the rounds: {}", loadavg());
     let dns = DnsServer::start();
+    println!("DNS server: {}", dns.name());
     // Warm-up (page cache, TCP memory, code paths).
     connect_loop(connects / 4);
     bulk(mib / 4);
-    dns_loop(dns.port, queries / 4);
+    dns_loop(dns.port(), queries / 4);
     let rss_off = rss_kib();
 
     let mut s: [Samples; 3] = Default::default();
@@ -296,17 +400,17 @@ fn main() {
             // Rotate which side goes first to cancel drift.
             let side = SIDES[(r + k) % SIDES.len()];
             let idx = SIDES.iter().position(|x| *x == side).unwrap();
-            let probe = (side != Side::Off).then(|| probe_on(&rt, side, dns.port));
+            let probe = (side != Side::Off).then(|| probe_on(&rt, side, dns.port()));
             // Same short warm-up in every condition (caches after loading the objects).
             connect_loop(200);
-            dns_loop(dns.port, 200);
+            dns_loop(dns.port(), 200);
             let t0 = cpu_secs();
             let c = connect_loop(connects).as_secs_f64();
             let t1 = cpu_secs();
             let b = bulk(mib);
-            let t2 = cpu_secs();
-            let d = dns_loop(dns.port, queries).as_secs_f64();
-            let t3 = cpu_secs();
+            let t2 = cpu_secs() + dns.outside_cpu_secs();
+            let d = dns_loop(dns.port(), queries).as_secs_f64();
+            let t3 = cpu_secs() + dns.outside_cpu_secs();
             let x = &mut s[idx];
             x.connect_wall.push(c);
             x.connect_cpu.push(t1 - t0);
@@ -421,7 +525,7 @@ fn main() {
     // CPU cost of each program per workload, with BPF run-time stats enabled (only now:
     // the stats add two clock reads per program run, which must not weigh on the rounds).
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime);
-    let (probe, tok) = probe_on(&rt, Side::All, dns.port);
+    let (probe, tok) = probe_on(&rt, Side::All, dns.port());
     connect_loop(200);
     let s0 = prog_stats();
     let t = Instant::now();
@@ -433,7 +537,7 @@ fn main() {
     let wall_b = t.elapsed().as_secs_f64();
     let s2 = prog_stats();
     let t = Instant::now();
-    let dl = dns_loop(dns.port, queries);
+    let dl = dns_loop(dns.port(), queries);
     let wall_d = t.elapsed().as_secs_f64();
     let s3 = prog_stats();
     let tc = Instant::now();
