@@ -127,7 +127,10 @@ impl DnsServer {
         // Ready once it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !dns_answers(port) {
-            assert!(Instant::now() < deadline, "dnsmasq did not answer on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not answer on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -209,7 +212,8 @@ impl Drop for DnsServer {
 /// One query with a short timeout: is the server up?
 fn dns_answers(port: u16) -> bool {
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let q = query();
     let mut buf = [0u8; 512];
     c.send_to(&q, ("127.0.0.1", port)).is_ok() && c.recv(&mut buf).is_ok()
