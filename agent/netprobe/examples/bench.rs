@@ -412,16 +412,18 @@ fn main() {
             let c = connect_loop(connects).as_secs_f64();
             let t1 = cpu_secs();
             let b = bulk(mib);
-            let t2 = cpu_secs() + dns.outside_cpu_secs();
+            let t2 = cpu_secs();
+            let o2 = dns.outside_cpu_secs();
             let d = dns_loop(dns.port(), queries).as_secs_f64();
-            let t3 = cpu_secs() + dns.outside_cpu_secs();
+            let t3 = cpu_secs();
+            let o3 = dns.outside_cpu_secs();
             let x = &mut s[idx];
             x.connect_wall.push(c);
             x.connect_cpu.push(t1 - t0);
             x.bulk_tput.push(b);
             x.bulk_cpu.push(t2 - t1);
             x.dns_wall.push(d);
-            x.dns_cpu.push(t3 - t2);
+            x.dns_cpu.push(t3 - t2 + (o3 - o2));
             if side == Side::All {
                 rss_on = rss_on.max(rss_kib());
             }
