@@ -251,7 +251,7 @@ pub fn write(
         "config_digest": config_digest(rec),
         "profiler_boost": plan.boost,
         "offcpu": match &plan.offcpu {
-            Some(Ok(_)) => json!({"file": OFFCPU_FILE, "window": "after", "note": "off-CPU time of every thread of the node during the after window; the off-CPU programs run only on demand, so there is no off-CPU baseline"}),
+            Some(Ok(_)) => json!({"file": OFFCPU_FILE, "window": "after", "note": "off-CPU time of every thread of the node from the trigger through the after window (at most profiling.max_seconds); the off-CPU programs run only on demand, so there is no off-CPU baseline"}),
             Some(Err(e)) => json!({"error": e}),
             None => json!(null),
         },
