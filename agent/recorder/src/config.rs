@@ -354,6 +354,10 @@ impl RecorderConfig {
 /// `--offline`): it is a directory, or can be created as one, and the agent may write
 /// there. Nothing is created.
 pub fn check_spool_dir(dir: &std::path::Path) -> Result<(), String> {
+    // The spool would be created under an ancestor `a` that cannot hold it.
+    let blocked = |a: &std::path::Path, why: &str| {
+        format!("{} cannot be created: {} {why}", dir.display(), a.display())
+    };
     let mut p = dir;
     loop {
         match std::fs::metadata(p) {
@@ -361,11 +365,7 @@ pub fn check_spool_dir(dir: &std::path::Path) -> Result<(), String> {
                 return Err(if p == dir {
                     format!("{} exists and is not a directory", p.display())
                 } else {
-                    format!(
-                        "{} cannot be created: {} is not a directory",
-                        dir.display(),
-                        p.display()
-                    )
+                    blocked(p, "is not a directory")
                 })
             }
             Ok(_) => break,
@@ -391,11 +391,7 @@ pub fn check_spool_dir(dir: &std::path::Path) -> Result<(), String> {
         return Err(if p == dir {
             format!("{} is not writable: {e}", dir.display())
         } else {
-            format!(
-                "{} cannot be created: {} is not writable: {e}",
-                dir.display(),
-                p.display()
-            )
+            blocked(p, &format!("is not writable: {e}"))
         });
     }
     Ok(())
