@@ -330,6 +330,54 @@ pub fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
         })
 }
 
+/// For the environment part of `validate` (a WAL directory, the recorder's spool): `dir`
+/// exists as a directory the agent may write to, or could be created as one (its nearest
+/// existing ancestor is a writable directory). Nothing is created. A file in the way or a
+/// read-only filesystem is caught here rather than when the component first writes.
+pub fn creatable_dir(dir: &std::path::Path) -> Result<(), String> {
+    // The spool would be created under an ancestor `a` that cannot hold it.
+    let blocked = |a: &std::path::Path, why: &str| {
+        format!("{} cannot be created: {} {why}", dir.display(), a.display())
+    };
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if !m.is_dir() => {
+                return Err(if p == dir {
+                    format!("{} exists and is not a directory", p.display())
+                } else {
+                    blocked(p, "is not a directory")
+                })
+            }
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => return Err(format!("{}: no existing ancestor", dir.display())),
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: contains a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if p == dir {
+            format!("{} is not writable: {e}", dir.display())
+        } else {
+            blocked(p, &format!("is not writable: {e}"))
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +413,30 @@ mod tests {
             !never.join_until(short).await,
             "a task that ignores shutdown is reported"
         );
+    }
+
+    #[test]
+    fn creatable_dir_names_what_is_in_the_way() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(creatable_dir(d.path()), Ok(()));
+        // Not there yet, but creatable.
+        assert_eq!(creatable_dir(&d.path().join("a/b")), Ok(()));
+        let f = d.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        let e = creatable_dir(&f).unwrap_err();
+        assert!(e.ends_with("exists and is not a directory"), "{e}");
+        let e = creatable_dir(&f.join("spool")).unwrap_err();
+        assert!(
+            e.contains("cannot be created") && e.contains("is not a directory"),
+            "{e}"
+        );
+        // A read-only filesystem refuses even root.
+        if std::path::Path::new("/proc/sys").exists() {
+            let e = creatable_dir(std::path::Path::new("/proc/sys/nodescope-spool")).unwrap_err();
+            assert!(
+                e.contains("not writable") || e.contains("cannot be created"),
+                "{e}"
+            );
+        }
     }
 }

@@ -30,7 +30,7 @@ impl Component for RecorderConfig {
     fn validate(&self, ctx: &ValidateContext, issues: &mut Issues) {
         RecorderConfig::validate(self, "recorder", issues);
         if ctx.environment && self.spool_dir.is_absolute() {
-            if let Err(e) = crate::config::check_spool_dir(&self.spool_dir) {
+            if let Err(e) = nodescope_component::creatable_dir(&self.spool_dir) {
                 issues.push("recorder.spool_dir", e);
             }
         }

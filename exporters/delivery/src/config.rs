@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nodescope_component::creatable_dir;
 use nodescope_model::config::Issues;
 use serde::Deserialize;
 
@@ -210,55 +211,6 @@ impl WalConfig {
             }
         }
     }
-}
-
-/// Checks, without creating anything, that `dir` exists as a writable directory or could be
-/// created: its nearest existing ancestor is a directory the agent may write to (a
-/// read-only filesystem or a file in the way is caught here, not when the WAL opens).
-pub fn creatable_dir(dir: &std::path::Path) -> Result<(), String> {
-    let mut probe = dir;
-    loop {
-        match std::fs::metadata(probe) {
-            Ok(m) if m.is_dir() => break,
-            Ok(_) => {
-                return Err(format!(
-                    "{} cannot be created: {} is not a directory",
-                    dir.display(),
-                    probe.display()
-                ))
-            }
-            // Missing, or a file in the way further up (ENOTDIR): look at the parent.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                match probe.parent() {
-                    Some(p) => probe = p,
-                    None => return Err(format!("{}: no existing ancestor", dir.display())),
-                }
-            }
-            Err(e) => return Err(format!("{}: {e}", probe.display())),
-        }
-    }
-    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: path contains a NUL byte", dir.display()))?;
-    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        let e = std::io::Error::last_os_error();
-        let what = if probe == dir {
-            "is not writable"
-        } else {
-            "cannot be created"
-        };
-        return Err(format!(
-            "{} {what} ({}: {e})",
-            dir.display(),
-            probe.display()
-        ));
-    }
-    Ok(())
 }
 
 /// Everything the batching/retry/WAL engine needs.
