@@ -691,17 +691,18 @@ impl Symbolizer {
             return;
         }
         let mut w = b.dwarf_parses.lock();
-        let n = match *w {
-            Some((start, n)) if start.elapsed() < DWARF_REPARSE_WINDOW => n + 1,
-            _ => {
-                *w = Some((Instant::now(), 1));
+        let n = match &mut *w {
+            Some((start, n)) if start.elapsed() < DWARF_REPARSE_WINDOW => {
+                *n += 1;
+                *n
+            }
+            window => {
+                *window = Some((Instant::now(), 1));
                 1
             }
         };
-        if let Some((_, c)) = w.as_mut() {
-            *c = n;
-        }
-        if n >= DWARF_MAX_PARSES {
+        // Exactly at the limit: a parse racing past the early return above counts once.
+        if n == DWARF_MAX_PARSES {
             b.dwarf_off.store(true, Ordering::Relaxed);
             self.metrics.debuginfo_dropped.inc();
             tracing::info!(
