@@ -147,7 +147,10 @@ fn push_interval(
     from: u64,
     (start, wake, end): (u64, u64, u64),
 ) {
-    if end <= from {
+    // Also nothing when the switch-out is later than `end`: a task that went off CPU
+    // after the clock read that closes the window (the window's end is read before the
+    // last records are drained) has no time in it.
+    if end <= from || end <= start {
         return;
     }
     let start = start.max(from);
@@ -773,6 +776,11 @@ mod offcpu_tests {
         out.clear();
         push_interval(&mut out, key(), 1, 250, (100, 160, 200));
         assert!(out.is_empty(), "ended before the window");
+        // Switched out after the clock read that ends the window (open at the end, with or
+        // without a wake-up): no time in the window, and no underflow.
+        push_interval(&mut out, key(), 1, 0, (210, 0, 200));
+        push_interval(&mut out, key(), 1, 0, (210, 205, 200));
+        assert!(out.is_empty(), "went off CPU after the window");
     }
 
     #[test]
