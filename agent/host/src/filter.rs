@@ -21,7 +21,7 @@ pub(crate) const MEMO_CAP: usize = 8192;
 pub(crate) struct NameFilter {
     include: Option<Regex>,
     exclude: Option<Regex>,
-    memo: Mutex<HashMap<String, bool>>,
+    memo: Mutex<HashMap<String, bool, foldhash::fast::RandomState>>,
     uncached: AtomicU64,
 }
 
@@ -49,7 +49,7 @@ impl NameFilter {
         Ok(NameFilter {
             include: compile(include_key, include)?,
             exclude: compile(exclude_key, exclude)?,
-            memo: Mutex::new(HashMap::new()),
+            memo: Mutex::new(HashMap::default()),
             uncached: AtomicU64::new(0),
         })
     }
@@ -59,7 +59,7 @@ impl NameFilter {
         NameFilter {
             include: None,
             exclude: None,
-            memo: Mutex::new(HashMap::new()),
+            memo: Mutex::new(HashMap::default()),
             uncached: AtomicU64::new(0),
         }
     }

@@ -284,7 +284,11 @@ pub(crate) fn sanitize_name(s: &str) -> String {
 /// missing until it is not touched for a collect.
 #[derive(Debug)]
 pub(crate) struct OpenFiles {
-    map: std::collections::HashMap<PathBuf, (Option<std::fs::File>, u64)>,
+    map: std::collections::HashMap<
+        PathBuf,
+        (Option<std::fs::File>, u64),
+        foldhash::fast::RandomState,
+    >,
     gen: u64,
     cap: usize,
     pub(crate) uncached: u64,
@@ -293,7 +297,7 @@ pub(crate) struct OpenFiles {
 impl OpenFiles {
     pub(crate) fn new(cap: usize) -> Self {
         OpenFiles {
-            map: std::collections::HashMap::new(),
+            map: Default::default(),
             gen: 0,
             cap,
             uncached: 0,

@@ -65,7 +65,8 @@ pub fn encode<'a>(
     out: &mut String,
 ) {
     let mut order: Vec<(&'a MetricFamily, Vec<&'a MetricFamily>)> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    // foldhash, not SipHash: these keys are our own family names, hashed on every scrape.
+    let mut index: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
     for f in families {
         match index.get(f.name.as_ref()) {
             Some(&i) => order[i].1.push(f),
@@ -94,25 +95,30 @@ pub fn encode<'a>(
 }
 
 fn escape_help(s: &str, om: bool, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' if om => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
+    escape(s, om, out);
 }
 
 fn escape_label_value(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' => out.push_str("\\\""),
-            c => out.push(c),
-        }
+    escape(s, true, out);
+}
+
+/// Backslash, newline and (with `quote`) the double quote escaped; everything between
+/// them copied in one piece (HELP texts are long and rarely need escaping).
+fn escape(s: &str, quote: bool, out: &mut String) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'"' if quote => "\\\"",
+            _ => continue,
+        };
+        // The escaped bytes are ASCII: `i` and `i + 1` are char boundaries.
+        out.push_str(&s[start..i]);
+        out.push_str(rep);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
 }
 
 fn write_value(v: f64, out: &mut String) {
@@ -364,6 +370,28 @@ mod tests {
                 let samples: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
                 proptest::prop_assert_eq!(samples.len(), 1);
                 let prefix = "m{l=\""; proptest::prop_assert!(samples[0].starts_with(prefix));
+            }
+        }
+
+        /// The escaper that copies runs between special bytes agrees with escaping char by
+        /// char, and unescaping gives the input back.
+        #[test]
+        fn escape_agrees_with_char_by_char(s in "(\\PC|[\\\\\n\"é])*", quote in proptest::bool::ANY) {
+            let mut reference = String::new();
+            for c in s.chars() {
+                match c {
+                    '\\' => reference.push_str("\\\\"),
+                    '\n' => reference.push_str("\\n"),
+                    '"' if quote => reference.push_str("\\\""),
+                    c => reference.push(c),
+                }
+            }
+            let mut out = String::new();
+            escape(&s, quote, &mut out);
+            proptest::prop_assert_eq!(&out, &reference);
+            let back = out.replace("\\\\", "\u{0}").replace("\\n", "\n").replace("\\\"", "\"").replace('\u{0}', "\\");
+            if !s.contains('\u{0}') {
+                proptest::prop_assert_eq!(back, s);
             }
         }
     }
