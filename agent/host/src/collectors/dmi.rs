@@ -1,7 +1,10 @@
 //! `dmi`: `node_dmi_info{...}` from `<sys>/class/dmi/id/*`, one label per attribute the
-//! firmware provides (node_exporter 1.5's label set and help).
+//! firmware provides (node_exporter 1.5's label set and help). Firmware data does not
+//! change while the machine runs: like node_exporter, it is read once (at the first
+//! collect here) and the same family is served afterwards.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use nodescope_model::{CollectError, Collector, MetricFamily, MetricType};
 
@@ -34,12 +37,15 @@ const ATTRS: &[(&str, &str)] = &[
 
 pub(crate) struct DmiCollector {
     dir: PathBuf,
+    /// What the first collect read: the family, or None when the firmware gave nothing.
+    read: OnceLock<Option<MetricFamily>>,
 }
 
 impl DmiCollector {
     pub(crate) fn new(paths: &HostPaths) -> Self {
         DmiCollector {
             dir: paths.sys.join("class/dmi/id"),
+            read: OnceLock::new(),
         }
     }
 }
@@ -50,6 +56,18 @@ impl Collector for DmiCollector {
     }
 
     fn collect(&self) -> Result<Vec<MetricFamily>, CollectError> {
+        match self.read.get_or_init(|| self.read_dmi()) {
+            Some(f) => Ok(vec![f.clone()]),
+            None => Err(CollectError::Unavailable {
+                what: self.dir.display().to_string(),
+                reason: "no Desktop Management Interface (DMI) information".into(),
+            }),
+        }
+    }
+}
+
+impl DmiCollector {
+    fn read_dmi(&self) -> Option<MetricFamily> {
         let mut labels: Vec<(&'static str, String)> = Vec::new();
         for (file, label) in ATTRS {
             let p = self.dir.join(file);
@@ -64,10 +82,7 @@ impl Collector for DmiCollector {
             }
         }
         if labels.is_empty() {
-            return Err(CollectError::Unavailable {
-                what: self.dir.display().to_string(),
-                reason: "no Desktop Management Interface (DMI) information".into(),
-            });
+            return None;
         }
         let mut f = MetricFamily::new(
             "node_dmi_info",
@@ -75,6 +90,44 @@ impl Collector for DmiCollector {
             MetricType::Gauge,
         );
         f.push(labels, 1.0);
-        Ok(vec![f])
+        Some(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of(fams: &[MetricFamily], label: &str) -> Option<String> {
+        fams[0].points[0]
+            .labels
+            .iter()
+            .find(|(k, _)| k.as_ref() == label)
+            .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn read_once_like_node_exporter() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sys/class/dmi/id");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bios_vendor"), "SeaBIOS\n").unwrap();
+        std::fs::write(dir.join("sys_vendor"), "QEMU\n").unwrap();
+        let c = DmiCollector::new(&HostPaths::from_root(root.path()));
+        let first = c.collect().unwrap();
+        assert_eq!(value_of(&first, "bios_vendor").as_deref(), Some("SeaBIOS"));
+        assert_eq!(value_of(&first, "system_vendor").as_deref(), Some("QEMU"));
+        // Firmware data is read at the first collect only.
+        std::fs::write(dir.join("bios_vendor"), "changed\n").unwrap();
+        assert_eq!(c.collect().unwrap(), first);
+    }
+
+    #[test]
+    fn no_dmi_is_unavailable_every_time() {
+        let root = tempfile::tempdir().unwrap();
+        let c = DmiCollector::new(&HostPaths::from_root(root.path()));
+        for _ in 0..2 {
+            assert!(matches!(c.collect(), Err(CollectError::Unavailable { .. })));
+        }
     }
 }
