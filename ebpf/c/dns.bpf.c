@@ -583,10 +583,20 @@ static __always_inline void on_query(struct __sk_buff *skb, struct pkt *p)
 	/* Lookup accounting. */
 	int fresh = 0;
 	struct ns_dns_lookup_state *st = bpf_map_lookup_elem(&dns_lookup_state, &q->lkey);
-	if (!st || (st->done & done_bit(q->qtype)) ||
-	    now - st->last_ns > (st->outstanding ? cfg_timeout_ns : cfg_lookup_gap_ns)) {
+	if (!st) {
 		struct ns_dns_lookup_state ns = {.last_ns = now, .outstanding = 1, .done = 0};
 		bpf_map_update_elem(&dns_lookup_state, &q->lkey, &ns, BPF_ANY);
+		fresh = 1;
+	} else if ((st->done & done_bit(q->qtype)) ||
+		   now - st->last_ns > (st->outstanding ? cfg_timeout_ns : cfg_lookup_gap_ns)) {
+		/* A new lookup of a name this process asked before: restart its entry in place
+		 * (an LRU update takes the map's lock and a free node; the same process asking
+		 * the same name again is the common case). Only this process's queries for
+		 * this label touch the entry; a racing answer at worst leaves `outstanding` one
+		 * off, which the timeout of an open lookup absorbs. */
+		st->last_ns = now;
+		st->outstanding = 1;
+		st->done = 0;
 		fresh = 1;
 	} else {
 		st->last_ns = now;
