@@ -186,38 +186,6 @@ struct Reader<'a> {
     single_hierarchy: bool,
 }
 
-fn read_all_at(f: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    buf.clear();
-    let mut off = 0u64;
-    loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(4096);
-        }
-        let len = buf.len();
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        let n = f.read_at(&mut buf[len..], off);
-        match n {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
-            }
-            Ok(n) => {
-                buf.truncate(len + n);
-                off += n as u64;
-                if off > crate::util::MAX_FILE_BYTES {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
-        }
-    }
-}
-
 impl Reader<'_> {
     /// Fills the buffer with the file; false when it does not exist or cannot be read (a
     /// cgroup that vanished since the walk, a controller not enabled for it).
@@ -227,7 +195,7 @@ impl Reader<'_> {
             match f {
                 None => return false,
                 Some(file) => {
-                    if read_all_at(file, self.buf).is_ok() {
+                    if crate::util::pread_all(file, self.buf).is_ok() {
                         return true;
                     }
                     // ENODEV: the cgroup was removed (perhaps recreated): reopen below.
@@ -237,7 +205,7 @@ impl Reader<'_> {
         }
         match std::fs::File::open(p) {
             Ok(file) => {
-                let ok = read_all_at(&file, self.buf).is_ok();
+                let ok = crate::util::pread_all(&file, self.buf).is_ok();
                 if self.files.len() < self.cap {
                     self.files.insert(p.to_path_buf(), (Some(file), self.gen));
                 } else {
