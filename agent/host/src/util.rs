@@ -79,7 +79,7 @@ fn read_kept(
                 return Ok(());
             }
             // The object was removed (maybe recreated): open the path again.
-            Err(e) if matches!(e.raw_os_error(), Some(19) | Some(2)) => {
+            Err(e) if object_gone(&e) => {
                 open.swap_remove(i);
             }
             Err(e) => return Err(io_err(path, e)),
@@ -91,11 +91,12 @@ fn read_kept(
         open.push((path.to_path_buf(), file, now));
         return Ok(());
     }
-    data.clear();
-    file.take(MAX_FILE_BYTES)
-        .read_to_end(data)
-        .map_err(|e| io_err(path, e))?;
-    Ok(())
+    read_whole(file, path, data)
+}
+
+/// ENODEV / ENOENT on a kept descriptor: its sysfs or procfs object was removed.
+fn object_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(19) | Some(2))
 }
 
 /// procfs and sysfs files produce their content anew when read from offset 0.
@@ -139,8 +140,13 @@ pub(crate) fn pread_all(f: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result
 }
 
 pub(crate) fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), CollectError> {
-    buf.clear();
     let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    read_whole(file, path, buf)
+}
+
+/// Reads an open file from its current position to the end (at most [`MAX_FILE_BYTES`]).
+fn read_whole(file: std::fs::File, path: &Path, buf: &mut Vec<u8>) -> Result<(), CollectError> {
+    buf.clear();
     file.take(MAX_FILE_BYTES)
         .read_to_end(buf)
         .map_err(|e| io_err(path, e))?;
@@ -428,8 +434,8 @@ impl OpenFiles {
             match f {
                 None => return Err(std::io::ErrorKind::NotFound.into()),
                 Some(file) => match pread_all(file, buf) {
-                    // ENODEV / ENOENT: the object was removed (maybe recreated): reopen.
-                    Err(e) if matches!(e.raw_os_error(), Some(19) | Some(2)) => {
+                    // The object was removed (maybe recreated): reopen.
+                    Err(e) if object_gone(&e) => {
                         self.map.remove(p);
                     }
                     r => return r,
